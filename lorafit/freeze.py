@@ -1,0 +1,56 @@
+"""Named freeze policies: which parameters train. The new head `fc` always trains.
+
+    scratch  random init (the caller does not load the backbone), everything trainable
+    full     pretrained init, everything trainable (adapters too, if any were injected)
+    head     linear probe: only fc
+    lora     adapters + fc
+    seed     the seed post's policy: conv2 + adapters + fc; conv1, conv3, proj frozen
+    bitfit   every bias + adapters + fc
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from lorafit.errors import LorafitError
+
+POLICIES = ("scratch", "full", "head", "lora", "seed", "bitfit")
+
+
+def is_adapter_param(name: str) -> bool:
+    """Adapter tensors are the `lora_*` ones (see lorafit.lora)."""
+    return "lora_" in name
+
+
+def _trains(policy: str, name: str) -> bool:
+    if policy in ("scratch", "full"):
+        return True
+    if name.startswith("fc."):
+        return True
+    if policy == "head":
+        return False
+    if is_adapter_param(name):
+        return True
+    if policy == "seed":
+        return name.startswith("conv2.")
+    if policy == "bitfit":
+        return name.endswith(".bias")
+    return False  # lora
+
+
+def apply(model: nn.Module, policy: str) -> list[str]:
+    """Set requires_grad for `policy`; return the names of the trainable parameters."""
+    if policy not in POLICIES:
+        raise LorafitError(f"unknown freeze policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    trainable = []
+    for name, param in model.named_parameters():
+        param.requires_grad_(_trains(policy, name))
+        if param.requires_grad:
+            trainable.append(name)
+    return trainable
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)

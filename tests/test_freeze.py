@@ -1,0 +1,53 @@
+"""Each freeze policy leaves exactly its documented parameters trainable."""
+
+import pytest
+import torch
+
+from lorafit import freeze, lora
+from lorafit.errors import LorafitError
+from lorafit.model import SeedCNN
+
+ALL_BASE = {"conv1.conv.weight", "conv1.conv.bias", "conv2.conv.weight", "conv2.conv.bias",
+            "conv3.conv.weight", "conv3.conv.bias", "proj.weight", "proj.bias", "fc.weight", "fc.bias"}
+
+
+def _names(model):
+    return {n for n, _ in model.named_parameters()}
+
+
+@pytest.mark.parametrize("placement", ["none", "proj", "convs", "seed"])
+@pytest.mark.parametrize("policy", freeze.POLICIES)
+def test_policy_trainable_set(policy, placement):
+    model = SeedCNN(num_classes=62)
+    lora.inject(model, placement, rank=2)
+    names = _names(model)
+    adapters = {n for n in names if "lora_" in n}
+    head = {"fc.weight", "fc.bias"}
+    expected = {
+        "scratch": names,
+        "full": names,
+        "head": head,
+        "lora": adapters | head,
+        "seed": adapters | head | {n for n in names if n.startswith("conv2.")},
+        "bitfit": adapters | head | {n for n in names if n.endswith(".bias")},
+    }[policy]
+    assert set(freeze.apply(model, policy)) == expected
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == expected
+    trainable, total = freeze.count_parameters(model)
+    assert trainable == sum(p.numel() for n, p in model.named_parameters() if n in expected)
+    assert total == sum(p.numel() for p in model.parameters())
+
+
+def test_seed_policy_freezes_conv1_conv3_proj():
+    model = SeedCNN(num_classes=62)
+    lora.inject(model, "seed", rank=8)
+    freeze.apply(model, "seed")
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {"conv1.conv.weight", "conv1.conv.bias", "conv3.conv.weight",
+                      "conv3.conv.bias", "proj.weight", "proj.bias"}
+    assert freeze.count_parameters(model)[0] == 18_496 + 2 * 8 * 256 + 15_934
+
+
+def test_unknown_policy():
+    with pytest.raises(LorafitError, match="unknown freeze policy"):
+        freeze.apply(SeedCNN(), "frozen")
