@@ -1,0 +1,129 @@
+"""RunConfig: everything that determines one run's result, frozen, hashable, and recorded as is.
+
+It flows unchanged from the CLI / grid cell / study trial to the trainer and into the record.
+Runtime choices that should not change the numbers (device, runs directory, cache budget) are not
+part of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+
+from lorafit.errors import LorafitError
+from lorafit.freeze import POLICIES
+from lorafit.lora import PLACEMENTS, SHAPES
+
+METHODS = ("scratch", "full", "head", "lora", "seed")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str                      # the grid cell / study label, e.g. "lora-proj"
+    method: str                    # family: scratch | full | head | lora | seed (picks the lr)
+    placement: str = "none"        # where adapters go (lorafit.lora.PLACEMENTS)
+    shape: str = "1x1"             # conv adapter shape: 1x1 | kxk
+    rank: int = 0                  # 0 when no adapter
+    alpha: float = 1.0
+    policy: str = "full"           # freeze policy (lorafit.freeze.POLICIES)
+    seed: int = 0                  # model init, batch order, and the backbone's pretraining seed
+    # data
+    profile: str = "smoke"
+    source: str = "glyphs-digits"
+    target: str = "glyphs-chars"
+    protocol: str = "auto"         # resolved to official | resplit | synthetic before a run
+    data_seed: int = 0             # fixes the partition, shared by all cells
+    train_size: int = 0            # 0 = everything the split has
+    val_size: int = 0
+    test_size: int = 0
+    # adaptation
+    lr: float = 1e-3
+    epochs: int = 3
+    batch_size: int = 128
+    weight_decay: float = 0.0
+    patience: int = 0              # 0 = no early stopping
+    # pretraining on the source task (the shared backbone)
+    pretrain_epochs: int = 2
+    pretrain_lr: float = 2e-3
+    pretrain_batch_size: int = 128
+    pretrain_size: int = 0
+    widths: tuple[int, int, int] = (32, 64, 128)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["widths"] = list(self.widths)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise LorafitError(f"unknown run setting(s): {', '.join(unknown)}")
+        d = dict(d)
+        if "widths" in d:
+            d["widths"] = tuple(d["widths"])
+        return cls(**d)
+
+    def digest(self) -> str:
+        return _digest(self.to_dict())
+
+    @property
+    def cell_id(self) -> str:
+        """Stable, readable id: name, rank, seed and a hash of everything else."""
+        rank = f"-r{self.rank}" if self.rank else ""
+        return f"{self.name}{rank}-s{self.seed}-{self.digest()[:8]}"
+
+    def pretrain_dict(self) -> dict:
+        """The settings the shared backbone depends on (its cache key)."""
+        return {"source": self.source, "protocol": self.protocol, "data_seed": self.data_seed,
+                "widths": list(self.widths), "seed": self.seed, "epochs": self.pretrain_epochs,
+                "lr": self.pretrain_lr, "batch_size": self.pretrain_batch_size,
+                "size": self.pretrain_size}
+
+    def pretrain_digest(self) -> str:
+        return _digest(self.pretrain_dict())
+
+
+def _digest(d: dict) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+
+def validate(cfg: RunConfig) -> None:
+    """Raise LorafitError for settings that cannot run (one line each)."""
+    for f in fields(cfg):
+        value, default = getattr(cfg, f.name), f.default
+        if isinstance(default, bool) or default is None:
+            continue
+        if isinstance(default, int) and (not isinstance(value, int) or isinstance(value, bool)):
+            raise LorafitError(f"{cfg.name}: {f.name} must be an integer, got {value!r}")
+        if isinstance(default, float) and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            raise LorafitError(f"{cfg.name}: {f.name} must be a number, got {value!r}")
+        if isinstance(default, str) and not isinstance(value, str):
+            raise LorafitError(f"{cfg.name}: {f.name} must be a string, got {value!r}")
+    if cfg.method not in METHODS:
+        raise LorafitError(f"{cfg.name}: unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
+    if cfg.placement not in PLACEMENTS:
+        raise LorafitError(f"{cfg.name}: unknown placement {cfg.placement!r}; choose one of {', '.join(PLACEMENTS)}")
+    if cfg.shape not in SHAPES:
+        raise LorafitError(f"{cfg.name}: unknown shape {cfg.shape!r}; choose one of {', '.join(SHAPES)}")
+    if cfg.policy not in POLICIES:
+        raise LorafitError(f"{cfg.name}: unknown freeze policy {cfg.policy!r}; choose one of {', '.join(POLICIES)}")
+    if cfg.placement != "none" and (not isinstance(cfg.rank, int) or cfg.rank < 1):
+        raise LorafitError(f"{cfg.name}: rank must be an integer >= 1 for placement {cfg.placement!r}, got {cfg.rank!r}")
+    if not cfg.alpha > 0:
+        raise LorafitError(f"{cfg.name}: alpha must be > 0, got {cfg.alpha!r}")
+    if not cfg.lr > 0 or not cfg.pretrain_lr > 0:
+        raise LorafitError(f"{cfg.name}: learning rates must be > 0")
+    for key in ("epochs", "batch_size", "pretrain_epochs", "pretrain_batch_size"):
+        if getattr(cfg, key) < 1:
+            raise LorafitError(f"{cfg.name}: {key} must be >= 1, got {getattr(cfg, key)}")
+    for key in ("train_size", "val_size", "test_size", "pretrain_size", "patience", "seed", "data_seed"):
+        if getattr(cfg, key) < 0:
+            raise LorafitError(f"{cfg.name}: {key} must be >= 0, got {getattr(cfg, key)}")
+    if (cfg.method == "scratch") != (cfg.policy == "scratch"):
+        raise LorafitError(f"{cfg.name}: method scratch and policy scratch go together")

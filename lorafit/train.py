@@ -1,0 +1,232 @@
+"""A fast in-memory trainer: the whole uint8 dataset sits on the device, a seeded permutation
+indexes it, batches are normalised on the fly. No per-sample Dataset/DataLoader in the hot path.
+
+Speed paths: channels_last and bf16 autocast where the device supports it (CUDA with bf16, or a
+CPU with AVX-512 BF16 / AMX), fp32 otherwise; and frozen-prefix caching (lorafit.features), which
+trains only the stages after the frozen part of the network. torch.compile is off: it was slower
+for this model on CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import resource
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lorafit.errors import LorafitError
+from lorafit.features import FeatureCache, cache_key, frozen_prefix_length
+from lorafit.model import STAGES
+
+if TYPE_CHECKING:
+    from lorafit.data import Split
+
+# MNIST statistics; every dataset is normalised with them since the backbone was trained on MNIST.
+MEAN, STD = 0.1307, 0.3081
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """CUDA when present (or asked for), else CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise LorafitError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise LorafitError(f"unknown device {device!r}; use cpu or cuda")
+    return torch.device(device)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@dataclass
+class FitResult:
+    status: str                       # "complete" | "diverged"
+    error: str | None = None
+    curve: list[dict] = field(default_factory=list)  # per epoch: train_loss, val_acc, seconds, images_per_s
+    best_epoch: int = 0
+    best_val_acc: float = float("nan")
+    train_s: float = 0.0
+    images_per_s: float = 0.0
+    peak_mem_mb: float = 0.0
+    bf16: bool = False
+    cached_stages: tuple[str, ...] = ()  # the frozen prefix whose features were cached
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [N,1,28,28] -> float, MNIST-normalised, channels_last."""
+    x = images.float().div_(255).sub_(MEAN).div_(STD)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+class _Inputs:
+    """Serves batches of a split as inputs to the stages from `start` on: raw images normalised on
+    the fly (start 0) or cached prefix features."""
+
+    def __init__(self, model: nn.Module, images: torch.Tensor, device: torch.device, bf16: bool,
+                 cache: FeatureCache | None, start: int, batch_size: int) -> None:
+        self.start = start
+        if start == 0:
+            self.data = images.to(device)
+            return
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        key = cache_key(model, start, images, dtype)
+        feats = cache.get(key) if cache is not None else None
+        if feats is None:
+            parts = []
+            with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                for i in range(0, len(images), batch_size):
+                    x = normalise(images[i:i + batch_size].to(device))
+                    parts.append(model.run_stages(x, 0, start).to(dtype))
+            feats = torch.cat(parts)
+            if cache is not None:
+                cache.put(key, feats)
+        self.data = feats.to(device)
+
+    def batch(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.data[idx]
+        return normalise(x) if self.start == 0 else x
+
+
+def _peak_mem_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _prefix_start(model: nn.Module, cache: FeatureCache | None, n: int, device, bf16, batch_size) -> int:
+    """How many leading stages to run once and cache: the frozen prefix, if its features fit."""
+    if cache is None:
+        return 0
+    start = min(frozen_prefix_length(model), len(STAGES) - 1)
+    if start == 0:
+        return 0
+    with torch.inference_mode():
+        probe = model.run_stages(torch.zeros(1, 1, 28, 28, device=device), 0, start)
+    return start if cache.fits(n, probe[0].numel(), torch.bfloat16 if bf16 else torch.float32) else 0
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, images: torch.Tensor, device: str | torch.device | None = None,
+            bf16: bool | None = None, batch_size: int = 2048,
+            cache: FeatureCache | None = None) -> torch.Tensor:
+    """Predicted class indices (int64, on the CPU) for uint8 images."""
+    device = pick_device(device) if not isinstance(device, torch.device) else device
+    bf16 = bf16_supported(device) if bf16 is None else bf16
+    model.to(device, memory_format=torch.channels_last).eval()
+    start = _prefix_start(model, cache, len(images), device, bf16, batch_size)
+    inputs = _Inputs(model, images, device, bf16, cache, start, batch_size)
+    preds = []
+    with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+        for i in range(0, len(images), batch_size):
+            idx = torch.arange(i, min(i + batch_size, len(images)), device=inputs.data.device)
+            preds.append(model.run_stages(inputs.batch(idx), start).argmax(1).cpu())
+    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+
+
+def accuracy(model: nn.Module, split: Split, **kwargs) -> float:
+    return (predict(model, split.images, **kwargs) == split.labels).float().mean().item()
+
+
+def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float,
+        batch_size: int = 256, weight_decay: float = 0.0, patience: int | None = None,
+        seed: int = 0, device: str | torch.device | None = None, bf16: bool | None = None,
+        cache: FeatureCache | None = None,
+        on_epoch: Callable[[int, float], None] | None = None) -> FitResult:
+    """Train the parameters of `model` that require grad with AdamW + cosine decay.
+
+    Validation accuracy is measured after every epoch; the best epoch's weights are restored at
+    the end, and training stops early after `patience` epochs without improvement. A non-finite
+    loss ends the run with status "diverged" instead of raising. `on_epoch(epoch, val_acc)` is
+    called after each epoch; an exception it raises (e.g. a pruning signal) propagates.
+    Deterministic for a seed on CPU.
+    """
+    if epochs < 1 or batch_size < 1 or not lr > 0:
+        raise LorafitError(f"bad training settings: epochs={epochs} batch_size={batch_size} lr={lr}")
+    device = pick_device(device) if not isinstance(device, torch.device) else device
+    bf16 = bf16_supported(device) if bf16 is None else bf16
+    torch.manual_seed(seed)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    model.to(device, memory_format=torch.channels_last)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise LorafitError("nothing to train: every parameter is frozen")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    model.eval()  # the prefix is computed in evaluation mode
+    start = _prefix_start(model, cache, len(train) + len(val), device, bf16, 2048)
+    train_in = _Inputs(model, train.images, device, bf16, cache, start, 2048)
+    val_in = _Inputs(model, val.images, device, bf16, cache, start, 2048)
+    train_y, val_y = train.labels.to(device), val.labels.to(device)
+
+    steps_per_epoch = math.ceil(len(train) / batch_size)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+    result = FitResult(status="complete", bf16=bf16, cached_stages=STAGES[:start])
+    best_state, best_acc, stale, trained_images = None, -1.0, 0, 0
+    t_start = time.perf_counter()
+    train_seconds = 0.0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        perm = torch.randperm(len(train), generator=gen).to(train_in.data.device)
+        total_loss = torch.zeros((), device=device)
+        for i in range(0, len(train), batch_size):
+            idx = perm[i:i + batch_size]
+            with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                loss = F.cross_entropy(model.run_stages(train_in.batch(idx), start), train_y[idx])
+            if not torch.isfinite(loss):
+                result.status = "diverged"
+                result.error = f"non-finite loss ({loss.item()}) at epoch {epoch}, step {i // batch_size + 1}"
+                break
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total_loss += loss.detach() * len(idx)
+        epoch_s = time.perf_counter() - t0
+        train_seconds += epoch_s
+        if result.status == "diverged":
+            break
+        trained_images += len(train)
+        model.eval()
+        with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+            correct = 0
+            for i in range(0, len(val), 2048):
+                idx = torch.arange(i, min(i + 2048, len(val)), device=val_in.data.device)
+                correct += (model.run_stages(val_in.batch(idx), start).argmax(1) == val_y[idx]).sum().item()
+        val_acc = correct / max(len(val), 1)
+        result.curve.append({"epoch": epoch, "train_loss": total_loss.item() / len(train),
+                             "val_acc": val_acc, "seconds": epoch_s,
+                             "images_per_s": len(train) / epoch_s})
+        if val_acc > best_acc:
+            best_acc, stale, result.best_epoch = val_acc, 0, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+        if on_epoch is not None:
+            on_epoch(epoch, val_acc)
+        if patience is not None and stale >= patience:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    result.best_val_acc = best_acc if best_acc >= 0 else float("nan")
+    result.train_s = time.perf_counter() - t_start
+    result.images_per_s = trained_images / train_seconds if train_seconds > 0 else 0.0
+    result.peak_mem_mb = _peak_mem_mb(device)
+    return result

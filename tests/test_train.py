@@ -1,0 +1,115 @@
+"""The trainer: learns, stops on divergence, is deterministic, and the prefix cache changes nothing."""
+
+import math
+
+import pytest
+import torch
+
+from lorafit import freeze, glyphs, lora
+from lorafit.data import Split
+from lorafit.features import FeatureCache, frozen_prefix_length
+from lorafit.model import STAGES, SeedCNN, replace_head
+from lorafit.train import accuracy, fit, predict
+
+
+@pytest.fixture(scope="module")
+def digits():
+    x, y, _ = glyphs.generate("digits", 3000, seed=0)
+    return Split(x[:2400], y[:2400]), Split(x[2400:], y[2400:])
+
+
+def _model(seed=0, classes=10):
+    torch.manual_seed(seed)
+    return SeedCNN(classes)
+
+
+def test_learns_glyph_digits_well_above_chance(digits):
+    train, val = digits
+    model = _model()
+    result = fit(model, train, val, epochs=2, lr=2e-3, seed=0)
+    assert result.status == "complete"
+    assert result.best_val_acc > 0.6  # chance is 0.1
+    assert accuracy(model, val) == pytest.approx(result.best_val_acc, abs=1e-6)
+    assert len(result.curve) == 2 and result.images_per_s > 0
+    assert result.curve[-1]["train_loss"] < result.curve[0]["train_loss"]
+
+
+def test_divergence_is_caught_not_raised(digits):
+    train, val = digits
+    model = _model()
+    with torch.no_grad():
+        model.fc.weight.fill_(float("nan"))
+    result = fit(model, train, val, epochs=2, lr=1e-3, seed=0)
+    assert result.status == "diverged"
+    assert "non-finite loss" in result.error and "epoch 1" in result.error
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_cpu_determinism(digits, bf16):
+    train, val = digits
+    runs = []
+    for _ in range(2):
+        model = _model(seed=3)
+        result = fit(model, train, val, epochs=1, lr=2e-3, seed=3, bf16=bf16, device="cpu")
+        runs.append((result.curve[0]["train_loss"], result.best_val_acc, predict(model, val.images, bf16=bf16)))
+    assert runs[0][0] == runs[1][0] and runs[0][1] == runs[1][1]
+    assert torch.equal(runs[0][2], runs[1][2])
+
+
+def test_early_stopping_restores_best_epoch(digits):
+    train, val = digits
+    model = _model()
+    result = fit(model, train, val, epochs=6, lr=5e-2, seed=0, patience=1)
+    assert len(result.curve) <= 6
+    assert result.best_val_acc == max(c["val_acc"] for c in result.curve)
+    assert accuracy(model, val) == pytest.approx(result.best_val_acc, abs=1e-6)
+
+
+@pytest.mark.parametrize("placement,policy,cut", [
+    ("proj", "lora", "proj"), ("none", "head", "fc"), ("seed", "seed", "conv2"), ("conv3", "lora", "conv3")])
+def test_prefix_cache_matches_uncached(digits, placement, policy, cut):
+    train, val = digits
+    backbone = _model(seed=1)
+    fit(backbone, train, val, epochs=1, lr=2e-3, seed=1)
+    outs = []
+    for cache in (None, FeatureCache(256)):
+        torch.manual_seed(5)
+        model = replace_head(SeedCNN(10), 10)
+        model.load_state_dict(backbone.state_dict())
+        lora.inject(model, placement, rank=4, alpha=4)
+        freeze.apply(model, policy)
+        assert STAGES[frozen_prefix_length(model)] == cut
+        result = fit(model, train, val, epochs=2, lr=3e-3, seed=5, cache=cache, bf16=False)
+        outs.append((result, predict(model, val.images, bf16=False, cache=cache)))
+    (plain, p_plain), (cached, p_cached) = outs
+    assert plain.cached_stages == () and cached.cached_stages == STAGES[:STAGES.index(cut)]
+    assert abs(plain.best_val_acc - cached.best_val_acc) <= 0.005
+    for a, b in zip(plain.curve, cached.curve):
+        assert math.isclose(a["train_loss"], b["train_loss"], rel_tol=1e-3)
+    assert (p_plain != p_cached).float().mean().item() <= 0.005
+
+
+def test_cache_key_changes_with_backbone_and_data(digits):
+    train, val = digits
+    cache = FeatureCache(256)
+    model = _model()
+    freeze.apply(model, "head")
+    fit(model, train, val, epochs=1, lr=1e-3, seed=0, cache=cache)
+    misses = cache.misses
+    fit(model, train, val, epochs=1, lr=1e-3, seed=0, cache=cache)  # same backbone and data: hits
+    assert cache.misses == misses and cache.hits >= 2
+    with torch.no_grad():
+        model.conv1.conv.weight.add_(0.01)  # a changed backbone must not reuse stale features
+    fit(model, train, val, epochs=1, lr=1e-3, seed=0, cache=cache)
+    assert cache.misses == misses + 2
+    changed = Split(train.images.flip(-1), train.labels)  # changed data, same shape
+    fit(model, changed, val, epochs=1, lr=1e-3, seed=0, cache=cache)
+    assert cache.misses == misses + 3
+
+
+def test_budget_zero_falls_back_to_plain_path(digits):
+    train, val = digits
+    model = _model()
+    freeze.apply(model, "head")
+    result = fit(model, train, val, epochs=1, lr=1e-3, seed=0, cache=FeatureCache(0))
+    assert result.cached_stages == ()
