@@ -1,0 +1,138 @@
+"""lorafit's command line: `python -m bench SUBCOMMAND` (or `lorafit-bench SUBCOMMAND`).
+
+    run grid      the fixed ablation grid (studies/grid.toml) as an Optuna study
+    study NAME    an Optuna study declared in studies/NAME.toml
+    leaderboard   leaderboard.md (and charts) from the stored records
+    charts        the charts alone
+    report ID     the seed post's per-run analysis for one record
+    perf          throughput ratios, suite vs the seed post's pipeline
+
+Errors a user can cause print one line on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from lorafit.errors import LorafitError
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_GRID = ROOT / "studies" / "grid.toml"
+
+
+def _runs_dir(path: str) -> Path:
+    runs = Path(path)
+    try:
+        runs.mkdir(parents=True, exist_ok=True)
+        probe = runs / f".write-probe-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise LorafitError(f"runs directory {runs} is not writable ({e.strerror}); pass --runs-dir DIR") from None
+    return runs
+
+
+def _seeds(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds must be an integer >= 1, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--seeds must be >= 1, got {n}")
+    return n
+
+
+def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
+    p.add_argument("--runs-dir", default="runs", help="where storage, backbones, records, charts go (default ./runs)")
+    if data:
+        p.add_argument("--data-dir", default=None,
+                       help="folder with the official MNIST/EMNIST files (default $LORAFIT_DATA_DIR or ~/.cache/lorafit/data)")
+        p.add_argument("--storage", default=None,
+                       help="Optuna storage URL (default sqlite:///RUNS/optuna.db; postgresql://USER@HOST/DB for many machines)")
+        p.add_argument("--device", default=None, choices=("cpu", "cuda"), help="default: cuda when present")
+        p.add_argument("--cache-mb", type=float, default=2048,
+                       help="memory budget for frozen-prefix feature caches (0 disables them)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad command lines get one line on stderr (and status 2), like every other user error."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run the fixed ablation grid")
+    run.add_argument("what", choices=("grid",), help="what to run (the grid)")
+    run.add_argument("--profile", default="smoke", help="smoke | local | paper (default smoke)")
+    run.add_argument("--grid", default=str(DEFAULT_GRID), help="grid file (default studies/grid.toml)")
+    run.add_argument("--seeds", type=_seeds, default=None, help="seeds per configuration (default: the profile's; smoke 1, local 3, paper 3)")
+    run.add_argument("--only", default=None, help="run only cells whose name contains this text")
+    _common(run)
+    return parser
+
+
+def cmd_run_grid(args) -> int:
+    import optuna
+
+    from bench import driver, grid, profiles, storage
+    from bench.runner import Context, resolve_protocol
+
+    prof = profiles.profile(args.profile)
+    data_dir = Path(args.data_dir) if args.data_dir else None
+    if data_dir is not None and not data_dir.is_dir():
+        raise LorafitError(f"--data-dir {data_dir} does not exist; pass the folder that holds the official files, or use --profile smoke")
+    overrides = {}
+    if prof["real_data"]:
+        try:
+            overrides["protocol"] = resolve_protocol(prof["target"], prof["protocol"], data_dir)
+            resolve_protocol(prof["source"], "auto", data_dir)
+        except LorafitError as e:
+            hint = "" if "--data-dir" in str(e) else " (pass --data-dir DIR, or use --profile smoke)"
+            raise LorafitError(f"profile {args.profile} needs real data: {e}{hint}") from None
+    cells = grid.load_grid(args.grid, args.profile, args.seeds, overrides)
+    if args.only:
+        cells = [c for c in cells if args.only in c.name]
+        if not cells:
+            raise LorafitError(f"--only {args.only!r} matches no cell")
+    runs = _runs_dir(args.runs_dir)
+    storage.quiet_optuna()
+    store = storage.open_storage(args.storage, runs)
+    name = f"{Path(args.grid).stem}-{args.profile}"
+    study = optuna.create_study(study_name=name, storage=store, direction="maximize", load_if_exists=True)
+    study.set_user_attr("kind", "grid")
+    ctx = Context(runs, data_dir, args.device, args.cache_mb)
+    n_configs = len({c.digest() for c in cells if c.seed == 0}) or len(cells)
+    print(f"grid {name}: {len(cells)} cells ({n_configs} configurations x {len({c.seed for c in cells})} seeds), "
+          f"profile {args.profile}, protocol {cells[0].protocol}, device {ctx.torch_device}, "
+          f"storage {storage._redact(store.url) if hasattr(store, 'url') else args.storage or 'sqlite'}", flush=True)
+    status = driver.run_grid(study, cells, ctx, show_progress=not args.no_progress)
+    counts = {s: list(status.values()).count(s) for s in sorted(set(status.values()))}
+    print(f"grid {name}: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f"; records in {runs / 'records' / name}")
+    return 0 if set(status.values()) <= {"done"} else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return cmd_run_grid(args)
+    except LorafitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

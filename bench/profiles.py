@@ -1,0 +1,50 @@
+"""Profiles: the sizes and epochs of each kind of run, in one place.
+
+smoke  synthetic glyphs (digits -> 62 characters), tiny: the whole grid, one seed, ~1 min, offline
+local  real MNIST -> EMNIST byclass on 2 CPU cores: the whole grid, 3 seeds, about an hour.
+       Uses the official EMNIST protocol when the byclass train files are present, otherwise a
+       stratified re-split of the byclass test split (every record says which).
+paper  official MNIST -> EMNIST byclass train/test at full size, more epochs (GPU recommended)
+"""
+
+from __future__ import annotations
+
+from lorafit.errors import LorafitError
+
+PROFILES: dict[str, dict] = {
+    "smoke": dict(
+        source="glyphs-digits", target="glyphs-chars", protocol="synthetic", real_data=False, seeds=1,
+        train_size=2000, val_size=500, test_size=1000,
+        epochs=3, batch_size=128, patience=0,
+        pretrain_size=3000, pretrain_epochs=2, pretrain_batch_size=128, pretrain_lr=2e-3,
+    ),
+    "local": dict(
+        source="mnist", target="emnist-byclass", protocol="auto", real_data=True, seeds=3,
+        train_size=30000, val_size=5000, test_size=0,
+        epochs=4, batch_size=256, patience=0,
+        pretrain_size=0, pretrain_epochs=2, pretrain_batch_size=128, pretrain_lr=2e-3,
+    ),
+    "paper": dict(
+        source="mnist", target="emnist-byclass", protocol="official", real_data=True, seeds=3,
+        train_size=0, val_size=0, test_size=0,
+        epochs=15, batch_size=256, patience=3,
+        pretrain_size=0, pretrain_epochs=10, pretrain_batch_size=128, pretrain_lr=2e-3,
+    ),
+}
+
+# The RunConfig fields a profile sets.
+CONFIG_KEYS = ("source", "target", "protocol", "train_size", "val_size", "test_size", "epochs",
+               "batch_size", "patience", "pretrain_size", "pretrain_epochs",
+               "pretrain_batch_size", "pretrain_lr")
+
+
+def profile(name: str) -> dict:
+    if name not in PROFILES:
+        raise LorafitError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
+    return PROFILES[name]
+
+
+def config_defaults(name: str) -> dict:
+    """The RunConfig fields of profile `name`."""
+    p = profile(name)
+    return {"profile": name, **{k: p[k] for k in CONFIG_KEYS}}

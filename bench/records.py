@@ -1,0 +1,84 @@
+"""Result records: one JSON file per finished cell or trial (complete, failed or diverged).
+
+    run      id, study, trial, created_at, git_sha, status (complete|failed|diverged), error
+    config   the RunConfig as a dict
+    metrics  test_acc, test_balanced_acc, test_macro_f1, val_acc, source_acc_before/after,
+             trainable_params, total_params, adapter_bytes, train_s, images_per_s, peak_mem_mb
+    curve    [{epoch, train_loss, val_acc, seconds, images_per_s}]
+    analysis classes, per_class_acc, confusion (rows = true class)
+    env      python, torch, torchvision, optuna, device, cpu, gpu, bf16, threads, protocol, data files
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from lorafit.errors import LorafitError
+
+
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Write to a temporary file in the same directory, then rename into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode() if isinstance(text, str) else text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: dict) -> None:
+    write_atomic(path, json.dumps(obj, indent=1, sort_keys=True, allow_nan=True) + "\n")
+
+
+def record_path(runs_dir: Path, study: str, cell_id: str) -> Path:
+    return runs_dir / "records" / study / f"{cell_id}.json"
+
+
+def load_records(runs_dir: Path, study: str | None = None) -> list[dict]:
+    """Every record under runs_dir/records (of one study, if given), sorted by path."""
+    root = runs_dir / "records"
+    if study:
+        root = root / study
+    if not root.is_dir():
+        return []
+    records = []
+    for path in sorted(root.rglob("*.json")):
+        if path.name.startswith("."):
+            continue
+        try:
+            records.append(json.loads(path.read_text()))
+        except json.JSONDecodeError as e:
+            raise LorafitError(f"{path}: not a valid record ({e}); delete it and re-run its cell") from None
+    return records
+
+
+def find_record(runs_dir: Path, run_id: str) -> dict:
+    matches = [r for r in load_records(runs_dir) if r["run"]["id"] == run_id or r["run"]["id"].startswith(run_id)]
+    if not matches:
+        raise LorafitError(f"no record with id {run_id!r} under {runs_dir / 'records'}")
+    if len({m["run"]["id"] for m in matches}) > 1:
+        raise LorafitError(f"run id {run_id!r} is ambiguous: {', '.join(sorted(m['run']['id'] for m in matches)[:5])}")
+    return matches[0]
+
+
+def frame(records: list[dict]) -> pd.DataFrame:
+    """One row per record, columns prefixed by section: run.id, config.rank, metrics.test_acc, ..."""
+    rows = []
+    for r in records:
+        row = {}
+        for section in ("run", "config", "metrics", "env"):
+            for k, v in r.get(section, {}).items():
+                if not isinstance(v, (dict, list)) or k == "widths":
+                    row[f"{section}.{k}"] = tuple(v) if isinstance(v, list) else v
+        rows.append(row)
+    return pd.DataFrame(rows)

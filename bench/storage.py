@@ -1,0 +1,61 @@
+"""Where trials live: Optuna's RDB storage (an existing engine, no home-made coordinator).
+
+Default: an embedded SQLite file under the runs directory (no server; `optuna-dashboard
+sqlite:///runs/optuna.db` opens it). For many machines: `--storage postgresql://user@host/db`.
+Heartbeats mark the trials of crashed workers as failed; each is then retried once.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.exceptions import ExperimentalWarning
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+from lorafit.errors import LorafitError
+
+# Seconds between heartbeats, and how long without one before a running trial counts as crashed.
+HEARTBEAT_S = int(os.environ.get("LORAFIT_HEARTBEAT_S", "10"))
+GRACE_S = int(os.environ.get("LORAFIT_GRACE_S", str(3 * HEARTBEAT_S)))
+
+
+def default_url(runs_dir: Path) -> str:
+    return f"sqlite:///{(runs_dir / 'optuna.db').resolve()}"
+
+
+def open_storage(url: str | None, runs_dir: Path) -> RDBStorage:
+    """The storage for `url` (default: SQLite under runs_dir). Unreachable -> one-line error."""
+    url = url or default_url(runs_dir)
+    if not url.startswith(("sqlite:///", "postgresql", "mysql")):
+        raise LorafitError(f"unsupported storage URL {url!r}; use sqlite:///PATH or postgresql://USER@HOST/DB")
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    if url.startswith("postgresql"):
+        engine_kwargs["connect_args"] = {"connect_timeout": 10}
+    try:
+        with warnings.catch_warnings():  # heartbeats are marked experimental; they are what we need
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
+                              grace_period=GRACE_S,
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+    except ImportError as e:
+        raise LorafitError(f"storage {_redact(url)}: missing driver ({e}); pip install 'lorafit[postgres]'") from None
+    except Exception as e:  # sqlalchemy's OperationalError and friends: say what and where, in one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LorafitError(f"cannot open storage {_redact(url)}: {first}") from None
+
+
+def _redact(url: str) -> str:
+    """Hide a password in user:password@host."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':')[0]}@{host}"
+    return url
+
+
+def quiet_optuna() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=ExperimentalWarning)
