@@ -103,17 +103,21 @@ def cmd_run_grid(args) -> int:
         cells = [c for c in cells if args.only in c.name]
         if not cells:
             raise LorafitError(f"--only {args.only!r} matches no cell")
-    runs = _runs_dir(args.runs_dir)
     storage.quiet_optuna()
-    store = storage.open_storage(args.storage, runs)
+    if args.storage:  # a server: check it before anything is written locally
+        store = storage.open_storage(args.storage, Path(args.runs_dir))
+        runs = _runs_dir(args.runs_dir)
+    else:
+        runs = _runs_dir(args.runs_dir)
+        store = storage.open_storage(None, runs)
     name = f"{Path(args.grid).stem}-{args.profile}"
     study = optuna.create_study(study_name=name, storage=store, direction="maximize", load_if_exists=True)
     study.set_user_attr("kind", "grid")
-    ctx = Context(runs, data_dir, args.device, args.cache_mb)
+    ctx = Context(runs, data_dir, args.device, args.cache_mb, log=lambda line: print(line, flush=True))
     n_configs = len({c.digest() for c in cells if c.seed == 0}) or len(cells)
     print(f"grid {name}: {len(cells)} cells ({n_configs} configurations x {len({c.seed for c in cells})} seeds), "
           f"profile {args.profile}, protocol {cells[0].protocol}, device {ctx.torch_device}, "
-          f"storage {storage._redact(store.url) if hasattr(store, 'url') else args.storage or 'sqlite'}", flush=True)
+          f"storage {storage.redact(args.storage or storage.default_url(runs))}", flush=True)
     status = driver.run_grid(study, cells, ctx, show_progress=not args.no_progress)
     counts = {s: list(status.values()).count(s) for s in sorted(set(status.values()))}
     print(f"grid {name}: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f"; records in {runs / 'records' / name}")

@@ -94,6 +94,8 @@ def run_grid(study: optuna.Study, cells: list[RunConfig], ctx: Context,
     status = grid_status(study, cells)
     bar = tqdm(total=len(cells), initial=sum(s == "done" for s in status.values()), desc="cells",
                unit="cell", disable=not show_progress, dynamic_ncols=True)
+    if show_progress:
+        ctx.log = bar.write  # keep log lines above the bars
 
     def objective(trial: optuna.Trial) -> float:
         cell_id = trial.user_attrs.get("cell_id")

@@ -40,6 +40,7 @@ class Context:
     device: str | None = None
     cache_budget_mb: float = 2048
     cache: FeatureCache | None = field(default=None, repr=False)
+    log: Callable[[str], None] = field(default=print, repr=False)
 
     def __post_init__(self) -> None:
         self.runs_dir = Path(self.runs_dir)
@@ -110,6 +111,8 @@ def pretrained_backbone(cfg: RunConfig, ctx: Context, progress: Callable | None 
             model = SeedCNN(src.num_classes, cfg.widths)
             model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
             return model, json.loads(info_path.read_text())
+        ctx.log(f"pretraining backbone {digest} on {cfg.source} ({len(src.train)} images, "
+                f"{cfg.pretrain_epochs} epochs, seed {cfg.seed})")
         torch.manual_seed(cfg.seed)
         model = SeedCNN(src.num_classes, cfg.widths)
         result = fit(model, src.train, src.val, epochs=cfg.pretrain_epochs, lr=cfg.pretrain_lr,
@@ -126,6 +129,8 @@ def pretrained_backbone(cfg: RunConfig, ctx: Context, progress: Callable | None 
         torch.save(model.state_dict(), tmp)
         tmp.replace(weights)
         write_json(info_path, info)
+        ctx.log(f"backbone {digest}: {cfg.source} test accuracy {info['source_test_acc']:.4f} "
+                f"({result.train_s:.1f} s)")
         return model, info
 
 

@@ -41,13 +41,13 @@ def open_storage(url: str | None, runs_dir: Path) -> RDBStorage:
                               grace_period=GRACE_S,
                               heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
     except ImportError as e:
-        raise LorafitError(f"storage {_redact(url)}: missing driver ({e}); pip install 'lorafit[postgres]'") from None
+        raise LorafitError(f"storage {redact(url)}: missing driver ({e}); pip install 'lorafit[postgres]'") from None
     except Exception as e:  # sqlalchemy's OperationalError and friends: say what and where, in one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LorafitError(f"cannot open storage {_redact(url)}: {first}") from None
+        raise LorafitError(f"cannot open storage {redact(url)}: {first}") from None
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """Hide a password in user:password@host."""
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)

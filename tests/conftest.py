@@ -15,3 +15,40 @@ def _isolated_data_cache(tmp_path_factory, monkeypatch):
     """Never touch the user's ~/.cache: every test session gets its own data cache."""
     if "LORAFIT_DATA_DIR" not in os.environ:
         monkeypatch.setenv("LORAFIT_DATA_DIR", str(tmp_path_factory.getbasetemp() / "data-cache"))
+
+TINY_GRID = """
+[lr]
+head = 5e-3
+lora = 3e-3
+seed = 3e-3
+
+[[cell]]
+name = "head"
+method = "head"
+policy = "head"
+
+[[cell]]
+name = "lora-{placement}"
+method = "lora"
+placement = ["proj", "conv3"]
+rank = 2
+policy = "lora"
+
+[[cell]]
+name = "seed-post"
+method = "seed"
+placement = "seed"
+rank = 8
+alpha = 1.0
+policy = "seed"
+"""
+
+
+@pytest.fixture
+def tiny_grid(tmp_path):
+    """A 4-configuration grid file (fast on the smoke profile); the stem names the study."""
+    def make(text: str = TINY_GRID, name: str = "tiny") -> Path:
+        path = tmp_path / f"{name}.toml"
+        path.write_text(text)
+        return path
+    return make

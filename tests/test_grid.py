@@ -1,0 +1,146 @@
+"""`python -m bench run grid`: the grid file, the smoke grid end to end, resume, and bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from bench.__main__ import DEFAULT_GRID, main
+from bench.grid import load_grid
+from lorafit.errors import LorafitError
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORD_KEYS = {
+    "run": {"id", "study", "trial", "created_at", "git_sha", "status", "error"},
+    "metrics": {"test_acc", "test_balanced_acc", "test_macro_f1", "source_acc_after", "trainable_params",
+                "total_params", "adapter_bytes", "train_s", "images_per_s", "peak_mem_mb"},
+    "env": {"python", "torch", "torchvision", "optuna", "device", "cpu", "gpu", "protocol",
+            "target_files", "source_files"},
+}
+
+
+def test_grid_file_declares_the_ablation():
+    cells = load_grid(DEFAULT_GRID, "smoke")
+    names = sorted({c.name for c in cells})
+    assert {"scratch", "full", "head", "seed-post", "lora-proj", "lora-conv1", "lora-conv2", "lora-conv3",
+            "lora-convs", "lora-convs-kxk", "lora-proj-seed", "lora-proj-bitfit"} == set(names)
+    assert sorted(c.rank for c in cells if c.name == "lora-proj") == [1, 2, 4, 8, 16, 32, 64]
+    assert sorted(c.rank for c in cells if c.name == "lora-conv2") == [2, 4, 8, 16]
+    assert all(c.seed == 0 for c in cells)  # smoke: one seed
+    assert len(load_grid(DEFAULT_GRID, "local")) == 3 * len(cells)
+    lrs = {c.method: c.lr for c in cells}
+    assert len(set(lrs.values())) > 1  # each family has its own learning rate
+    seed = next(c for c in cells if c.name == "seed-post")
+    assert (seed.placement, seed.policy, seed.rank, seed.alpha) == ("seed", "seed", 8, 1.0)
+    assert next(c for c in cells if c.name == "lora-proj" and c.rank == 16).alpha == 16.0
+
+
+def _trials(runs: Path, study: str):
+    return optuna.load_study(study_name=study, storage=f"sqlite:///{runs / 'optuna.db'}").get_trials()
+
+
+def test_smoke_grid_end_to_end_and_resume(tmp_path, tiny_grid, capsys):
+    runs = tmp_path / "runs"
+    grid = tiny_grid()
+    argv = ["run", "grid", "--grid", str(grid), "--runs-dir", str(runs), "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "4 done" in out and "pretraining backbone" in out
+    records = sorted((runs / "records" / "tiny-smoke").glob("*.json"))
+    assert len(records) == 4
+    for path in records:
+        rec = json.loads(path.read_text())
+        for section, keys in RECORD_KEYS.items():
+            assert keys <= set(rec[section]), (section, keys - set(rec[section]))
+        assert rec["run"]["status"] == "complete" and rec["run"]["error"] is None
+        assert rec["config"]["protocol"] == "synthetic" and rec["env"]["protocol"] == "synthetic"
+        assert 0.05 < rec["metrics"]["test_acc"] <= 1  # 62 classes: chance is 0.016
+        assert 0 <= rec["metrics"]["source_acc_after"] <= 1
+        assert len(rec["curve"]) == rec["config"]["epochs"]
+        assert len(rec["analysis"]["confusion"]) == 62
+    assert len(list((runs / "backbones").glob("*.pt"))) == 1
+    trials = _trials(runs, "tiny-smoke")
+    assert sorted(t.state.name for t in trials) == ["COMPLETE"] * 4
+    # A second invocation finds nothing to do: no new trial, no new record, no pretraining.
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "4 done" in out and "pretraining" not in out
+    assert len(_trials(runs, "tiny-smoke")) == 4
+    assert sorted((runs / "records" / "tiny-smoke").glob("*.json")) == records
+    # More seeds later: only the new cells run.
+    assert main(argv + ["--seeds", "2"]) == 0
+    assert len(_trials(runs, "tiny-smoke")) == 8
+
+
+BAD_GRIDS = {
+    "malformed": ("[[cell]\nname = 1", "malformed TOML"),
+    "unknown key": ('[lr]\nlora = 1e-3\n[[cell]]\nname = "x"\nmethod = "lora"\nplacement = "proj"\nrank = 2\npolicy = "lora"\nranks = 3', "unknown key"),
+    "unknown section": ('[defaults]\nseeds = 2\n[[cell]]\nname = "x"\nmethod = "head"\npolicy = "head"', "unknown section"),
+    "unknown placement": ('[lr]\nlora = 1e-3\n[[cell]]\nname = "x"\nmethod = "lora"\nplacement = "fc"\nrank = 2\npolicy = "lora"', "unknown placement"),
+    "unknown policy": ('[lr]\nlora = 1e-3\n[[cell]]\nname = "x"\nmethod = "lora"\nplacement = "proj"\nrank = 2\npolicy = "frozen"', "unknown freeze policy"),
+    "unknown shape": ('[lr]\nlora = 1e-3\n[[cell]]\nname = "x"\nmethod = "lora"\nplacement = "convs"\nshape = "3x3"\nrank = 2\npolicy = "lora"', "unknown shape"),
+    "rank 0": ('[lr]\nlora = 1e-3\n[[cell]]\nname = "x"\nmethod = "lora"\nplacement = "proj"\nrank = 0\npolicy = "lora"', "rank must be"),
+    "string lr": ('[lr]\nlora = "fast"\n[[cell]]\nname = "x"\nmethod = "lora"\nplacement = "proj"\nrank = 2\npolicy = "lora"', "lr must be a number"),
+    "no lr": ('[[cell]]\nname = "x"\nmethod = "head"\npolicy = "head"', "no learning rate"),
+    "no cells": ("[lr]\nhead = 1e-3", "no [[cell]]"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_GRIDS))
+def test_bad_grid_files_exit_2_with_one_line(case, tmp_path, tiny_grid, capsys):
+    text, message = BAD_GRIDS[case]
+    runs = tmp_path / "runs"
+    code = main(["run", "grid", "--grid", str(tiny_grid(text)), "--runs-dir", str(runs)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+    assert not runs.exists()  # nothing written
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--profile", "huge"], "unknown profile"),
+    (["--grid", "no-such-grid.toml"], "file not found"),
+    (["--seeds", "0"], "--seeds must be >= 1"),
+    (["--seeds", "two"], "--seeds must be an integer"),
+    (["--profile", "local", "--data-dir", "/nonexistent/data"], "--data-dir"),
+    (["--profile", "local", "--data-dir", "EMPTY"], "--profile smoke"),
+    (["--storage", "postgresql://nobody@127.0.0.1:1/none"], "cannot open storage"),
+    (["--storage", "redis://localhost"], "unsupported storage URL"),
+    (["--runs-dir", "FILE/runs"], "not writable"),
+    (["--only", "nothing-matches"], "matches no cell"),
+])
+def test_bad_arguments_exit_2_with_one_line(args, message, tmp_path, capsys):
+    (tmp_path / "FILE").write_text("a file, not a folder")
+    (tmp_path / "EMPTY").mkdir()
+    args = [a.replace("FILE", str(tmp_path / "FILE")).replace("EMPTY", str(tmp_path / "EMPTY")) for a in args]
+    runs = tmp_path / "runs"
+    try:
+        code = main(["run", "grid", "--runs-dir", str(runs), *args])
+    except SystemExit as e:  # argparse's own checks exit directly
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert "Traceback" not in err
+    assert not runs.exists() or not any(runs.rglob("*"))
+
+
+def test_cli_process_exit_status_and_no_traceback(tmp_path):
+    """The real entry point, as a user runs it."""
+    proc = subprocess.run([sys.executable, "-m", "bench", "run", "grid", "--profile", "nope",
+                           "--runs-dir", str(tmp_path / "r")], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: unknown profile 'nope'; choose one of smoke, local, paper"]
+    help_ = subprocess.run([sys.executable, "-m", "bench", "run", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert help_.returncode == 0 and "--profile" in help_.stdout and "--storage" in help_.stdout
+
+
+def test_load_grid_rejects_empty_list(tmp_path, tiny_grid):
+    path = tiny_grid('[lr]\nlora = 1e-3\n[[cell]]\nname = "x"\nmethod = "lora"\nplacement = "proj"\nrank = []\npolicy = "lora"')
+    with pytest.raises(LorafitError, match="empty list"):
+        load_grid(path, "smoke")
