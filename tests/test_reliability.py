@@ -1,0 +1,213 @@
+"""Reliability: crash and resume, many workers (SQLite and PostgreSQL), divergence, determinism."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+
+from bench.__main__ import main
+from bench.runner import Context, run_cell
+from bench.grid import load_grid
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_URL = os.environ.get("LORAFIT_TEST_PG_URL")
+TIMING = {"train_s", "wall_s", "images_per_s", "peak_mem_mb"}
+
+SLOW_GRID = """
+[lr]
+head = 5e-3
+lora = 3e-3
+seed = 3e-3
+
+[[cell]]
+name = "head"
+method = "head"
+policy = "head"
+
+[[cell]]
+name = "lora-{placement}"
+method = "lora"
+placement = ["conv3", "conv2", "convs"]
+rank = 2
+policy = "lora"
+
+[[cell]]
+name = "seed-post"
+method = "seed"
+placement = "seed"
+rank = 8
+alpha = 1.0
+policy = "seed"
+"""
+
+
+def _env() -> dict:
+    # Short heartbeats so a crashed worker's trial is noticed within seconds.
+    return {**os.environ, "LORAFIT_HEARTBEAT_S": "1", "LORAFIT_GRACE_S": "4", "PYTHONUNBUFFERED": "1",
+            "PYTHONWARNINGS": "ignore"}
+
+
+def _cmd(grid: Path, runs: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "bench", "run", "grid", "--grid", str(grid), "--runs-dir", str(runs),
+            "--no-progress", *extra]
+
+
+def _start(cmd) -> subprocess.Popen:
+    return subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _kill_after_first_cell(proc: subprocess.Popen) -> str:
+    """SIGKILL the worker right after it reports its first finished cell: the next cell is running."""
+    seen = []
+    deadline = time.time() + 120
+    for line in proc.stdout:
+        seen.append(line)
+        if " complete " in line or time.time() > deadline:
+            break
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return "".join(seen)
+
+
+def _study(storage: str, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def _per_cell_states(study: optuna.Study) -> dict[str, list[str]]:
+    states: dict[str, list[str]] = {}
+    for t in study.get_trials():
+        if "cell_id" in t.user_attrs and not t.user_attrs.get("skipped"):
+            states.setdefault(t.user_attrs["cell_id"], []).append(t.state.name)
+    return states
+
+
+def _no_partial_files(runs: Path) -> None:
+    leftovers = [p for p in runs.rglob("*") if p.name.endswith(".tmp") or (p.is_file() and p.name.startswith(".") and p.suffix != ".lock")]
+    assert not leftovers, leftovers
+    for path in (runs / "records").rglob("*.json"):
+        json.loads(path.read_text())  # every record parses
+
+
+def _metrics_by_cell(runs: Path, study: str) -> dict[str, dict]:
+    out = {}
+    for path in sorted((runs / "records" / study).glob("*.json")):
+        rec = json.loads(path.read_text())
+        out[rec["run"]["id"]] = {k: v for k, v in rec["metrics"].items() if k not in TIMING}
+    return out
+
+
+def test_kill_9_mid_cell_then_resume_completes_the_grid(tmp_path):
+    grid = tmp_path / "crash.toml"
+    grid.write_text(SLOW_GRID)
+    runs, clean = tmp_path / "runs", tmp_path / "clean"
+    first = _start(_cmd(grid, runs))
+    _kill_after_first_cell(first)
+    storage = f"sqlite:///{runs / 'optuna.db'}"
+    states = _per_cell_states(_study(storage, "crash-smoke"))
+    assert "RUNNING" in sum(states.values(), []), states  # it died inside a cell
+    resumed = subprocess.run(_cmd(grid, runs), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    states = _per_cell_states(_study(storage, "crash-smoke"))
+    assert len(states) == 5
+    for cell, cell_states in states.items():
+        assert cell_states.count("COMPLETE") == 1, (cell, cell_states)
+    assert sum(s.count("FAIL") for s in states.values()) == 1  # the killed trial, retried once
+    assert len(list((runs / "records" / "crash-smoke").glob("*.json"))) == 5
+    _no_partial_files(runs)
+    # Same numbers as a run that was never interrupted.
+    clean_run = subprocess.run(_cmd(grid, clean), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert clean_run.returncode == 0
+    assert _metrics_by_cell(runs, "crash-smoke") == _metrics_by_cell(clean, "crash-smoke")
+
+
+def _two_workers(grid: Path, runs: Path, *extra: str, kill_one: bool = False) -> list[str]:
+    procs = [_start(_cmd(grid, runs, *extra)) for _ in range(2)]
+    outs = []
+    if kill_one:
+        outs.append(_kill_after_first_cell(procs[0]))
+        procs = procs[1:]
+    for proc in procs:
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out
+        outs.append(out)
+    return outs
+
+
+def test_two_workers_share_one_grid_on_one_machine(tmp_path):
+    grid = tmp_path / "pair.toml"
+    grid.write_text(SLOW_GRID)
+    runs = tmp_path / "runs"
+    outs = _two_workers(grid, runs, "--seeds", "2")
+    text = "".join(outs)
+    assert text.count(" complete ") == 10  # 5 configurations x 2 seeds, each run once
+    assert all(" complete " in out for out in outs), "both workers took cells"
+    assert text.count("pretraining backbone") == 2  # one backbone per seed, pretrained once
+    states = _per_cell_states(_study(f"sqlite:///{runs / 'optuna.db'}", "pair-smoke"))
+    assert len(states) == 10 and all(s == ["COMPLETE"] for s in states.values()), states
+    assert len(list((runs / "records" / "pair-smoke").glob("*.json"))) == 10
+    _no_partial_files(runs)
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not PG_URL and not os.environ.get("LORAFIT_REQUIRE_PG"),
+                    reason="set LORAFIT_TEST_PG_URL to a PostgreSQL server (.ci/run does)")
+def test_postgres_workers_with_a_crash(tmp_path):
+    assert PG_URL, "LORAFIT_REQUIRE_PG is set but LORAFIT_TEST_PG_URL is not"
+    name = f"pg{uuid.uuid4().hex[:8]}"
+    grid = tmp_path / f"{name}.toml"
+    grid.write_text(SLOW_GRID)
+    study_name = f"{name}-smoke"
+    try:
+        # Two machines' worth of workers on one storage; one dies mid-cell, the other finishes,
+        # including the dead worker's cell once its heartbeat goes stale.
+        outs = _two_workers(grid, tmp_path / "runs", "--storage", PG_URL, kill_one=True)
+        assert "5 done" in outs[-1]
+        states = _per_cell_states(_study(PG_URL, study_name))
+        assert len(states) == 5
+        for cell, cell_states in states.items():
+            assert cell_states.count("COMPLETE") == 1, (cell, cell_states)
+    finally:
+        try:
+            optuna.delete_study(study_name=study_name, storage=PG_URL)
+        except KeyError:
+            pass
+
+
+def test_divergence_is_recorded_and_the_grid_goes_on(tmp_path, tiny_grid, capsys):
+    grid = tiny_grid(SLOW_GRID.split("[[cell]]\nname = \"lora-")[0] + """
+[[cell]]
+name = "boom"
+method = "lora"
+placement = "proj"
+rank = 2
+policy = "lora"
+lr = 1e30
+""", name="boom")
+    runs = tmp_path / "runs"
+    argv = ["run", "grid", "--grid", str(grid), "--runs-dir", str(runs), "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "diverged" in out and "2 done" in out
+    rec = json.loads(next((runs / "records" / "boom-smoke").glob("boom-*.json")).read_text())
+    assert rec["run"]["status"] == "diverged" and "non-finite loss" in rec["run"]["error"]
+    states = _per_cell_states(_study(f"sqlite:///{runs / 'optuna.db'}", "boom-smoke"))
+    assert sorted(sum(states.values(), [])) == ["COMPLETE", "FAIL"]
+    assert main(argv) == 0  # recorded, so not retried
+    assert len(_study(f"sqlite:///{runs / 'optuna.db'}", "boom-smoke").get_trials()) == 2
+
+
+def test_same_cell_same_seed_identical_metrics(tmp_path, tiny_grid):
+    cfg = next(c for c in load_grid(tiny_grid(), "smoke") if c.name == "lora-conv3")
+    a = run_cell(cfg, Context(tmp_path / "a"), "det")
+    b = run_cell(cfg, Context(tmp_path / "b"), "det")
+    strip = lambda m: {k: v for k, v in m.items() if k not in TIMING}
+    assert strip(a["metrics"]) == strip(b["metrics"])
+    assert a["analysis"] == b["analysis"]
