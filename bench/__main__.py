@@ -35,14 +35,16 @@ def _runs_dir(path: str) -> Path:
     return runs
 
 
-def _seeds(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds must be an integer >= 1, got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"--seeds must be >= 1, got {n}")
-    return n
+def _positive(flag: str):
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be an integer >= 1, got {value!r}") from None
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be >= 1, got {n}")
+        return n
+    return parse
 
 
 def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
@@ -74,9 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("what", choices=("grid",), help="what to run (the grid)")
     run.add_argument("--profile", default="smoke", help="smoke | local | paper (default smoke)")
     run.add_argument("--grid", default=str(DEFAULT_GRID), help="grid file (default studies/grid.toml)")
-    run.add_argument("--seeds", type=_seeds, default=None, help="seeds per configuration (default: the profile's; smoke 1, local 3, paper 3)")
+    run.add_argument("--seeds", type=_positive("--seeds"), default=None, help="seeds per configuration (default: the profile's; smoke 1, local 3, paper 3)")
     run.add_argument("--only", default=None, help="run only cells whose name contains this text")
     _common(run)
+
+    study = sub.add_parser("study", help="run an Optuna study declared in studies/NAME.toml")
+    study.add_argument("name", nargs="?", help="study name (a file in studies/) or a path to a .toml file")
+    study.add_argument("--list", action="store_true", help="list the study files")
+    study.add_argument("--best", action="store_true", help="print the best trial(s) as grid entries")
+    study.add_argument("--trials", type=_positive("--trials"), default=None, help="total finished trials wanted (default: the file's)")
+    study.add_argument("--timeout", type=float, default=None, help="stop starting new trials after S seconds")
+    study.add_argument("--profile", default=None, help="smoke | local | paper (default: the file's)")
+    _common(study)
     return parser
 
 
@@ -124,11 +135,69 @@ def cmd_run_grid(args) -> int:
     return 0 if set(status.values()) <= {"done"} else 1
 
 
+def cmd_study(args) -> int:
+    import optuna
+
+    from bench import profiles, storage, studies
+    from bench.runner import Context, resolve_protocol
+
+    if args.list:
+        for name, path in studies.study_files().items():
+            try:
+                _, spec = studies.load_study_file(name)
+                line = spec.get("study", {}).get("description", "")
+            except LorafitError as e:
+                line = f"INVALID: {e}"
+            print(f"{name:<14} {line}")
+        return 0
+    if not args.name:
+        raise LorafitError("name a study (python -m bench study --list shows them)")
+    name, spec = studies.load_study_file(args.name)
+    s = spec.get("study", {})
+    profile = args.profile or s.get("profile", "smoke")
+    prof = profiles.profile(profile)
+    data_dir = Path(args.data_dir) if args.data_dir else None
+    if data_dir is not None and not data_dir.is_dir():
+        raise LorafitError(f"--data-dir {data_dir} does not exist; pass the folder that holds the official files, or use --profile smoke")
+    if prof["real_data"] and not args.best:
+        resolve_protocol(prof["target"], prof["protocol"], data_dir)
+    storage.quiet_optuna()
+    if args.storage:
+        store = storage.open_storage(args.storage, Path(args.runs_dir))
+        runs = _runs_dir(args.runs_dir)
+    else:
+        runs = _runs_dir(args.runs_dir)
+        store = storage.open_storage(None, runs)
+    study = studies.create(name, spec, profile, store)
+    if args.best:
+        print(studies.best_as_grid(name, spec, study, profile))
+        return 0
+    total = args.trials or s.get("trials", 20)
+    ctx = Context(runs, data_dir, args.device, args.cache_mb, log=lambda line: print(line, flush=True))
+    already = studies.finished(study)
+    print(f"study {study.study_name}: {already}/{total} trials finished; profile {profile}, "
+          f"objectives {', '.join(s.get('objectives', ['val_acc']))}, sampler {s.get('sampler', 'tpe')}, "
+          f"pruner {s.get('pruner', 'none')}", flush=True)
+    if already < total:
+        objective = studies.objective_for(study, spec, profile, ctx)
+        study.optimize(objective, n_trials=total - already, timeout=args.timeout,
+                       catch=(studies.TrialFailed,), show_progress_bar=not args.no_progress,
+                       callbacks=[optuna.study.MaxTrialsCallback(total, states=(optuna.trial.TrialState.COMPLETE,
+                                                                                optuna.trial.TrialState.PRUNED))])
+    states = [t.state.name for t in study.get_trials(deepcopy=False)]
+    print(f"study {study.study_name}: " + ", ".join(f"{states.count(k)} {k.lower()}" for k in sorted(set(states))))
+    if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+        print(studies.best_as_grid(name, spec, study, profile))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "run":
             return cmd_run_grid(args)
+        if args.command == "study":
+            return cmd_study(args)
     except LorafitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -176,10 +176,10 @@ def git_sha() -> str | None:
 
 def run_cell(cfg: RunConfig, ctx: Context, study: str, trial: int | None = None,
              on_epoch: Callable[[int, float], None] | None = None,
-             progress: Callable | None = None) -> dict:
+             progress: Callable | None = None, run_id: str | None = None) -> dict:
     """Run one configuration and write its record. Failures become a record, not a crash, except
     user errors (LorafitError) and exceptions raised by `on_epoch` (e.g. pruning), which propagate."""
-    run = {"id": cfg.cell_id, "study": study, "trial": trial,
+    run = {"id": run_id or cfg.cell_id, "study": study, "trial": trial,
            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
            "git_sha": git_sha(), "status": "complete", "error": None}
     record = {"run": run, "config": cfg.to_dict(), "metrics": {}, "curve": [], "analysis": {}, "env": {}}
@@ -239,5 +239,5 @@ def run_cell(cfg: RunConfig, ctx: Context, study: str, trial: int | None = None,
         run["error"] = f"{type(e).__name__}: {e}"
         record["traceback"] = traceback.format_exc(limit=5)
     record["metrics"]["wall_s"] = time.perf_counter() - t0
-    write_json(record_path(ctx.runs_dir, study, cfg.cell_id), record)
+    write_json(record_path(ctx.runs_dir, study, run["id"]), record)
     return record

@@ -1,0 +1,126 @@
+"""Study files and `python -m bench study`: validation, resume, pruning, the Pareto front."""
+
+import json
+
+import optuna
+import pytest
+
+from bench.__main__ import main
+from bench.studies import load_study_file, study_files
+from lorafit.errors import LorafitError
+
+PRUNE_STUDY = """
+[study]
+description = "pruning check"
+objectives = ["val_acc"]
+directions = ["maximize"]
+sampler = "random"
+pruner = "median"
+seed = 1
+trials = 7
+profile = "smoke"
+
+[fixed]
+name = "prune"
+method = "lora"
+placement = "proj"
+rank = 4
+policy = "lora"
+train_size = 600
+epochs = 3
+
+[[param]]
+name = "lr"
+choices = [0.01, 0.003, 0.000001]
+"""
+
+
+@pytest.mark.parametrize("name", sorted(study_files()))
+def test_shipped_study_files_are_valid(name):
+    _, spec = load_study_file(name)
+    assert spec["study"]["description"]
+
+
+def test_the_required_studies_exist():
+    names = set(study_files())
+    assert {"lr_full", "lr_head", "lr_lora", "lr_scratch", "lr_seed", "pareto", "rank_alpha"} <= names
+    _, pareto = load_study_file("pareto")
+    assert pareto["study"]["directions"] == ["maximize", "minimize"]
+
+
+BAD = {
+    "unknown section": ("[study]\n[space]\n", "unknown section"),
+    "unknown objective": ('[study]\nobjectives = ["speed"]\ndirections = ["maximize"]', "unknown objective"),
+    "length mismatch": ('[study]\nobjectives = ["val_acc"]\ndirections = ["maximize", "minimize"]', "equal length"),
+    "pruned multi": ('[study]\nobjectives = ["val_acc", "trainable_params"]\ndirections = ["maximize", "minimize"]\npruner = "median"', "single objective"),
+    "bad sampler": ('[study]\nsampler = "grid"', "unknown sampler"),
+    "no range": ('[fixed]\nname = "x"\nmethod = "head"\npolicy = "head"\n[[param]]\nname = "lr"', "choices or low/high"),
+    "late condition": ('[fixed]\nname = "x"\nmethod = "head"\npolicy = "head"\n[[param]]\nname = "lr"\nlow = 0.1\nhigh = 0.2\nwhen = {rank = 2}', "not declared before"),
+    "bad fixed": ('[fixed]\nname = "x"\nmethod = "lora"\nplacement = "fc"\npolicy = "lora"\nrank = 2', "unknown placement"),
+    "bad profile": ('[study]\nprofile = "giant"', "unknown profile"),
+    "malformed": ("[study", "malformed TOML"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_study_files_exit_2_with_one_line(case, tmp_path, capsys):
+    text, message = BAD[case]
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    assert main(["study", str(path), "--runs-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_study_name(capsys, tmp_path):
+    assert main(["study", "nope", "--runs-dir", str(tmp_path)]) == 2
+    assert "unknown study 'nope'" in capsys.readouterr().err
+
+
+def test_list(capsys):
+    assert main(["study", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "pareto" in out and "rank_alpha" in out and "INVALID" not in out
+
+
+def test_study_runs_prunes_and_resumes(tmp_path, capsys):
+    path = tmp_path / "prunes.toml"
+    path.write_text(PRUNE_STUDY)
+    runs = tmp_path / "runs"
+    argv = ["study", str(path), "--runs-dir", str(runs), "--no-progress"]
+    assert main(argv + ["--trials", "5"]) == 0
+    storage = f"sqlite:///{runs / 'optuna.db'}"
+    study = optuna.load_study(study_name="prunes-smoke", storage=storage)
+    states = [t.state.name for t in study.get_trials()]
+    assert len(states) == 5 and "COMPLETE" in states
+    assert main(argv + ["--trials", "5"]) == 0  # resumes: nothing left to do
+    assert len(study.get_trials()) == 5
+    assert main(argv) == 0  # the file's 7 trials
+    trials = study.get_trials()
+    assert len(trials) == 7
+    pruned = [t for t in trials if t.state.name == "PRUNED"]
+    assert pruned and all("below the pruner" in t.user_attrs["pruned"] for t in pruned)
+    completed = [t for t in trials if t.state.name == "COMPLETE"]
+    records = sorted((runs / "records" / "prunes-smoke").glob("*.json"))
+    assert len(records) == len(completed)  # completed trials leave a record, like grid cells
+    rec = json.loads(records[0].read_text())
+    assert rec["run"]["study"] == "prunes-smoke" and rec["run"]["status"] == "complete"
+    out = capsys.readouterr().out
+    assert "[lr]\nlora = 0.003" in out  # --best-style output after the run
+
+
+def test_pareto_study_has_a_front_and_best_prints_cells(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert main(["study", "pareto", "--trials", "4", "--runs-dir", str(runs), "--no-progress"]) == 0
+    study = optuna.load_study(study_name="pareto-smoke", storage=f"sqlite:///{runs / 'optuna.db'}")
+    assert len(study.directions) == 2 and study.best_trials
+    capsys.readouterr()
+    assert main(["study", "pareto", "--best", "--runs-dir", str(runs)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# from study pareto-smoke") and "[[cell]]" in out and "method = " in out
+
+
+def test_best_before_any_trial_is_a_clean_error(tmp_path, capsys):
+    assert main(["study", "rank_alpha", "--best", "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert "no completed trial" in capsys.readouterr().err
