@@ -13,6 +13,7 @@ Errors a user can cause print one line on stderr and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -88,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--timeout", type=float, default=None, help="stop starting new trials after S seconds")
     study.add_argument("--profile", default=None, help="smoke | local | paper (default: the file's)")
     _common(study)
+
+    from bench import charts, leaderboard, perf, report
+    leaderboard.add_arguments(sub.add_parser("leaderboard", help="leaderboard.md (and the charts) from the records"))
+    charts.add_arguments(sub.add_parser("charts", help="the charts alone (HTML with inlined JS, and PNG)"))
+    report.add_arguments(sub.add_parser("report", help="per-run analysis: classification report, confusion matrix, top confusions"))
+    perf.add_arguments(sub.add_parser("perf", help="throughput: the suite vs the seed post's pipeline, ratios from one run"))
     return parser
 
 
@@ -198,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run_grid(args)
         if args.command == "study":
             return cmd_study(args)
+        if args.command in ("leaderboard", "charts", "report", "perf"):
+            module = importlib.import_module(f"bench.{args.command}")
+            return module.main(args)
     except LorafitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -8,10 +8,12 @@ Heartbeats mark the trials of crashed workers as failed; each is then retried on
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from pathlib import Path
 
 import optuna
+from filelock import FileLock
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
@@ -34,12 +36,25 @@ def open_storage(url: str | None, runs_dir: Path) -> RDBStorage:
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     if url.startswith("postgresql"):
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
-    try:
+    def connect() -> RDBStorage:
         with warnings.catch_warnings():  # heartbeats are marked experimental; they are what we need
             warnings.simplefilter("ignore", ExperimentalWarning)
             return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
                               grace_period=GRACE_S,
                               heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+
+    try:
+        if url.startswith("sqlite:///"):
+            # Workers starting together would race to create the schema: one at a time.
+            with FileLock(url[len("sqlite:///"):] + ".lock"):
+                return connect()
+        for attempt in range(3):  # a server: another worker may be creating the schema right now
+            try:
+                return connect()
+            except Exception as e:
+                if attempt == 2 or "UNIQUE" not in str(e).upper() and "duplicate" not in str(e).lower():
+                    raise
+                time.sleep(1 + attempt)
     except ImportError as e:
         raise LorafitError(f"storage {redact(url)}: missing driver ({e}); pip install 'lorafit[postgres]'") from None
     except Exception as e:  # sqlalchemy's OperationalError and friends: say what and where, in one line

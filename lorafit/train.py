@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 # MNIST statistics; every dataset is normalised with them since the backbone was trained on MNIST.
 MEAN, STD = 0.1307, 0.3081
+# Inference batch: measured on 2 CPU cores (bf16, channels_last), 256 ran ~3x faster than 2048,
+# whose activations no longer fit in cache.
+EVAL_BATCH = 256
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -121,7 +124,7 @@ def _prefix_start(model: nn.Module, cache: FeatureCache | None, n: int, device, 
 
 @torch.inference_mode()
 def predict(model: nn.Module, images: torch.Tensor, device: str | torch.device | None = None,
-            bf16: bool | None = None, batch_size: int = 2048,
+            bf16: bool | None = None, batch_size: int = EVAL_BATCH,
             cache: FeatureCache | None = None) -> torch.Tensor:
     """Predicted class indices (int64, on the CPU) for uint8 images."""
     device = pick_device(device) if not isinstance(device, torch.device) else device
@@ -168,9 +171,9 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float,
         torch.cuda.reset_peak_memory_stats(device)
 
     model.eval()  # the prefix is computed in evaluation mode
-    start = _prefix_start(model, cache, len(train) + len(val), device, bf16, 2048)
-    train_in = _Inputs(model, train.images, device, bf16, cache, start, 2048)
-    val_in = _Inputs(model, val.images, device, bf16, cache, start, 2048)
+    start = _prefix_start(model, cache, len(train) + len(val), device, bf16, EVAL_BATCH)
+    train_in = _Inputs(model, train.images, device, bf16, cache, start, EVAL_BATCH)
+    val_in = _Inputs(model, val.images, device, bf16, cache, start, EVAL_BATCH)
     train_y, val_y = train.labels.to(device), val.labels.to(device)
 
     steps_per_epoch = math.ceil(len(train) / batch_size)
@@ -206,8 +209,8 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float,
         model.eval()
         with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
             correct = 0
-            for i in range(0, len(val), 2048):
-                idx = torch.arange(i, min(i + 2048, len(val)), device=val_in.data.device)
+            for i in range(0, len(val), EVAL_BATCH):
+                idx = torch.arange(i, min(i + EVAL_BATCH, len(val)), device=val_in.data.device)
                 correct += (model.run_stages(val_in.batch(idx), start).argmax(1) == val_y[idx]).sum().item()
         val_acc = correct / max(len(val), 1)
         result.curve.append({"epoch": epoch, "train_loss": total_loss.item() / len(train),

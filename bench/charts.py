@@ -1,0 +1,218 @@
+"""The leaderboard's charts (altair): `python -m bench charts`, also run by `leaderboard`.
+
+Each chart is written twice: self-contained HTML (the Vega JavaScript inlined through
+vl-convert, so it opens offline) and PNG. Charts the records cannot support (no LoRA rows, no
+per-class analysis) are skipped with a warning instead of failing the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+from pathlib import Path
+
+import altair as alt
+import pandas as pd
+
+from lorafit.errors import LorafitError
+
+from bench.leaderboard import CHART_TITLES as TITLES, aggregate, config_key, setup_of
+from bench.records import load_records, write_atomic
+
+log = logging.getLogger(__name__)
+
+CI_NOTE = "mean over seeds, bars: 95% t-interval (clipped to 0–100%)"
+# Fixed colours, so a family looks the same in every chart whatever else is present.
+COLORS = {"full": "#4c4c4c", "scratch": "#9c9c9c", "head": "#9c755f", "seed post": "#e15759",
+          "lora proj": "#4e79a7", "lora conv1": "#f28e2b", "lora conv2": "#59a14f", "lora conv3": "#76b7b2",
+          "lora convs": "#edc948", "lora convs kxk": "#b07aa1", "lora all": "#ff9da7", "lora all kxk": "#d37295"}
+SPARE_COLORS = ["#a0cbe8", "#ffbe7d", "#8cd17d", "#86bcb6", "#f1ce63", "#d4a6c8", "#fabfd2", "#d7b5a6",
+                "#79706e", "#b6992d", "#499894", "#bab0ac"]
+
+
+def default_out(runs_dir: Path, study: str | None = None) -> Path:
+    """RUNS/charts, or RUNS/charts/STUDY for one study (so a subset never overwrites the full set)."""
+    return Path(runs_dir) / "charts" / study if study else Path(runs_dir) / "charts"
+
+
+def save(chart: alt.TopLevelMixin, out_dir: Path, stem: str) -> list[Path]:
+    """stem.html (JS inlined) and stem.png, written atomically."""
+    html = chart.to_html(inline=True)
+    if "cdn.jsdelivr" in html:  # a guard: the page must open offline (inlining is done by vl-convert)
+        raise LorafitError("altair wrote an HTML chart that loads JavaScript from a CDN; install vl-convert-python")
+    png = io.BytesIO()
+    chart.save(png, format="png", scale_factor=2)
+    paths = [out_dir / f"{stem}.html", out_dir / f"{stem}.png"]
+    write_atomic(paths[0], html)
+    write_atomic(paths[1], png.getvalue())
+    return paths
+
+
+def color(families: pd.Series, title: str = "method / placement") -> alt.Color:
+    """Colour by family with the fixed palette; unknown families take spare colours in name order."""
+    present = sorted(set(families), key=lambda f: (list(COLORS).index(f) if f in COLORS else len(COLORS), f))
+    spare = iter(SPARE_COLORS * 4)
+    palette = [COLORS[f] if f in COLORS else next(spare) for f in present]
+    return alt.Color("family:N", title=title, scale=alt.Scale(domain=present, range=palette))
+
+
+def _clipped(df: pd.DataFrame) -> pd.DataFrame:
+    """A t-interval can leave [0, 1] with few seeds; accuracy cannot, so the bars stop there."""
+    return df.assign(acc_lo=df["acc_lo"].clip(0, 1), acc_hi=df["acc_hi"].clip(0, 1))
+
+
+def _titled(chart: alt.TopLevelMixin, df: pd.DataFrame, title: str, subtitle: str,
+            independent_y: bool = False) -> alt.TopLevelMixin:
+    """One panel per setup (profile/data) when the records mix several; a title either way."""
+    if df["setup"].nunique() > 1:
+        chart = chart.facet(row=alt.Row("setup:N", title=None, header=alt.Header(labelAngle=0, labelAlign="left")))
+        if independent_y:
+            chart = chart.resolve_scale(y="independent")
+    else:
+        subtitle = f"{df['setup'].iloc[0]} — {subtitle}"
+    return chart.properties(title=alt.Title(title, subtitle=subtitle))
+
+
+def acc_vs_params(agg: pd.DataFrame) -> alt.TopLevelMixin:
+    df = agg[agg["acc_mean"].notna()].sort_values(["setup", "trainable_params", "label"])
+    df = _clipped(df[["setup", "label", "family", "method", "rank", "trainable_params", "pct_full", "n",
+                      "acc_mean", "acc_lo", "acc_hi", "pareto", "baseline"]])
+    df["kind"] = df["baseline"].map({True: "baseline", False: "adapter"})
+    x = alt.X("trainable_params:Q", scale=alt.Scale(type="log"), axis=alt.Axis(format="~s"),
+              title="trainable parameters (log scale)")
+    y = alt.Y("acc_mean:Q", title="test accuracy", axis=alt.Axis(format=".0%"), scale=alt.Scale(zero=False))
+    colors = color(df["family"])
+    base = alt.Chart().encode(x=x)
+    bars = base.transform_filter("isValid(datum.acc_lo)").mark_rule(opacity=0.7).encode(
+        y="acc_lo:Q", y2="acc_hi:Q", color=colors)
+    points = base.mark_point(filled=True, size=80, opacity=1).encode(
+        y=y, color=colors, shape=alt.Shape("kind:N", title=None, sort=["adapter", "baseline"]),
+        tooltip=["label", "family", alt.Tooltip("trainable_params:Q", format=","), alt.Tooltip("acc_mean:Q", format=".2%"),
+                 alt.Tooltip("acc_lo:Q", format=".2%"), alt.Tooltip("acc_hi:Q", format=".2%"), "n", "pareto"])
+    front = base.transform_filter("datum.pareto").mark_line(color="black", strokeDash=[5, 3]).encode(
+        y="acc_mean:Q", order="trainable_params:Q")
+    labels = base.transform_filter("datum.pareto || datum.baseline").mark_text(
+        align="left", dx=6, dy=-6, fontSize=10).encode(y="acc_mean:Q", text="label:N")
+    chart = alt.layer(bars, front, points, labels, data=df).properties(width=640, height=380)
+    return _titled(chart, df, TITLES["acc_vs_params"], f"{CI_NOTE}; dashed line: Pareto front")
+
+
+def acc_per_param(agg: pd.DataFrame) -> alt.TopLevelMixin:
+    df = agg[agg["acc_per_1k"].notna()].sort_values(["setup", "acc_per_1k", "label"], ascending=[True, False, True])
+    df = df[["setup", "label", "family", "trainable_params", "acc_mean", "acc_per_1k"]].assign(
+        points_per_1k=lambda d: 100 * d["acc_per_1k"])
+    chart = alt.Chart(df).mark_bar().encode(
+        x=alt.X("points_per_1k:Q", title="test accuracy (% points) per 1,000 trainable parameters"),
+        y=alt.Y("label:N", sort=list(dict.fromkeys(df["label"])), title=None),
+        color=color(df["family"]),
+        tooltip=["label", alt.Tooltip("trainable_params:Q", format=","), alt.Tooltip("acc_mean:Q", format=".2%"),
+                 alt.Tooltip("points_per_1k:Q", format=".3f")],
+    ).properties(width=520)
+    return _titled(chart, df, TITLES["acc_per_param"], "mean test accuracy / (trainable parameters / 1000)",
+                   independent_y=True)
+
+
+def rank_sweep(agg: pd.DataFrame) -> alt.TopLevelMixin | None:
+    df = agg[agg["method"].eq("lora") & agg["rank"].gt(0) & agg["acc_mean"].notna()]
+    if df.empty:
+        return None
+    df = _clipped(df.sort_values(["setup", "family", "rank"])[["setup", "label", "family", "rank", "trainable_params",
+                                                                 "n", "acc_mean", "acc_lo", "acc_hi"]])
+    # Dodge the series a little along the (log) rank axis so their interval bars do not hide each other.
+    families = sorted(df["family"].unique())
+    offset = df["family"].map({f: i - (len(families) - 1) / 2 for i, f in enumerate(families)})
+    df["rank_x"] = df["rank"] * 2.0 ** (0.04 * offset)
+    ranks = sorted(df["rank"].unique())
+    x = alt.X("rank_x:Q", scale=alt.Scale(type="log", base=2, domain=[ranks[0] / 1.3, ranks[-1] * 1.3]),
+              axis=alt.Axis(values=ranks, format="d"), title="LoRA rank (series dodged slightly)")
+    base = alt.Chart().encode(x=x, color=color(df["family"], "placement"))
+    bars = base.transform_filter("isValid(datum.acc_lo)").mark_rule(opacity=0.6).encode(y="acc_lo:Q", y2="acc_hi:Q")
+    lines = base.mark_line(point=alt.OverlayMarkDef(filled=True, size=60)).encode(
+        y=alt.Y("acc_mean:Q", title="test accuracy", axis=alt.Axis(format=".0%"), scale=alt.Scale(zero=False)),
+        tooltip=["label", "rank", alt.Tooltip("trainable_params:Q", format=","), alt.Tooltip("acc_mean:Q", format=".2%"), "n"])
+    chart = alt.layer(bars, lines, data=df).properties(width=560, height=360)
+    return _titled(chart, df, TITLES["rank_sweep"], CI_NOTE)
+
+
+def per_class_frame(records: list[dict], agg: pd.DataFrame) -> pd.DataFrame:
+    """Long table (setup, configuration, class, accuracy) for the best LoRA row and the full row of each setup."""
+    rows = []
+    for setup, part in agg[agg["acc_mean"].notna()].groupby("setup", sort=True):
+        picks = [part[part["method"].eq(m)] for m in ("lora", "full")]
+        for pick in (p.iloc[0] for p in picks if not p.empty):  # agg is sorted by accuracy
+            runs = [r for r in records if setup_of(r) == setup and config_key(r) == pick["key"]
+                    and r.get("analysis", {}).get("per_class_acc")]
+            if not runs:
+                continue
+            classes = runs[0]["analysis"]["classes"]
+            # Mean over seeds per class; pandas skips the NaN of a class absent from a test split.
+            means = pd.DataFrame([r["analysis"]["per_class_acc"] for r in runs], dtype=float).mean(axis=0)
+            who = f"{pick['label']} ({fmt_pct(pick['acc_mean'])} overall, n={len(runs)})"
+            rows += [{"setup": setup, "configuration": who, "class": c, "class_index": i, "accuracy": means[i]}
+                     for i, c in enumerate(classes)]
+    return pd.DataFrame(rows)
+
+
+def fmt_pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def per_class(records: list[dict], agg: pd.DataFrame) -> alt.TopLevelMixin | None:
+    df = per_class_frame(records, agg)
+    if df.empty or not agg["method"].eq("lora").any():
+        return None
+    order = list(dict.fromkeys(df.sort_values("class_index")["class"]))
+    chart = alt.Chart(df).mark_bar().encode(
+        x=alt.X("class:N", sort=order, title="class", axis=alt.Axis(labelAngle=0)),
+        xOffset=alt.XOffset("configuration:N"),
+        y=alt.Y("accuracy:Q", title="test accuracy (recall)", axis=alt.Axis(format=".0%"), scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("configuration:N", title=None, legend=alt.Legend(orient="top")),
+        tooltip=["class", "configuration", alt.Tooltip("accuracy:Q", format=".1%")],
+    ).properties(width=max(16 * len(order), 300), height=260)
+    return _titled(chart, df, TITLES["per_class"], "mean over seeds of each class's recall")
+
+
+def render(records: list[dict], out_dir: Path) -> list[Path]:
+    """Write every chart the records support into out_dir; returns the files written, in a fixed order."""
+    if not records:
+        raise LorafitError("no records to chart; run `python -m bench run grid` first")
+    records = sorted(records, key=lambda r: (r["run"]["id"], r["run"].get("study") or ""))
+    agg = aggregate(records)
+    out_dir = Path(out_dir)
+    written = []
+    charts = {"acc_vs_params": acc_vs_params(agg) if agg["acc_mean"].notna().any() else None,
+              "acc_per_param": acc_per_param(agg) if agg["acc_per_1k"].notna().any() else None,
+              "rank_sweep": rank_sweep(agg),
+              "per_class": per_class(records, agg)}
+    reasons = {"acc_vs_params": "no configuration has a test accuracy", "acc_per_param": "no configuration has a test accuracy",
+               "rank_sweep": "no LoRA configuration with a result", "per_class": "no LoRA configuration with per-class analysis"}
+    for stem, chart in charts.items():
+        if chart is None:
+            log.warning("chart %s skipped: %s", stem, reasons[stem])
+            continue
+        written += save(chart, out_dir, stem)
+    return written
+
+
+# --------------------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runs-dir", default="runs", help="where the records are (default ./runs)")
+    parser.add_argument("--study", default=None, help="only this study's records (default: every study)")
+    parser.add_argument("--out", default=None, help="folder for the chart files (default RUNS/charts, RUNS/charts/STUDY with --study)")
+
+
+def main(args: argparse.Namespace) -> int:
+    runs = Path(args.runs_dir)
+    records = load_records(runs, args.study)
+    if not records:
+        where = runs / "records" / args.study if args.study else runs / "records"
+        raise LorafitError(f"no records under {where}; run `python -m bench run grid` first")
+    out = Path(args.out) if args.out else default_out(runs, args.study)
+    try:
+        paths = render(records, out)
+    except OSError as e:
+        raise LorafitError(f"cannot write charts into {out} ({e.strerror}); pass a writable --out") from None
+    stems = sorted({p.stem for p in paths}, key=list(TITLES).index)
+    print(f"charts: {', '.join(stems) or 'none'} (HTML + PNG) in {out}")
+    return 0

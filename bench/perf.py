@@ -1,0 +1,248 @@
+"""Throughput workloads: the seed post's pipeline against the suite's, same model, batch size and
+images. Shared by the pytest-benchmark suite (tests/benchmarks/) and `python -m bench perf`,
+which runs each once (after a warm-up) and prints the ratios from that one run.
+
+The seed pipeline is the post's way: a torchvision MNIST dataset with ToTensor() + Normalize
+transforms and a DataLoader. Its images are the same uint8 arrays the suite trains on, written
+as the official IDX files so torchvision reads them exactly as it reads MNIST.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import struct
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms
+
+from lorafit import freeze, glyphs, lora
+from lorafit.data import Split
+from lorafit.features import FeatureCache
+from lorafit.model import SeedCNN, replace_head
+from lorafit.train import MEAN, STD, bf16_supported, fit, pick_device, predict
+
+N_IMAGES = 8192
+BATCH = 128
+
+
+@dataclass
+class Workload:
+    images: torch.Tensor  # uint8 [N,1,28,28]
+    labels: torch.Tensor
+    root: Path            # holds MNIST/raw/* with the same images, for torchvision
+
+    @property
+    def split(self) -> Split:
+        return Split(self.images, self.labels)
+
+
+def _write_idx(path: Path, array: torch.Tensor) -> None:
+    a = array.numpy()
+    header = struct.pack(">HBB", 0, 8, a.ndim) + struct.pack(f">{a.ndim}I", *a.shape)
+    path.write_bytes(header + a.tobytes())
+
+
+def make_workload(n: int = N_IMAGES, root: Path | None = None, num_classes: int = 62) -> Workload:
+    """n synthetic 28x28 characters, in memory and as torchvision-readable IDX files."""
+    images, labels, _ = glyphs.generate("chars" if num_classes > 10 else "digits", n, seed=0)
+    root = Path(root or tempfile.mkdtemp(prefix="lorafit-perf-"))
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    _write_idx(raw / "train-images-idx3-ubyte", images[:, 0])
+    _write_idx(raw / "train-labels-idx1-ubyte", labels.to(torch.uint8))
+    _write_idx(raw / "t10k-images-idx3-ubyte", images[:16, 0])
+    _write_idx(raw / "t10k-labels-idx1-ubyte", labels[:16].to(torch.uint8))
+    return Workload(images, labels, root)
+
+
+def backbone(num_classes: int = 62, seed: int = 0) -> SeedCNN:
+    torch.manual_seed(seed)
+    return replace_head(SeedCNN(10), num_classes)
+
+
+def lora_proj_model(base: SeedCNN) -> SeedCNN:
+    model = copy.deepcopy(base)
+    lora.inject(model, "proj", rank=8, alpha=8)
+    freeze.apply(model, "lora")
+    return model
+
+
+def full_model(base: SeedCNN) -> SeedCNN:
+    model = copy.deepcopy(base)
+    freeze.apply(model, "full")
+    return model
+
+
+# ------------------------------------------------------------------ the seed post's pipeline
+def seed_loader(w: Workload, batch_size: int = BATCH, train: bool = True) -> DataLoader:
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))])
+    ds = datasets.MNIST(str(w.root), train=True, download=False, transform=tf)
+    return DataLoader(ds, batch_size=batch_size, shuffle=train)
+
+
+def seed_train_epoch(model: SeedCNN, w: Workload, batch_size: int = BATCH, lr: float = 1e-3) -> float:
+    """One epoch, the post's way (fp32, a plain training loop); returns images/s."""
+    device = pick_device(None)
+    model.to(device).train()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    t0 = time.perf_counter()
+    n = 0
+    for x, y in seed_loader(w, batch_size):
+        x, y = x.to(device), y.to(device)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        n += len(y)
+    return n / (time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def seed_eval(model: SeedCNN, w: Workload, batch_size: int = 1000) -> float:
+    device = pick_device(None)
+    model.to(device).eval()
+    t0 = time.perf_counter()
+    n = 0
+    for x, _ in seed_loader(w, batch_size, train=False):
+        model(x.to(device)).argmax(1)
+        n += len(x)
+    return n / (time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------------------- the suite's way
+def suite_train_epoch(model: SeedCNN, w: Workload, batch_size: int = BATCH, lr: float = 1e-3,
+                      cache: FeatureCache | None = None) -> float:
+    """One epoch with lorafit.train.fit (validation on 256 images); returns images/s over the
+    whole call, so cache building is included."""
+    val = Split(w.images[:256], w.labels[:256])
+    t0 = time.perf_counter()
+    fit(model, w.split, val, epochs=1, lr=lr, batch_size=batch_size, seed=0, cache=cache)
+    return len(w.images) / (time.perf_counter() - t0)
+
+
+def suite_eval(model: SeedCNN, w: Workload, batch_size: int = 256, repeats: int = 1) -> float:
+    """images/s of predict(); with repeats > 1, the best of that many passes (for small differences)."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        predict(model, w.images, batch_size=batch_size)
+        best = min(best, time.perf_counter() - t0)
+    return len(w.images) / best
+
+
+def merged_variants(base: SeedCNN) -> dict[str, SeedCNN]:
+    """base, LoRA r8 on proj unmerged, and the same merged: for inference cost."""
+    unmerged = lora_proj_model(base)
+    with torch.no_grad():
+        unmerged.proj.lora_B.weight.normal_(0, 0.01)
+    merged = copy.deepcopy(unmerged)
+    lora.merge(merged)
+    return {"base": copy.deepcopy(base), "lora_unmerged": unmerged, "lora_merged": merged}
+
+
+# ------------------------------------------------------------------------------------- FLOPs
+def train_flops_per_image(model: SeedCNN) -> float:
+    """Forward multiply-adds x 2, x 3 for forward + backward (the usual estimate)."""
+    macs = 0
+    hooks = []
+
+    def count(module, inp, out):
+        nonlocal macs
+        if isinstance(module, torch.nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+            macs += out.numel() * k
+        elif isinstance(module, torch.nn.Linear):
+            macs += out.numel() * module.in_features
+
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            hooks.append(m.register_forward_hook(count))
+    with torch.no_grad():
+        model.cpu()(torch.zeros(1, 1, 28, 28))
+    for h in hooks:
+        h.remove()
+    return 3 * 2 * macs
+
+
+def measured_peak_flops(bf16: bool, seconds: float = 1.0) -> float:
+    """What a large matmul achieves on this device: the practical peak to compare against."""
+    device = pick_device(None)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    size = 4096
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    a @ b
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        n += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return n * 2 * size**3 / (time.perf_counter() - t0)
+
+
+# --------------------------------------------------------------------------------- `bench perf`
+def run_all(n: int = N_IMAGES, batch_size: int = BATCH, log=print) -> dict[str, float]:
+    """Every workload once after a short warm-up, in one process; returns images/s by name."""
+    w = make_workload(n)
+    base = backbone()
+    small = make_workload(1024, num_classes=62)
+    for fn in (lambda: seed_train_epoch(full_model(base), small, batch_size),
+               lambda: suite_train_epoch(full_model(base), small, batch_size)):
+        fn()  # warm-up: allocator, oneDNN primitives, file cache
+    results = {}
+    warm = FeatureCache(2048)  # filled once here: what every later epoch and cell of this backbone reuses
+    suite_train_epoch(lora_proj_model(base), w, batch_size, cache=warm)
+    for name, fn in [
+        ("seed_pipeline_full", lambda: seed_train_epoch(full_model(base), w, batch_size)),
+        ("lorafit_full", lambda: suite_train_epoch(full_model(base), w, batch_size)),
+        ("seed_pipeline_lora_proj", lambda: seed_train_epoch(lora_proj_model(base), w, batch_size)),
+        ("lorafit_lora_proj", lambda: suite_train_epoch(lora_proj_model(base), w, batch_size, cache=FeatureCache(2048))),
+        ("lorafit_lora_proj_warm", lambda: suite_train_epoch(lora_proj_model(base), w, batch_size, cache=warm)),
+        ("seed_pipeline_eval", lambda: seed_eval(base, w)),
+        ("lorafit_eval", lambda: suite_eval(base, w)),
+    ] + [(f"infer_{k}", (lambda m=m: suite_eval(m, w, repeats=7))) for k, m in merged_variants(base).items()]:
+        results[name] = fn()
+        log(f"{name:<26} {results[name]:>10,.0f} images/s")
+    return results
+
+
+def report(results: dict[str, float]) -> str:
+    bf16 = bf16_supported(pick_device(None))
+    flops = train_flops_per_image(backbone())
+    peak = measured_peak_flops(bf16)
+    achieved = results["lorafit_full"] * flops
+    lines = [
+        f"full fine-tuning, lorafit / seed pipeline:       {results['lorafit_full'] / results['seed_pipeline_full']:.2f}x",
+        f"LoRA r8 on proj, lorafit / seed pipeline:        {results['lorafit_lora_proj'] / results['seed_pipeline_lora_proj']:.2f}x",
+        f"LoRA r8 on proj, warm cache / seed pipeline:     {results['lorafit_lora_proj_warm'] / results['seed_pipeline_lora_proj']:.2f}x",
+        f"LoRA r8 on proj, warm cache / seed full:         {results['lorafit_lora_proj_warm'] / results['seed_pipeline_full']:.2f}x",
+        f"evaluation, lorafit / seed pipeline:             {results['lorafit_eval'] / results['seed_pipeline_eval']:.2f}x",
+        f"inference, merged LoRA / base model:             {results['infer_lora_merged'] / results['infer_base']:.3f}",
+        f"inference, unmerged LoRA / base model:           {results['infer_lora_unmerged'] / results['infer_base']:.3f}",
+        f"training FLOPs per image (3 x forward):          {flops / 1e6:.1f} MFLOP",
+        f"achieved in lorafit_full:                        {achieved / 1e9:.1f} GFLOP/s",
+        f"measured {'bf16' if bf16 else 'fp32'} matmul (4096^2):               {peak / 1e9:.1f} GFLOP/s "
+        f"-> {100 * achieved / peak:.0f}% of it",
+    ]
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--images", type=int, default=N_IMAGES, help="images per workload")
+    p.add_argument("--batch-size", type=int, default=BATCH)
+
+
+def main(args: argparse.Namespace) -> int:
+    print(f"device {pick_device(None)}, torch threads {torch.get_num_threads()}, "
+          f"bf16 {bf16_supported(pick_device(None))}, {args.images} images, batch {args.batch_size}")
+    results = run_all(args.images, args.batch_size)
+    print(report(results))
+    return 0

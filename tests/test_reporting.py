@@ -1,0 +1,349 @@
+"""Reporting: leaderboard aggregation and CIs, Pareto front, deterministic markdown, charts, per-run report."""
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import shlex
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench import charts, leaderboard, report
+from bench.records import load_records, record_path, write_json
+from lorafit import metrics
+from lorafit.errors import LorafitError
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+CLASSES = ["0", "1", "2", "a"]
+
+
+def make_record(name="lora-proj", method="lora", placement="proj", rank=8, policy="lora", shape="1x1", seed=0,
+                acc=0.8, params=1_000, status="complete", error=None, protocol="resplit", per_class=None,
+                created="2026-01-01T00:00:00+00:00"):
+    """A record with the fields the reporting reads; status 'failed' records carry no metrics."""
+    config = {"name": name, "method": method, "placement": placement, "shape": shape, "rank": rank, "alpha": 1.0,
+              "policy": policy, "seed": seed, "profile": "local", "source": "mnist", "target": "emnist-byclass",
+              "protocol": protocol, "lr": 1e-3, "epochs": 4, "batch_size": 256, "patience": 0, "pretrain_epochs": 2,
+              "widths": [32, 64, 128]}
+    cell = f"{name}-r{rank}" if rank else name
+    run = {"id": f"{cell}-s{seed}-{hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]}", "study": "grid-local",
+           "trial": seed, "created_at": created, "git_sha": "abc123", "status": status, "error": error}
+    env = {"python": "3.11", "torch": "2.x", "torchvision": "0.x", "optuna": "5.0", "device": "cpu", "cpu": "Test CPU",
+           "gpu": None, "bf16": False, "threads": 2, "protocol": protocol}
+    record = {"run": run, "config": config, "metrics": {}, "curve": [], "analysis": {}, "env": env}
+    if status != "failed":
+        record["metrics"] = {"test_acc": acc, "test_balanced_acc": acc - 0.01, "source_acc_before": 0.99,
+                             "source_acc_after": None if method == "scratch" else 0.95, "trainable_params": params,
+                             "total_params": 100_000, "train_s": 2.0, "train_images": 700, "val_images": 100,
+                             "test_images": 200}
+        pc = per_class or [acc] * len(CLASSES)
+        record["analysis"] = {"classes": CLASSES, "per_class_acc": pc, "confusion": np.diag([10] * len(CLASSES)).tolist()}
+    return record
+
+
+def grid_records():
+    """Baselines, a LoRA proj rank sweep, conv placements, a diverged and an all-failed configuration."""
+    recs = []
+    for seed, jitter in enumerate((-0.01, 0.0, 0.01)):
+        recs += [make_record("scratch", "scratch", "none", 0, "scratch", seed=seed, acc=0.70 + jitter, params=100_000),
+                 make_record("full", "full", "none", 0, "full", seed=seed, acc=0.85 + jitter, params=100_000),
+                 make_record("head", "head", "none", 0, "head", seed=seed, acc=0.60 + jitter, params=500),
+                 make_record("seed-post", "seed", "seed", 8, "seed", seed=seed, acc=0.75 + jitter, params=3_000)]
+        for rank, acc in ((4, 0.72), (8, 0.78), (16, 0.80)):
+            recs.append(make_record(rank=rank, seed=seed, acc=acc + jitter, params=500 + 300 * rank))
+        recs.append(make_record("lora-conv2", placement="conv2", rank=8, seed=seed, acc=0.74 + jitter, params=900))
+        recs.append(make_record("lora-convs-kxk", placement="convs", shape="kxk", rank=8, seed=seed,
+                                acc=0.70 + jitter, params=4_000,
+                                status="diverged" if seed == 2 else "complete",
+                                error="non-finite loss (nan) at epoch 2, step 7" if seed == 2 else None))
+        recs.append(make_record("lora-all", placement="all", rank=4, seed=seed, status="failed",
+                                error="RuntimeError: out of memory | try a smaller batch"))
+    return recs
+
+
+def row(df, label):
+    return df.set_index("label").loc[label]
+
+
+# ------------------------------------------------------------------------------ aggregation
+def test_mean_and_t_interval_match_a_hand_computation():
+    recs = [make_record(seed=s, acc=a) for s, a in enumerate((0.80, 0.82, 0.84))]
+    r = row(leaderboard.aggregate(recs), "lora-proj-r8")
+    sd = math.sqrt(((0.80 - 0.82) ** 2 + 0 + (0.84 - 0.82) ** 2) / 2)  # 0.02
+    t_975_2 = 4.302652729749464  # Student t, 2 degrees of freedom, 97.5% quantile (tables: 4.303)
+    assert r["n"] == 3 and r["acc_mean"] == pytest.approx(0.82)
+    assert r["acc_sd"] == pytest.approx(sd)
+    assert r["acc_ci"] == pytest.approx(t_975_2 * sd / math.sqrt(3), rel=1e-9)  # 0.04968
+    assert (r["acc_lo"], r["acc_hi"]) == pytest.approx((0.82 - 0.0496827542, 0.82 + 0.0496827542))
+    assert r["seeds"] == (0, 1, 2) and r["accs"] == pytest.approx((0.80, 0.82, 0.84))
+
+
+def test_single_seed_has_no_interval_and_says_so():
+    recs = [make_record(acc=0.8), make_record("full", "full", "none", 0, "full", acc=0.9, params=100_000)]
+    r = row(leaderboard.aggregate(recs), "lora-proj-r8")
+    assert r["n"] == 1 and math.isnan(r["acc_ci"])
+    md = leaderboard.render_markdown(recs, "cmd")
+    assert "80.00 ± n/a (n=1)" in md and "a single seed gives no interval" in md
+
+
+def test_relative_size_per_parameter_and_order():
+    df = leaderboard.aggregate(grid_records())
+    lora8 = row(df, "lora-proj-r8")
+    assert lora8["full_params"] == 100_000 and lora8["pct_full"] == pytest.approx(2.9)
+    assert lora8["acc_per_1k"] == pytest.approx(0.78 / 2.9)
+    assert lora8["bal_acc_mean"] == pytest.approx(0.77) and lora8["source_after_mean"] == pytest.approx(0.95)
+    done = df[df["acc_mean"].notna()]
+    assert list(done["acc_mean"]) == sorted(done["acc_mean"], reverse=True)
+    assert df["label"].iloc[-1] == "lora-all-r4"  # no result: last
+    assert set(df.loc[df["baseline"], "label"]) == {"scratch", "full", "head", "seed-post-r8"}
+
+
+def test_without_full_the_model_size_is_100_percent():
+    df = leaderboard.aggregate([make_record(params=1_000)])
+    assert df["pct_full"].iloc[0] == pytest.approx(1.0)  # of total_params 100,000
+
+
+def test_pareto_front_on_a_known_set():
+    df = pd.DataFrame({"params": [10, 20, 15, 30, 5, 40, 1, 20],
+                       "acc": [0.5, 0.6, 0.4, 0.6, 0.3, 0.9, np.nan, 0.6]})
+    front = leaderboard.pareto_front(df, "params", "acc")
+    # (15, .4) loses to (10, .5); (30, .6) to (20, .6); NaN is never on it; equal points both stay.
+    assert front.tolist() == [True, True, False, False, True, True, False, True]
+
+
+def test_pareto_flag_in_aggregate():
+    df = leaderboard.aggregate(grid_records())
+    on_front = set(df.loc[df["pareto"], "label"])
+    assert on_front == {"head", "lora-conv2-r8", "lora-proj-r8", "lora-proj-r16", "full"}
+
+
+# ------------------------------------------------------------------------------- markdown
+def test_markdown_is_deterministic_and_independent_of_record_order():
+    recs = grid_records()
+    links = ["runs/charts/acc_vs_params.html", "runs/charts/acc_vs_params.png"]
+    first = leaderboard.render_markdown(recs, "python -m bench leaderboard --runs-dir runs --output lb.md", links)
+    assert first == leaderboard.render_markdown(recs, "python -m bench leaderboard --runs-dir runs --output lb.md", links)
+    shuffled = list(recs)
+    random.Random(3).shuffle(shuffled)
+    assert shuffled != recs
+    assert leaderboard.render_markdown(shuffled, "python -m bench leaderboard --runs-dir runs --output lb.md", links) == first
+
+
+def test_markdown_header_table_summary_and_links():
+    recs = grid_records()
+    recs[0]["run"]["created_at"] = "2025-12-31T23:00:00+00:00"
+    md = leaderboard.render_markdown(recs, "python -m bench leaderboard --runs-dir runs --output lb.md",
+                                     ["../runs/charts/acc_vs_params.html", "../runs/charts/acc_vs_params.png"])
+    assert "python -m bench leaderboard --runs-dir runs --output lb.md" in md
+    assert "protocol **resplit**" in md and "not comparable to published byclass-test numbers" in md
+    assert "700 train / 100 validation / 200 test images" in md
+    assert "2025-12-31T23:00:00+00:00 … 2026-01-01T00:00:00+00:00" in md
+    assert "mnist → emnist-byclass" in md and "git abc123" in md and "seeds 0, 1, 2" in md
+    # one row per configuration; the best one first; 78.00 ± t*0.01/sqrt(3) with n
+    table = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| #")]
+    assert len(table) == 10 and "**full**" in table[0]
+    assert "78.00 ± 2.48 (n=3)" in md
+    assert "Best configuration overall: **full**" in md
+    assert "Best under 1% of the full model's trainable parameters: **lora-conv2-r8**" in md
+    assert "The seed post's setup (**seed-post-r8**) reaches 75.00 ± 2.48% (n=3)" in md
+    assert "**lora-proj-r8** (2,900), reaches 78.00 ± 2.48% (n=3) (+3.00 points" in md
+    assert "Full fine-tuning of the pretrained model reaches 85.00 ± 2.48% (n=3) against 70.00 ± 2.48% (n=3)" in md
+    assert "LoRA on conv2 (1x1) vs LoRA on proj at equal rank: r8 74.00 ± 2.48% (n=3) vs 78.00 ± 2.48% (n=3)" in md
+    assert "[HTML](../runs/charts/acc_vs_params.html) · [PNG](../runs/charts/acc_vs_params.png)" in md
+    assert "![Test accuracy vs trainable parameters](../runs/charts/acc_vs_params.png)" in md
+
+
+def test_failed_and_diverged_configurations_are_listed():
+    md = leaderboard.render_markdown(grid_records(), "cmd")
+    failed = next(l for l in md.splitlines() if "lora-all-r4" in l)
+    assert "**no result**" in failed and "3 of 3 failed" in failed
+    assert "RuntimeError: out of memory \\| try a smaller batch" in failed  # pipe escaped for the table
+    diverged = next(l for l in md.splitlines() if "lora-convs-kxk-r8" in l)
+    assert "1 of 3 diverged" in diverged and "non-finite loss" in diverged and "70.00 ± 2.48 (n=3)" in diverged
+
+
+def test_each_setup_gets_its_own_table_and_front():
+    local = grid_records()
+    smoke = [make_record(protocol="synthetic", seed=s, acc=0.5, params=2_900) for s in range(2)]
+    for r in smoke:
+        r["config"]["profile"], r["config"]["source"], r["config"]["target"] = "smoke", "glyphs-digits", "glyphs-chars"
+    df = leaderboard.aggregate(local + smoke)
+    assert df["setup"].nunique() == 2
+    # the lone smoke row is on its own front and measured against its own model size
+    smoke_row = df[df["setup"].str.startswith("smoke")].iloc[0]
+    assert smoke_row["pareto"] and smoke_row["pct_full"] == pytest.approx(2.9)
+    md = leaderboard.render_markdown(local + smoke, "cmd")
+    assert "## Results — local: mnist → emnist-byclass (resplit)" in md
+    assert "## Results — smoke: glyphs-digits → glyphs-chars (synthetic)" in md
+    assert md.count("## Summary — ") == 2
+
+
+def _args(module, argv):
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_no_records_is_a_user_error(tmp_path):
+    with pytest.raises(LorafitError, match=r"no records under .*run `python -m bench run grid` first"):
+        leaderboard.main(_args(leaderboard, ["--runs-dir", str(tmp_path), "--output", str(tmp_path / "lb.md")]))
+
+
+# ---------------------------------------------------------------------------------- charts
+class _Scripts(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.srcs, self.inline = [], 0
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "script":
+            self.inline += "src" not in attrs
+            if "src" in attrs:
+                self.srcs.append(attrs["src"])
+        if tag == "link" and attrs.get("href", "").startswith("http"):
+            self.srcs.append(attrs["href"])
+
+
+def assert_self_contained_html(path: Path):
+    text = path.read_text()
+    parser = _Scripts()
+    parser.feed(text)
+    parser.close()
+    assert parser.srcs == [] and parser.inline >= 1, path
+    assert "cdn.jsdelivr" not in text and "unpkg.com" not in text
+
+
+def test_charts_are_offline_html_and_png(tmp_path):
+    recs = grid_records()
+    for r in recs:
+        if r["config"]["method"] == "full" and r["analysis"]:
+            r["analysis"]["per_class_acc"] = [0.9, 0.8, float("nan"), 0.7]  # NaN: a class absent from the split
+    paths = charts.render(recs, tmp_path / "charts")
+    assert [p.name for p in paths] == [f"{stem}.{ext}" for stem in ("acc_vs_params", "acc_per_param", "rank_sweep", "per_class")
+                                       for ext in ("html", "png")]
+    for p in paths:
+        assert p.exists() and p.stat().st_size > 1000
+        if p.suffix == ".html":
+            assert_self_contained_html(p)
+        else:
+            assert p.read_bytes()[:8] == PNG_SIGNATURE
+    # the per-class data: the best LoRA row vs full, every class in order, means over seeds
+    per_class = charts.per_class_frame(recs, leaderboard.aggregate(recs))
+    assert list(per_class["class"]) == CLASSES * 2
+    assert per_class["configuration"].str.startswith("lora-proj-r16").sum() == 4
+
+
+def test_charts_without_lora_rows_skip_those_charts(tmp_path, caplog):
+    recs = [make_record("full", "full", "none", 0, "full", seed=s, acc=0.8, params=100_000) for s in range(2)]
+    paths = charts.render(recs, tmp_path)
+    assert sorted(p.stem for p in paths) == ["acc_per_param", "acc_per_param", "acc_vs_params", "acc_vs_params"]
+    assert "rank_sweep skipped" in caplog.text and "per_class skipped" in caplog.text
+    md = leaderboard.render_markdown(recs, "cmd", [os.path.relpath(p, tmp_path) for p in paths])
+    assert "Not drawn (the records lack what they need): LoRA rank sweep" in md
+
+
+# ------------------------------------------------------------------------------- report
+def test_labels_rebuilt_from_a_confusion_matrix_are_exact():
+    cm = np.random.default_rng(0).integers(0, 5, size=(6, 6))
+    y_true, y_pred = report.labels_from_confusion(cm)
+    assert (metrics.confusion(y_true, y_pred, 6) == cm).all()
+
+
+def test_report_of_a_failed_run_is_a_user_error(tmp_path):
+    rec = make_record(status="failed", error="RuntimeError: boom")
+    write_json(record_path(tmp_path, rec["run"]["study"], rec["run"]["id"]), rec)
+    with pytest.raises(LorafitError, match="has no analysis to report because it failed"):
+        report.main(_args(report, [rec["run"]["id"][:12], "--runs-dir", str(tmp_path)]))
+
+
+TINY_GRID = """
+[lr]
+head = 5e-3
+lora = 3e-3
+
+[[cell]]
+name = "head"
+method = "head"
+policy = "head"
+
+[[cell]]
+name = "lora-proj"
+method = "lora"
+placement = "proj"
+rank = 8
+policy = "lora"
+"""
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory):
+    """A real smoke run of two cheap cells (the linear probe and LoRA-proj r8), through the CLI in-process."""
+    from bench.__main__ import main as cli
+
+    runs = tmp_path_factory.mktemp("smoke-runs")
+    (runs / "tiny.toml").write_text(TINY_GRID)
+    assert cli(["run", "grid", "--grid", str(runs / "tiny.toml"), "--runs-dir", str(runs), "--seeds", "1",
+                "--no-progress"]) == 0
+    return runs
+
+
+def _cli_has(command: str) -> bool:
+    from bench.__main__ import build_parser
+    try:
+        build_parser().parse_args([command, "--help"])
+    except SystemExit as e:
+        return e.code == 0
+    return True
+
+
+def test_report_on_a_smoke_run(smoke_runs, capsys):
+    (record,) = [r for r in load_records(smoke_runs) if r["config"]["method"] == "lora"]
+    run_id = record["run"]["id"]
+    assert report.main(_args(report, [run_id[:20], "--runs-dir", str(smoke_runs)])) == 0
+    printed = capsys.readouterr().out
+    folder = record_path(smoke_runs, record["run"]["study"], run_id).parent
+    md = (folder / f"{run_id}.report.md").read_text()
+    assert md in printed and f"# Run {run_id}" in md
+    assert f"Test accuracy {100 * record['metrics']['test_acc']:.2f}%" in md
+    # sklearn's report on the rebuilt labels gives the stored accuracy and macro-F1
+    assert f"{record['metrics']['test_acc']:.4f}" in md and f"{record['metrics']['test_macro_f1']:.4f}" in md
+    pairs = [l for l in md.split("most confused pairs")[1].splitlines() if l.startswith("| ") and l[2].isdigit()]
+    assert len(pairs) == 15
+    counts = [int(l.split("|")[4]) for l in pairs]
+    assert counts == sorted(counts, reverse=True)
+    assert_self_contained_html(folder / f"{run_id}.confusion.html")
+    assert (folder / f"{run_id}.confusion.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_leaderboard_on_a_smoke_run_is_byte_identical_when_regenerated(smoke_runs, tmp_path):
+    out = tmp_path / "lb.md"
+    argv = ["--runs-dir", str(smoke_runs), "--output", str(out)]
+    if _cli_has("leaderboard"):
+        run = lambda: subprocess.run([sys.executable, "-m", "bench", "leaderboard", *argv], cwd=ROOT,
+                                     capture_output=True, text=True, timeout=120).returncode
+    else:  # not wired into bench/__main__ yet: the module's own entry point
+        run = lambda: leaderboard.main(_args(leaderboard, argv))
+    assert run() == 0
+    first = out.read_bytes()
+    assert run() == 0
+    assert out.read_bytes() == first
+    md = first.decode()
+    assert "lora-proj-r8" in md and "**head**" in md and "protocol **synthetic**" in md and "± n/a (n=1)" in md
+    assert shlex.join(["python", "-m", "bench", "leaderboard", *argv]) in md
+    links = re.findall(r"\]\(([^)]+)\)", md)
+    assert len(links) == 9  # 4 charts x HTML/PNG, and the inline image
+    for link in links:
+        assert (out.parent / link).exists(), link
+    assert (smoke_runs / "charts" / "acc_vs_params.png").read_bytes()[:8] == PNG_SIGNATURE
+
