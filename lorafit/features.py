@@ -10,6 +10,8 @@ directory is given, on disk too, so other cells, workers and resumed runs reuse 
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -48,46 +50,72 @@ def cache_key(model: nn.Module, stop: int, images: torch.Tensor, dtype: torch.dt
 
 
 class FeatureCache:
-    """Prefix activations keyed by `cache_key`, within `budget_mb` of memory (0 disables caching)."""
+    """Prefix activations keyed by `cache_key`: in memory within `budget_mb` (LRU; 0 disables
+    caching), and, for features larger than that budget, in memory-mapped files under `disk_dir`
+    (when given), which later cells, workers and resumed runs reuse."""
 
     def __init__(self, budget_mb: float = 2048, disk_dir: str | Path | None = None) -> None:
         self.budget_bytes = int(budget_mb * 2**20)
-        self.disk_dir = Path(disk_dir) if disk_dir else None
+        self.disk_dir = Path(disk_dir) if disk_dir and budget_mb > 0 else None
         self._entries: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._pending: dict[str, Path] = {}
         self.hits = self.misses = 0
 
-    def fits(self, n: int, feature_numel: int, dtype: torch.dtype) -> bool:
-        return n * feature_numel * torch.tensor([], dtype=dtype).element_size() <= self.budget_bytes
+    def fits(self, nbytes: int) -> bool:
+        return nbytes <= self.budget_bytes or self.disk_dir is not None
 
     def _used(self) -> int:
         return sum(t.numel() * t.element_size() for t in self._entries.values())
+
+    def _disk_paths(self, key: str) -> tuple[Path, Path]:
+        return self.disk_dir / f"{key}.bin", self.disk_dir / f"{key}.json"
 
     def get(self, key: str) -> torch.Tensor | None:
         if key in self._entries:
             self._entries.move_to_end(key)
             self.hits += 1
             return self._entries[key]
-        if self.disk_dir and (self.disk_dir / f"{key}.pt").exists():
-            try:
-                tensor = torch.load(self.disk_dir / f"{key}.pt", map_location="cpu", weights_only=True)
-            except Exception:  # an unreadable cache file is just a miss; it is rewritten below
-                tensor = None
-            if tensor is not None:
-                self.hits += 1
-                self._remember(key, tensor)
-                return tensor
+        if self.disk_dir is not None:
+            data, meta = self._disk_paths(key)
+            if data.exists() and meta.exists():
+                info = json.loads(meta.read_text())
+                dtype = getattr(torch, info["dtype"])
+                numel = math.prod(info["shape"])
+                if data.stat().st_size == numel * torch.tensor([], dtype=dtype).element_size():
+                    self.hits += 1
+                    return torch.from_file(str(data), shared=False, size=numel, dtype=dtype).view(info["shape"])
         self.misses += 1
         return None
 
-    def put(self, key: str, tensor: torch.Tensor) -> None:
-        self._remember(key, tensor)
-        if self.disk_dir:
-            self.disk_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.disk_dir / f".{key}.{os.getpid()}.tmp"
-            torch.save(tensor.to("cpu"), tmp)
-            os.replace(tmp, self.disk_dir / f"{key}.pt")
+    def allocate(self, key: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
+        """Room for new features: a tensor in memory, a memory-mapped file when they exceed the
+        memory budget, or None when neither is allowed."""
+        nbytes = math.prod(shape) * torch.tensor([], dtype=dtype).element_size()
+        if nbytes <= self.budget_bytes:
+            return torch.empty(shape, dtype=dtype)
+        if self.disk_dir is None:
+            return None
+        self.disk_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.disk_dir / f".{key}.{os.getpid()}.tmp"
+        self._pending[key] = tmp
+        return torch.from_file(str(tmp), shared=True, size=math.prod(shape), dtype=dtype).view(shape)
 
-    def _remember(self, key: str, tensor: torch.Tensor) -> None:
-        self._entries[key] = tensor
-        while self._entries and self._used() > self.budget_bytes:
-            self._entries.popitem(last=False)
+    def commit(self, key: str, tensor: torch.Tensor) -> None:
+        """Keep features filled into an `allocate`d tensor (a file is renamed into place)."""
+        tmp = self._pending.pop(key, None)
+        if tmp is None:
+            self._entries[key] = tensor
+            while self._entries and self._used() > self.budget_bytes:
+                self._entries.popitem(last=False)
+            return
+        data, meta = self._disk_paths(key)
+        os.replace(tmp, data)
+        meta_tmp = meta.with_name(f".{meta.name}.{os.getpid()}.tmp")
+        meta_tmp.write_text(json.dumps({"shape": list(tensor.shape), "dtype": str(tensor.dtype).split(".")[-1]}))
+        os.replace(meta_tmp, meta)
+
+    def discard(self, key: str) -> None:
+        """Forget a failed allocation (its temporary file is removed)."""
+        tmp = self._pending.pop(key, None)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)

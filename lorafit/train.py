@@ -89,14 +89,22 @@ class _Inputs:
         key = cache_key(model, start, images, dtype)
         feats = cache.get(key) if cache is not None else None
         if feats is None:
-            parts = []
-            with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-                for i in range(0, len(images), batch_size):
-                    x = normalise(images[i:i + batch_size].to(device))
-                    parts.append(model.run_stages(x, 0, start).to(dtype))
-            feats = torch.cat(parts)
+            with torch.inference_mode():
+                shape = model.run_stages(torch.zeros(1, 1, 28, 28, device=device), 0, start).shape[1:]
+            feats = cache.allocate(key, (len(images), *shape), dtype) if cache is not None else None
+            if feats is None:
+                feats = torch.empty((len(images), *shape), dtype=dtype)
+            try:
+                with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                    for i in range(0, len(images), batch_size):
+                        x = normalise(images[i:i + batch_size].to(device))
+                        feats[i:i + batch_size] = model.run_stages(x, 0, start).to("cpu", dtype)
+            except BaseException:
+                if cache is not None:
+                    cache.discard(key)
+                raise
             if cache is not None:
-                cache.put(key, feats)
+                cache.commit(key, feats)
         self.data = feats.to(device)
 
     def batch(self, idx: torch.Tensor) -> torch.Tensor:
@@ -119,7 +127,8 @@ def _prefix_start(model: nn.Module, cache: FeatureCache | None, n: int, device, 
         return 0
     with torch.inference_mode():
         probe = model.run_stages(torch.zeros(1, 1, 28, 28, device=device), 0, start)
-    return start if cache.fits(n, probe[0].numel(), torch.bfloat16 if bf16 else torch.float32) else 0
+    itemsize = 2 if bf16 else 4
+    return start if cache.fits(n * probe[0].numel() * itemsize) else 0
 
 
 @torch.inference_mode()

@@ -113,3 +113,23 @@ def test_budget_zero_falls_back_to_plain_path(digits):
     freeze.apply(model, "head")
     result = fit(model, train, val, epochs=1, lr=1e-3, seed=0, cache=FeatureCache(0))
     assert result.cached_stages == ()
+
+
+def test_large_features_go_to_disk_and_are_reused(digits, tmp_path):
+    train, val = digits
+    model = _model()
+    freeze.apply(model, "head")
+    plain = fit(model, train, val, epochs=1, lr=1e-3, seed=0, bf16=False)
+    disk = FeatureCache(0.01, tmp_path / "features")  # 10 KB of memory: everything spills to disk
+    model = _model()
+    freeze.apply(model, "head")
+    spilled = fit(model, train, val, epochs=1, lr=1e-3, seed=0, bf16=False, cache=disk)
+    assert spilled.cached_stages and disk.misses == 2
+    assert abs(spilled.best_val_acc - plain.best_val_acc) <= 0.005
+    files = sorted(p.name for p in (tmp_path / "features").iterdir())
+    assert len([f for f in files if f.endswith(".bin")]) == 2 and not any(f.startswith(".") for f in files)
+    again = FeatureCache(0.01, tmp_path / "features")  # another worker / a resumed run
+    model = _model()
+    freeze.apply(model, "head")
+    fit(model, train, val, epochs=1, lr=1e-3, seed=0, bf16=False, cache=again)
+    assert again.hits == 2 and again.misses == 0
