@@ -303,6 +303,19 @@ def summary(df: pd.DataFrame) -> list[str]:
         lines.append(f"Full fine-tuning of the pretrained model reaches {fmt_acc(f, '%')} against {fmt_acc(s, '%')} "
                      f"for the same network trained from scratch ({_versus(f, s)}).")
 
+    # Forgetting: how much of the source task each family keeps (adapted network, source head).
+    kept = done[done["source_after_mean"].notna()]
+    if not kept.empty:
+        before = kept["source_before_mean"].dropna()
+        parts = []
+        for method, rows in kept.groupby("method", sort=True):
+            lo, hi = rows["source_after_mean"].min(), rows["source_after_mean"].max()
+            parts.append(f"{method} {100 * lo:.2f}%" if lo == hi else f"{method} {100 * lo:.2f}–{100 * hi:.2f}%")
+        start = f" (the pretrained backbone: {100 * before.mean():.2f}%)" if not before.empty else ""
+        lines.append(f"Source-task accuracy kept after adaptation{start}, range over configurations: "
+                     f"{'; '.join(parts)}. Frozen-backbone methods keep it by construction except for "
+                     f"what their adapters change; scratch has no source head.")
+
     # Conv placements against proj at the same rank and freeze policy.
     proj = lora[lora["placement"].eq("proj")].drop_duplicates(["rank", "policy"]).set_index(["rank", "policy"])
     conv = lora[lora["placement"].isin(CONV_PLACEMENTS)].sort_values("rank", kind="mergesort")
