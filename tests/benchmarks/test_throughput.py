@@ -67,3 +67,11 @@ def test_inference_merged_vs_unmerged(benchmark, workload, base, variant):
     model = perf.merged_variants(base)[variant]
     benchmark.pedantic(perf.suite_eval, args=(model, workload), rounds=7, iterations=1, warmup_rounds=1)
     benchmark.extra_info["images_per_s"] = perf.N_IMAGES / benchmark.stats.stats.mean
+
+
+def test_inference_interleaved(benchmark, workload, base):
+    """The three inference variants round by round (noise hits all alike); ratios in extra_info."""
+    result = benchmark.pedantic(perf.compare_inference, args=(base, workload), rounds=1, iterations=1)
+    benchmark.extra_info.update(result)
+    benchmark.extra_info["merged_over_base"] = result["infer_lora_merged"] / result["infer_base"]
+    benchmark.extra_info["unmerged_over_base"] = result["infer_lora_unmerged"] / result["infer_base"]
