@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from lorafit.errors import LorafitError
+from lorafit.train import pick_device
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_GRID = ROOT / "studies" / "grid.toml"
@@ -48,17 +49,17 @@ def _positive(flag: str):
     return parse
 
 
-def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
+def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs-dir", default="runs", help="where storage, backbones, records, charts go (default ./runs)")
-    if data:
-        p.add_argument("--data-dir", default=None,
-                       help="folder with the official MNIST/EMNIST files (default $LORAFIT_DATA_DIR or ~/.cache/lorafit/data)")
-        p.add_argument("--storage", default=None,
-                       help="Optuna storage URL (default sqlite:///RUNS/optuna.db; postgresql://USER@HOST/DB for many machines)")
-        p.add_argument("--device", default=None, choices=("cpu", "cuda"), help="default: cuda when present")
-        p.add_argument("--cache-mb", type=float, default=2048,
-                       help="memory budget for frozen-prefix feature caches (0 disables them)")
-        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--data-dir", default=None,
+                   help="folder with the official MNIST/EMNIST files (default: $LORAFIT_DATA_DIR, else "
+                        "download with torchvision into the cache)")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage URL (default sqlite:///RUNS/optuna.db; postgresql://USER@HOST/DB for many machines)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
+    p.add_argument("--cache-mb", type=float, default=2048,
+                   help="memory budget for frozen-prefix feature caches (0 disables them)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,7 +71,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run the fixed ablation grid")
@@ -98,38 +99,62 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _runs_and_storage(args):
+    """The runs directory and the Optuna storage; a server URL is checked before anything is written."""
+    from bench import storage
+
+    storage.quiet_optuna()
+    if args.storage:
+        store = storage.open_storage(args.storage, Path(args.runs_dir))
+        return _runs_dir(args.runs_dir), store
+    runs = _runs_dir(args.runs_dir)
+    return runs, storage.open_storage(None, runs)
+
+
+def _data_dir(path: str | None) -> Path | None:
+    data_dir = Path(path) if path else None
+    if data_dir is not None and not data_dir.is_dir():
+        raise LorafitError(f"--data-dir {data_dir} does not exist; pass the folder that holds the official files, or use --profile smoke")
+    return data_dir
+
+
+def _data_protocol(profile: str, data_dir: Path | None) -> dict:
+    """For a real-data profile: fail now if its data cannot be found, else {"protocol": resolved}."""
+    from bench import profiles
+    from bench.runner import resolve_protocol
+
+    prof = profiles.profile(profile)
+    if not prof["real_data"]:
+        return {}
+    try:
+        protocol = resolve_protocol(prof["target"], prof["protocol"], data_dir)
+        resolve_protocol(prof["source"], "auto", data_dir)
+    except LorafitError as e:
+        hint = "" if "--data-dir" in str(e) else " (pass --data-dir DIR, or use --profile smoke)"
+        raise LorafitError(f"profile {profile} needs real data: {e}{hint}") from None
+    return {"protocol": protocol}
+
+
 def cmd_run_grid(args) -> int:
     import optuna
 
     from bench import driver, grid, profiles, storage
-    from bench.runner import Context, resolve_protocol
+    from bench.runner import Context
 
-    prof = profiles.profile(args.profile)
-    data_dir = Path(args.data_dir) if args.data_dir else None
-    if data_dir is not None and not data_dir.is_dir():
-        raise LorafitError(f"--data-dir {data_dir} does not exist; pass the folder that holds the official files, or use --profile smoke")
-    overrides = {}
-    if prof["real_data"]:
-        try:
-            overrides["protocol"] = resolve_protocol(prof["target"], prof["protocol"], data_dir)
-            resolve_protocol(prof["source"], "auto", data_dir)
-        except LorafitError as e:
-            hint = "" if "--data-dir" in str(e) else " (pass --data-dir DIR, or use --profile smoke)"
-            raise LorafitError(f"profile {args.profile} needs real data: {e}{hint}") from None
+    profiles.profile(args.profile)
+    pick_device(args.device)
+    data_dir = _data_dir(args.data_dir)
+    overrides = _data_protocol(args.profile, data_dir)
     cells = grid.load_grid(args.grid, args.profile, args.seeds, overrides)
     if args.only:
         cells = [c for c in cells if args.only in c.name]
         if not cells:
             raise LorafitError(f"--only {args.only!r} matches no cell")
-    storage.quiet_optuna()
-    if args.storage:  # a server: check it before anything is written locally
-        store = storage.open_storage(args.storage, Path(args.runs_dir))
-        runs = _runs_dir(args.runs_dir)
-    else:
-        runs = _runs_dir(args.runs_dir)
-        store = storage.open_storage(None, runs)
+    runs, store = _runs_and_storage(args)
     name = f"{Path(args.grid).stem}-{args.profile}"
-    study = optuna.create_study(study_name=name, storage=store, direction="maximize", load_if_exists=True)
+    # Cells are enqueued, never sampled: the cheap RandomSampler keeps Optuna from modelling them.
+    study = optuna.create_study(study_name=name, storage=store, direction="maximize", load_if_exists=True,
+                                sampler=optuna.samplers.RandomSampler(seed=0))
     study.set_user_attr("kind", "grid")
     ctx = Context(runs, data_dir, args.device, args.cache_mb, log=lambda line: print(line, flush=True))
     n_configs = len({c.digest() for c in cells if c.seed == 0}) or len(cells)
@@ -145,8 +170,8 @@ def cmd_run_grid(args) -> int:
 def cmd_study(args) -> int:
     import optuna
 
-    from bench import profiles, storage, studies
-    from bench.runner import Context, resolve_protocol
+    from bench import profiles, studies
+    from bench.runner import Context, RunFailed
 
     if args.list:
         for name, path in studies.study_files().items():
@@ -162,19 +187,11 @@ def cmd_study(args) -> int:
     name, spec = studies.load_study_file(args.name)
     s = spec.get("study", {})
     profile = args.profile or s.get("profile", "smoke")
-    prof = profiles.profile(profile)
-    data_dir = Path(args.data_dir) if args.data_dir else None
-    if data_dir is not None and not data_dir.is_dir():
-        raise LorafitError(f"--data-dir {data_dir} does not exist; pass the folder that holds the official files, or use --profile smoke")
-    if prof["real_data"] and not args.best:
-        resolve_protocol(prof["target"], prof["protocol"], data_dir)
-    storage.quiet_optuna()
-    if args.storage:
-        store = storage.open_storage(args.storage, Path(args.runs_dir))
-        runs = _runs_dir(args.runs_dir)
-    else:
-        runs = _runs_dir(args.runs_dir)
-        store = storage.open_storage(None, runs)
+    profiles.profile(profile)
+    pick_device(args.device)
+    data_dir = _data_dir(args.data_dir)
+    base = {} if args.best else _data_protocol(profile, data_dir)
+    runs, store = _runs_and_storage(args)
     study = studies.create(name, spec, profile, store)
     if args.best:
         print(studies.best_as_grid(name, spec, study, profile))
@@ -186,9 +203,9 @@ def cmd_study(args) -> int:
           f"objectives {', '.join(s.get('objectives', ['val_acc']))}, sampler {s.get('sampler', 'tpe')}, "
           f"pruner {s.get('pruner', 'none')}", flush=True)
     if already < total:
-        objective = studies.objective_for(study, spec, profile, ctx)
+        objective = studies.objective_for(study, spec, profile, ctx, base=base)
         study.optimize(objective, n_trials=total - already, timeout=args.timeout,
-                       catch=(studies.TrialFailed,), show_progress_bar=not args.no_progress,
+                       catch=(RunFailed,), show_progress_bar=not args.no_progress,
                        callbacks=[optuna.study.MaxTrialsCallback(total, states=(optuna.trial.TrialState.COMPLETE,
                                                                                 optuna.trial.TrialState.PRUNED))])
     states = [t.state.name for t in study.get_trials(deepcopy=False)]

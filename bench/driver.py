@@ -21,15 +21,13 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from lorafit.config import RunConfig
+from lorafit.errors import LorafitError
 
-from bench.runner import Context, run_cell
+from bench.runner import Context, RunFailed, run_cell
 
 RECORDED = "recorded"   # user attribute: the trial's outcome is in a record (failed/diverged)
+ABORTED = "aborted"     # user attribute: stopped by the user (Ctrl-C) or by a user error
 POLL_S = 2.0
-
-
-class CellFailed(Exception):
-    """A cell ended failed or diverged; its record says why. Marks the trial FAIL (no retry)."""
 
 
 def _cell_trials(study: optuna.Study) -> dict[str, list[optuna.trial.FrozenTrial]]:
@@ -50,7 +48,7 @@ def _live(trials) -> bool:
 
 
 def grid_status(study: optuna.Study, cells: list[RunConfig]) -> dict[str, str]:
-    """cell id -> done | pending | missing | gave-up (crashed twice)."""
+    """cell id -> done | pending | missing | gave-up (its worker crashed twice)."""
     by_cell = _cell_trials(study)
     status = {}
     for cfg in cells:
@@ -59,7 +57,7 @@ def grid_status(study: optuna.Study, cells: list[RunConfig]) -> dict[str, str]:
             status[cfg.cell_id] = "done"
         elif _live(trials):
             status[cfg.cell_id] = "pending"
-        elif sum(t.state == TrialState.FAIL for t in trials) >= 2:
+        elif sum(t.state == TrialState.FAIL and not t.user_attrs.get(ABORTED) for t in trials) >= 2:
             status[cfg.cell_id] = "gave-up"
         else:
             status[cfg.cell_id] = "missing"
@@ -116,6 +114,10 @@ def run_grid(study: optuna.Study, cells: list[RunConfig], ctx: Context,
 
         try:
             record = run_cell(cfg, ctx, study.study_name, trial.number, on_epoch=on_epoch)
+        except (KeyboardInterrupt, LorafitError) as e:
+            # Not the cell's fault: the next run re-queues it without counting a crash.
+            trial.set_user_attr(ABORTED, type(e).__name__)
+            raise
         finally:
             epochs.close()
         m, run = record["metrics"], record["run"]
@@ -131,14 +133,14 @@ def run_grid(study: optuna.Study, cells: list[RunConfig], ctx: Context,
         if run["status"] != "complete":
             trial.set_user_attr(RECORDED, True)
             trial.set_user_attr("error", run["error"])
-            raise CellFailed(run["error"])
+            raise RunFailed(run["error"])
         return m["test_acc"]
 
     try:
         while True:
             waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
             if waiting:
-                study.optimize(objective, n_trials=1, catch=(CellFailed,))
+                study.optimize(objective, n_trials=1, catch=(RunFailed,))
                 continue
             status = grid_status(study, cells)
             if "pending" in status.values():

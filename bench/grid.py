@@ -80,7 +80,6 @@ def load_grid(path: str | Path, profile: str, seeds: int | None = None,
             if "alpha" not in entry:
                 weight_space = method == "lora" and entry.get("placement", "none") not in ("none", "seed")
                 entry["alpha"] = float(entry.get("rank", 1)) if weight_space else 1.0
-            entry["alpha"] = float(entry["alpha"])
             for seed in range(n_seeds):
                 try:
                     cfg = RunConfig(**{**base, **entry, "seed": seed})

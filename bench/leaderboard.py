@@ -51,7 +51,9 @@ def setup_of(record: dict) -> str:
     """The data a record was measured on; configurations are only compared within one setup."""
     c = record["config"]
     protocol = record.get("env", {}).get("protocol") or c.get("protocol")
-    return f"{c.get('profile')}: {c.get('source')} → {c.get('target')} ({protocol})"
+    # Sizes and epochs too: a study's shrunken trials are not ranked against grid cells.
+    budget = f"{c.get('train_size') or 'all'} train images, {c.get('epochs')} epochs"
+    return f"{c.get('profile')}: {c.get('source')} → {c.get('target')} ({protocol}; {budget})"
 
 
 def family(method: str, placement: str, shape: str, policy: str) -> str:

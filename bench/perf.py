@@ -49,10 +49,11 @@ def _write_idx(path: Path, array: torch.Tensor) -> None:
     path.write_bytes(header + a.tobytes())
 
 
-def make_workload(n: int = N_IMAGES, root: Path | None = None, num_classes: int = 62) -> Workload:
-    """n synthetic 28x28 characters, in memory and as torchvision-readable IDX files."""
-    images, labels, _ = glyphs.generate("chars" if num_classes > 10 else "digits", n, seed=0)
-    root = Path(root or tempfile.mkdtemp(prefix="lorafit-perf-"))
+def make_workload(n: int, root: Path) -> Workload:
+    """n synthetic 28x28 characters (62 classes), in memory and as torchvision-readable IDX files
+    under root."""
+    images, labels, _ = glyphs.generate("chars", n, seed=0)
+    root = Path(root)
     raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     _write_idx(raw / "train-images-idx3-ubyte", images[:, 0])
@@ -101,6 +102,8 @@ def seed_train_epoch(model: SeedCNN, w: Workload, batch_size: int = BATCH, lr: f
         loss.backward()
         opt.step()
         n += len(y)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return n / (time.perf_counter() - t0)
 
 
@@ -113,6 +116,8 @@ def seed_eval(model: SeedCNN, w: Workload, batch_size: int = 1000) -> float:
     for x, _ in seed_loader(w, batch_size, train=False):
         model(x.to(device)).argmax(1)
         n += len(x)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return n / (time.perf_counter() - t0)
 
 
@@ -187,9 +192,13 @@ def measured_peak_flops(bf16: bool, seconds: float = 1.0) -> float:
 # --------------------------------------------------------------------------------- `bench perf`
 def run_all(n: int = N_IMAGES, batch_size: int = BATCH, log=print) -> dict[str, float]:
     """Every workload once after a short warm-up, in one process; returns images/s by name."""
-    w = make_workload(n)
+    with tempfile.TemporaryDirectory(prefix="lorafit-perf-") as tmp:
+        return _run_all(make_workload(n, Path(tmp) / "main"), make_workload(1024, Path(tmp) / "warm-up"),
+                        batch_size, log)
+
+
+def _run_all(w: Workload, small: Workload, batch_size: int, log) -> dict[str, float]:
     base = backbone()
-    small = make_workload(1024, num_classes=62)
     for fn in (lambda: seed_train_epoch(full_model(base), small, batch_size),
                lambda: suite_train_epoch(full_model(base), small, batch_size)):
         fn()  # warm-up: allocator, oneDNN primitives, file cache
@@ -246,9 +255,21 @@ def report(results: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def _at_least(minimum: int):
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+        if n < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {n}")
+        return n
+    return parse
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--images", type=int, default=N_IMAGES, help="images per workload")
-    p.add_argument("--batch-size", type=int, default=BATCH)
+    p.add_argument("--images", type=_at_least(512), default=N_IMAGES, help="images per workload (>= 512)")
+    p.add_argument("--batch-size", type=_at_least(1), default=BATCH)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -1,9 +1,11 @@
 """Result records: one JSON file per finished cell or trial (complete, failed or diverged).
 
-    run      id, study, trial, created_at, git_sha, status (complete|failed|diverged), error
+    run      id, study, trial, created_at, git_sha (+"-dirty" if lorafit/bench were modified), status (complete|failed|diverged), error
     config   the RunConfig as a dict
     metrics  test_acc, test_balanced_acc, test_macro_f1, val_acc, source_acc_before/after,
-             trainable_params, total_params, adapter_bytes, train_s, images_per_s, peak_mem_mb
+             trainable_params, total_params, adapter_bytes (bytes of the trained tensors, i.e. what
+             a task must store beside the shared backbone: adapters + head for LoRA, the whole
+             model for full/scratch), train_s, images_per_s, peak_mem_mb
     curve    [{epoch, train_loss, val_acc, seconds, images_per_s}]
     analysis classes, per_class_acc, confusion (rows = true class)
     env      python, torch, torchvision, optuna, device, cpu, gpu, bf16, threads, protocol, data files
@@ -12,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -36,8 +39,19 @@ def write_atomic(path: Path, text: str | bytes) -> None:
         raise
 
 
+def _finite(obj):
+    """NaN/inf -> null: strict JSON that jq and browsers read."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def write_json(path: Path, obj: dict) -> None:
-    write_atomic(path, json.dumps(obj, indent=1, sort_keys=True, allow_nan=True) + "\n")
+    write_atomic(path, json.dumps(_finite(obj), indent=1, sort_keys=True, allow_nan=False) + "\n")
 
 
 def record_path(runs_dir: Path, study: str, cell_id: str) -> Path:

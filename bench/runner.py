@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import functools
+import hashlib
 import json
+import os
 import platform
 import subprocess
 import time
@@ -41,6 +44,7 @@ class Context:
     cache_budget_mb: float = 2048
     cache: FeatureCache | None = field(default=None, repr=False)
     log: Callable[[str], None] = field(default=print, repr=False)
+    backbones: dict = field(default_factory=dict, repr=False)  # digest -> (model, info), this process
 
     def __post_init__(self) -> None:
         self.runs_dir = Path(self.runs_dir)
@@ -68,11 +72,21 @@ def _load(name: str, data_dir: str | None, protocol: str, seed: int, sizes: tupl
 
 
 def resolve_protocol(name: str, protocol: str, data_dir: Path | None) -> str:
+    """The protocol a run of `name` will use; LorafitError when its files are not there (after
+    trying a download when no data directory was named)."""
     if name.startswith("glyphs"):
         return "synthetic"
-    if protocol == "auto":
-        return data.available_protocol(name, data_dir)
-    return protocol
+    try:
+        available = data.available_protocol(name, data_dir)
+    except LorafitError:
+        if data_dir is not None or os.environ.get("LORAFIT_DATA_DIR"):
+            raise
+        data.load(name, download=True)  # fetched and checksummed by torchvision into the cache
+        available = data.available_protocol(name, data_dir)
+    if protocol == "official" and available != "official":
+        raise LorafitError(f"{name}: the official protocol needs the train and test files, only one "
+                           f"split was found; use --profile local (stratified re-split) or add the files")
+    return available if protocol == "auto" else protocol
 
 
 def target_data(cfg: RunConfig, ctx: Context) -> data.Splits:
@@ -100,17 +114,22 @@ def _str(p: Path | None) -> str | None:
 
 # ------------------------------------------------------------------------------------ backbone
 def pretrained_backbone(cfg: RunConfig, ctx: Context, progress: Callable | None = None) -> tuple[SeedCNN, dict]:
-    """The source-task model for cfg (trained once, then loaded from runs/backbones/)."""
-    digest = cfg.pretrain_digest()[:16]
+    """The source-task model for cfg (trained once, then loaded from runs/backbones/). Keyed by
+    the pretraining settings and the identity of the source data (protocol, file hashes)."""
+    src = source_data(cfg, ctx)
+    key = {**cfg.pretrain_dict(), "protocol": src.protocol, "files": sorted(src.files.items())}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    if digest in ctx.backbones:
+        return ctx.backbones[digest]
     folder = ctx.runs_dir / "backbones"
     folder.mkdir(parents=True, exist_ok=True)
     weights, info_path = folder / f"{digest}.pt", folder / f"{digest}.json"
-    src = source_data(cfg, ctx)
     with FileLock(str(folder / f"{digest}.lock")):
         if weights.exists() and info_path.exists():
             model = SeedCNN(src.num_classes, cfg.widths)
             model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-            return model, json.loads(info_path.read_text())
+            ctx.backbones[digest] = model, json.loads(info_path.read_text())
+            return ctx.backbones[digest]
         ctx.log(f"pretraining backbone {digest} on {cfg.source} ({len(src.train)} images, "
                 f"{cfg.pretrain_epochs} epochs, seed {cfg.seed})")
         torch.manual_seed(cfg.seed)
@@ -131,6 +150,7 @@ def pretrained_backbone(cfg: RunConfig, ctx: Context, progress: Callable | None 
         write_json(info_path, info)
         ctx.log(f"backbone {digest}: {cfg.source} test accuracy {info['source_test_acc']:.4f} "
                 f"({result.train_s:.1f} s)")
+        ctx.backbones[digest] = model, info
         return model, info
 
 
@@ -148,30 +168,50 @@ def build_model(cfg: RunConfig, ctx: Context, backbone: SeedCNN | None, num_clas
 
 def env_info(ctx: Context, splits: data.Splits, src: data.Splits | None) -> dict:
     device = ctx.torch_device
-    cpu = platform.processor() or ""
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     import optuna
     import torchvision
     return {
         "python": platform.python_version(), "torch": torch.__version__,
         "torchvision": torchvision.__version__, "optuna": optuna.__version__,
-        "device": device.type, "cpu": cpu, "threads": torch.get_num_threads(),
+        "device": device.type, "cpu": cpu_name(), "threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "bf16": bf16_supported(device), "protocol": splits.protocol,
         "target_files": dict(splits.files), "source_files": dict(src.files) if src else {},
     }
 
 
-def git_sha() -> str | None:
+@functools.cache
+def cpu_name() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
+        with open("/proc/cpuinfo") as f:
+            return next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or ""
+
+
+@functools.cache
+def git_sha() -> str | None:
+    """HEAD of the checkout the code runs from, with "-dirty" when tracked files were modified."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=here).stdout.strip()
+        if not sha:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "lorafit", "bench"],
+                               capture_output=True, text=True, timeout=5, cwd=here.parent).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+class RunFailed(Exception):
+    """A run ended failed or diverged; its record says why. Drivers raise it so Optuna keeps the
+    trial as FAIL with the reason (and the grid does not retry it)."""
+
+
+class _Stop(Exception):
+    """Internal: end run_cell early with what the record already holds."""
 
 
 def run_cell(cfg: RunConfig, ctx: Context, study: str, trial: int | None = None,
@@ -208,6 +248,11 @@ def run_cell(cfg: RunConfig, ctx: Context, study: str, trial: int | None = None,
                      patience=cfg.patience or None, seed=cfg.seed, device=device, cache=ctx.cache,
                      on_epoch=_on_epoch)
         record["curve"] = result.curve
+        if result.best_epoch == 0:  # diverged in its first epoch: no trained weights to evaluate
+            run["status"], run["error"] = result.status, result.error
+            record["metrics"] = {"trainable_params": trainable, "total_params": total,
+                                 "train_s": result.train_s, "source_acc_before": info.get("source_test_acc")}
+            raise _Stop
         preds = predict(model, splits.test.images, device=device, cache=ctx.cache)
         summary = metrics.summary(splits.test.labels, preds)
         m = {"test_acc": summary["acc"], "test_balanced_acc": summary["balanced_acc"],
@@ -230,6 +275,8 @@ def run_cell(cfg: RunConfig, ctx: Context, study: str, trial: int | None = None,
                               "confusion": metrics.confusion(splits.test.labels, preds, splits.num_classes).tolist()}
         if result.status != "complete":
             run["status"], run["error"] = result.status, result.error
+    except _Stop:
+        pass
     except LorafitError:
         raise
     except Exception as e:

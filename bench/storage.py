@@ -19,9 +19,19 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from lorafit.errors import LorafitError
 
-# Seconds between heartbeats, and how long without one before a running trial counts as crashed.
-HEARTBEAT_S = int(os.environ.get("LORAFIT_HEARTBEAT_S", "10"))
-GRACE_S = int(os.environ.get("LORAFIT_GRACE_S", str(3 * HEARTBEAT_S)))
+
+
+def _heartbeat_settings() -> tuple[int, int]:
+    """Seconds between heartbeats, and how long without one before a running trial counts as
+    crashed: $LORAFIT_HEARTBEAT_S (default 10) and $LORAFIT_GRACE_S (default 3 heartbeats)."""
+    try:
+        beat = int(os.environ.get("LORAFIT_HEARTBEAT_S", "10"))
+        grace = int(os.environ.get("LORAFIT_GRACE_S", str(3 * beat)))
+    except ValueError:
+        raise LorafitError("LORAFIT_HEARTBEAT_S and LORAFIT_GRACE_S must be whole seconds") from None
+    if beat < 1 or grace <= beat:
+        raise LorafitError(f"need LORAFIT_HEARTBEAT_S >= 1 and LORAFIT_GRACE_S > it (got {beat}, {grace})")
+    return beat, grace
 
 
 def default_url(runs_dir: Path) -> str:
@@ -36,11 +46,13 @@ def open_storage(url: str | None, runs_dir: Path) -> RDBStorage:
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     if url.startswith("postgresql"):
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
+    beat, grace = _heartbeat_settings()
+
     def connect() -> RDBStorage:
         with warnings.catch_warnings():  # heartbeats are marked experimental; they are what we need
             warnings.simplefilter("ignore", ExperimentalWarning)
-            return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
-                              grace_period=GRACE_S,
+            return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=beat,
+                              grace_period=grace,
                               heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
 
     try:

@@ -26,7 +26,7 @@ from lorafit.errors import LorafitError
 
 from bench.grid import read_toml
 from bench.profiles import config_defaults, profile as profile_table
-from bench.runner import Context, run_cell
+from bench.runner import Context, RunFailed, run_cell
 
 STUDY_DIR = Path(__file__).resolve().parent.parent / "studies"
 STUDY_KEYS = {"description", "objectives", "directions", "sampler", "pruner", "seed", "profile", "trials"}
@@ -124,11 +124,16 @@ def suggest(trial: optuna.Trial, params: list[dict]) -> dict[str, Any]:
     return values
 
 
-def config_for(spec: dict, values: dict[str, Any], profile: str) -> RunConfig:
-    """The RunConfig of one trial: profile defaults < [fixed] < sampled values < overrides."""
-    fields = {**config_defaults(profile)}
+def config_for(spec: dict, values: dict[str, Any], profile: str, base: dict | None = None) -> RunConfig:
+    """The RunConfig of one trial: profile defaults (+ `base`, e.g. the resolved protocol) <
+    [fixed] < sampled values < [[override]]s."""
+    fields = {**config_defaults(profile), **(base or {})}
     for key, value in spec.get("fixed", {}).items():
-        fields[key] = value.format(**values) if isinstance(value, str) and "{" in value else value
+        try:
+            fields[key] = value.format(**values) if isinstance(value, str) and "{" in value else value
+        except (KeyError, IndexError, ValueError) as e:
+            raise LorafitError(f"[fixed] {key} = {value!r}: no parameter {e} in this trial "
+                               f"(a template may only name parameters every trial has)") from None
     fields.update(values)
     for o in spec.get("override", []):
         if _matches(o["when"], fields):
@@ -166,12 +171,13 @@ def create(name: str, spec: dict, profile: str, storage) -> optuna.Study:
     return study
 
 
-def objective_for(study: optuna.Study, spec: dict, profile: str, ctx: Context, log=print):
+def objective_for(study: optuna.Study, spec: dict, profile: str, ctx: Context, log=print,
+                  base: dict | None = None):
     objectives = spec.get("study", {}).get("objectives", ["val_acc"])
     prunable = len(objectives) == 1
 
     def objective(trial: optuna.Trial):
-        cfg = config_for(spec, suggest(trial, spec.get("param", [])), profile)
+        cfg = config_for(spec, suggest(trial, spec.get("param", [])), profile, base)
         trial.set_user_attr("config", cfg.to_dict())
 
         def on_epoch(epoch: int, val_acc: float) -> None:
@@ -190,16 +196,12 @@ def objective_for(study: optuna.Study, spec: dict, profile: str, ctx: Context, l
                 trial.set_user_attr(key, m[key])
         if run["status"] != "complete":
             trial.set_user_attr("error", run["error"])
-            raise TrialFailed(run["error"])
+            raise RunFailed(run["error"])
         log(f"trial {trial.number:>3} {cfg.cell_id:<34} " + " ".join(f"{o}={m[o]:.4g}" for o in objectives))
         values = [float(m[o]) for o in objectives]
         return values[0] if len(values) == 1 else values
 
     return objective
-
-
-class TrialFailed(Exception):
-    """The run failed or diverged (its record says why); the trial is kept as FAIL with the reason."""
 
 
 def finished(study: optuna.Study) -> int:

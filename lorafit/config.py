@@ -51,6 +51,11 @@ class RunConfig:
     widths: tuple[int, int, int] = (32, 64, 128)
 
     def __post_init__(self) -> None:
+        # 8 and 8.0 are one setting: store float fields as floats so the hash and id agree.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(f.default, float) and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))
         validate(self)
 
     def to_dict(self) -> dict:
@@ -79,14 +84,11 @@ class RunConfig:
         return f"{self.name}{rank}-s{self.seed}-{self.digest()[:8]}"
 
     def pretrain_dict(self) -> dict:
-        """The settings the shared backbone depends on (its cache key)."""
-        return {"source": self.source, "protocol": self.protocol, "data_seed": self.data_seed,
+        """The settings the shared backbone depends on (its cache key); not the target's."""
+        return {"source": self.source, "data_seed": self.data_seed,
                 "widths": list(self.widths), "seed": self.seed, "epochs": self.pretrain_epochs,
                 "lr": self.pretrain_lr, "batch_size": self.pretrain_batch_size,
                 "size": self.pretrain_size}
-
-    def pretrain_digest(self) -> str:
-        return _digest(self.pretrain_dict())
 
 
 def _digest(d: dict) -> str:

@@ -91,10 +91,18 @@ class Splits:
         return len(self.classes)
 
 
-def default_data_dir() -> Path:
-    """$LORAFIT_DATA_DIR if set, else ~/.cache/lorafit/data (also the default cache directory)."""
-    env = os.environ.get("LORAFIT_DATA_DIR")
+def default_cache_dir() -> Path:
+    """Where downloads, decompressed copies, checksum results and tensor caches go:
+    $LORAFIT_CACHE_DIR if set, else ~/.cache/lorafit/data. Never the data directory itself."""
+    env = os.environ.get("LORAFIT_CACHE_DIR")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "lorafit" / "data"
+
+
+def default_data_dir() -> Path:
+    """Where the official files are looked for: $LORAFIT_DATA_DIR if set, else the cache
+    directory (where downloads land)."""
+    env = os.environ.get("LORAFIT_DATA_DIR")
+    return Path(env).expanduser() if env else default_cache_dir()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,7 +208,7 @@ class _Checks:
 def _verify(path: Path, checks: _Checks) -> str:
     """sha256 of the file, after checking the official checksum when one is known."""
     entry = checks.get(path)
-    if entry:
+    if entry and "sha256" in entry:
         return entry["sha256"]
     sha, md5 = hashlib.sha256(), hashlib.md5()
     with open(path, "rb") as f:
@@ -405,9 +413,20 @@ def load(
     "resplit": stratified seeded train / val / test partition of one released split (the test
     split when present). "auto": official when both splits are found, else resplit. Glyphs are
     always "synthetic": glyphs_size generated images split like resplit.
-    data_dir defaults to the cache directory (cache_dir, else default_data_dir()); files are only
-    downloaded (into the cache) when the dataset is not found at all and download is True.
+    data_dir defaults to default_data_dir(); cache_dir (default default_cache_dir()) receives
+    downloads, decompressed copies and tensor caches. Files are only downloaded (into the cache)
+    when the dataset is not found at all and download is True. A folder that cannot be read or
+    written gives a LorafitError naming it.
     """
+    try:
+        return _load(name, data_dir, protocol, seed, val_fraction, test_fraction, download, cache_dir, glyphs_size)
+    except OSError as e:
+        where = e.filename or (cache_dir or default_cache_dir())
+        raise LorafitError(f"{name}: {e.strerror or e} ({where}); pass --data-dir with readable files, "
+                           f"or set LORAFIT_CACHE_DIR to a writable folder") from None
+
+
+def _load(name, data_dir, protocol, seed, val_fraction, test_fraction, download, cache_dir, glyphs_size) -> Splits:
     _check_name(name)
     if protocol not in PROTOCOLS:
         raise LorafitError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
@@ -421,8 +440,8 @@ def load(
     if protocol == "synthetic":
         raise LorafitError(f"protocol synthetic is only for glyphs-*; use auto, official or resplit for {name}")
 
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_data_dir()
-    root = Path(data_dir).expanduser() if data_dir is not None else cache
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     if data_dir is not None and not root.is_dir():
         raise LorafitError(f"data dir {root} does not exist or is not a directory; {_FIX}")
     parts = {p: _find_part(root, name, p) for p in ("train", "test")}

@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 
@@ -34,18 +35,36 @@ def frozen_prefix_length(model: nn.Module) -> int:
 def _tensor_digest(h, tensor: torch.Tensor) -> None:
     t = tensor.detach().to("cpu").contiguous()
     h.update(str((tuple(t.shape), str(t.dtype))).encode())
-    h.update(t.view(torch.uint8).numpy().tobytes() if t.dtype != torch.bfloat16
-             else t.view(torch.int16).numpy().tobytes())
+    h.update(memoryview(t.view(torch.uint8).numpy()))
+
+
+# Digests of image tensors, so the same split is hashed once per process rather than once per
+# cell. Keyed by identity and checked against the version counter (an in-place change bumps it);
+# an entry goes when its tensor is freed.
+_DATA_DIGESTS: dict[int, tuple[weakref.ref, int, bytes]] = {}
+
+
+def _data_digest(images: torch.Tensor) -> bytes:
+    hit = _DATA_DIGESTS.get(id(images))
+    if hit is not None and hit[0]() is images and hit[1] == images._version:
+        return hit[2]
+    h = hashlib.sha256()
+    _tensor_digest(h, images)
+    if hit is None:
+        weakref.finalize(images, _DATA_DIGESTS.pop, id(images), None)
+    _DATA_DIGESTS[id(images)] = (weakref.ref(images), images._version, h.digest())
+    return h.digest()
 
 
 def cache_key(model: nn.Module, stop: int, images: torch.Tensor, dtype: torch.dtype) -> str:
+    """Hash of the prefix stages' weights, the exact images and the feature dtype."""
     h = hashlib.sha256()
     h.update(f"{STAGES[:stop]}|{dtype}".encode())
     for name in STAGES[:stop]:
         for pname, p in sorted(getattr(model, name).state_dict().items()):
             h.update(pname.encode())
             _tensor_digest(h, p)
-    _tensor_digest(h, images)
+    h.update(_data_digest(images))
     return h.hexdigest()[:32]
 
 

@@ -9,7 +9,7 @@ for this model on CPU.
 
 from __future__ import annotations
 
-import copy
+import functools
 import math
 import resource
 import time
@@ -34,25 +34,32 @@ MEAN, STD = 0.1307, 0.3081
 EVAL_BATCH = 256
 
 
-def pick_device(device: str | None = None) -> torch.device:
+def pick_device(device: str | torch.device | None = None) -> torch.device:
     """CUDA when present (or asked for), else CPU."""
+    if isinstance(device, torch.device):
+        return device
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise LorafitError("--device cuda was asked for but no CUDA device is available; use --device cpu")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise LorafitError(f"unknown device {device!r}; use cpu or cuda")
+    if device != "cpu" and not (device == "cuda" or device.startswith("cuda:")):
+        raise LorafitError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
+    if device != "cpu" and not torch.cuda.is_available():
+        raise LorafitError(f"--device {device} was asked for but no CUDA device is available; use --device cpu")
     return torch.device(device)
 
 
-def bf16_supported(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+@functools.cache
+def _cpu_has_bf16() -> bool:
     try:
-        flags = open("/proc/cpuinfo").read()
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """bf16 autocast pays off: CUDA with bf16, or a CPU with AVX-512 BF16 / AMX."""
+    return torch.cuda.is_bf16_supported() if device.type == "cuda" else _cpu_has_bf16()
 
 
 @dataclass
@@ -136,7 +143,7 @@ def predict(model: nn.Module, images: torch.Tensor, device: str | torch.device |
             bf16: bool | None = None, batch_size: int = EVAL_BATCH,
             cache: FeatureCache | None = None) -> torch.Tensor:
     """Predicted class indices (int64, on the CPU) for uint8 images."""
-    device = pick_device(device) if not isinstance(device, torch.device) else device
+    device = pick_device(device)
     bf16 = bf16_supported(device) if bf16 is None else bf16
     model.to(device, memory_format=torch.channels_last).eval()
     start = _prefix_start(model, cache, len(images), device, bf16, batch_size)
@@ -161,14 +168,15 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float,
     """Train the parameters of `model` that require grad with AdamW + cosine decay.
 
     Validation accuracy is measured after every epoch; the best epoch's weights are restored at
-    the end, and training stops early after `patience` epochs without improvement. A non-finite
+    the end, and training stops early after `patience` epochs without improvement (None or 0:
+    never). A non-finite
     loss ends the run with status "diverged" instead of raising. `on_epoch(epoch, val_acc)` is
     called after each epoch; an exception it raises (e.g. a pruning signal) propagates.
     Deterministic for a seed on CPU.
     """
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise LorafitError(f"bad training settings: epochs={epochs} batch_size={batch_size} lr={lr}")
-    device = pick_device(device) if not isinstance(device, torch.device) else device
+    device = pick_device(device)
     bf16 = bf16_supported(device) if bf16 is None else bf16
     torch.manual_seed(seed)
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -197,14 +205,13 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float,
         t0 = time.perf_counter()
         perm = torch.randperm(len(train), generator=gen).to(train_in.data.device)
         total_loss = torch.zeros((), device=device)
-        for i in range(0, len(train), batch_size):
+        # Divergence is tracked on the device and read once per epoch: no host sync per step.
+        first_bad = torch.full((), -1, device=device)
+        for step, i in enumerate(range(0, len(train), batch_size)):
             idx = perm[i:i + batch_size]
             with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
                 loss = F.cross_entropy(model.run_stages(train_in.batch(idx), start), train_y[idx])
-            if not torch.isfinite(loss):
-                result.status = "diverged"
-                result.error = f"non-finite loss ({loss.item()}) at epoch {epoch}, step {i // batch_size + 1}"
-                break
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step + 1, first_bad)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -212,30 +219,35 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float,
             total_loss += loss.detach() * len(idx)
         epoch_s = time.perf_counter() - t0
         train_seconds += epoch_s
-        if result.status == "diverged":
+        if first_bad.item() > 0:
+            result.status = "diverged"
+            result.error = f"non-finite loss at epoch {epoch}, step {first_bad.item()}"
             break
         trained_images += len(train)
         model.eval()
         with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-            correct = 0
+            correct = torch.zeros((), dtype=torch.long, device=device)
             for i in range(0, len(val), EVAL_BATCH):
                 idx = torch.arange(i, min(i + EVAL_BATCH, len(val)), device=val_in.data.device)
-                correct += (model.run_stages(val_in.batch(idx), start).argmax(1) == val_y[idx]).sum().item()
-        val_acc = correct / max(len(val), 1)
+                correct += (model.run_stages(val_in.batch(idx), start).argmax(1) == val_y[idx]).sum()
+        val_acc = correct.item() / max(len(val), 1)
         result.curve.append({"epoch": epoch, "train_loss": total_loss.item() / len(train),
                              "val_acc": val_acc, "seconds": epoch_s,
                              "images_per_s": len(train) / epoch_s})
         if val_acc > best_acc:
             best_acc, stale, result.best_epoch = val_acc, 0, epoch
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         else:
             stale += 1
         if on_epoch is not None:
             on_epoch(epoch, val_acc)
-        if patience is not None and stale >= patience:
+        if patience and stale >= patience:
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if best_state is not None:  # only trainable tensors change, so only they are kept and restored
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name in best_state:
+                    param.copy_(best_state[name])
     model.eval()
     result.best_val_acc = best_acc if best_acc >= 0 else float("nan")
     result.train_s = time.perf_counter() - t_start

@@ -13,8 +13,8 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 @pytest.fixture(autouse=True)
 def _isolated_data_cache(tmp_path_factory, monkeypatch):
     """Never touch the user's ~/.cache: every test session gets its own data cache."""
-    if "LORAFIT_DATA_DIR" not in os.environ:
-        monkeypatch.setenv("LORAFIT_DATA_DIR", str(tmp_path_factory.getbasetemp() / "data-cache"))
+    monkeypatch.setenv("LORAFIT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "data-cache"))
+    monkeypatch.delenv("LORAFIT_DATA_DIR", raising=False)
 
 TINY_GRID = """
 [lr]

@@ -210,11 +210,27 @@ def test_failed_download_is_a_lorafit_error(tmp_path, monkeypatch):
     assert "\n" not in str(err.value)
 
 
-def test_default_data_dir_honours_env(monkeypatch, tmp_path):
+def test_default_dirs_honour_env_and_stay_apart(monkeypatch, tmp_path):
     monkeypatch.setenv("LORAFIT_DATA_DIR", str(tmp_path / "x"))
-    assert data.default_data_dir() == tmp_path / "x"
+    monkeypatch.setenv("LORAFIT_CACHE_DIR", str(tmp_path / "c"))
+    assert data.default_data_dir() == tmp_path / "x" and data.default_cache_dir() == tmp_path / "c"
     monkeypatch.delenv("LORAFIT_DATA_DIR")
-    assert data.default_data_dir() == Path.home() / ".cache" / "lorafit" / "data"
+    assert data.default_data_dir() == tmp_path / "c"  # downloads land in the cache
+    monkeypatch.delenv("LORAFIT_CACHE_DIR")
+    assert data.default_cache_dir() == Path.home() / ".cache" / "lorafit" / "data"
+
+
+def test_data_dir_from_env_is_only_read(monkeypatch, tmp_path):
+    """$LORAFIT_DATA_DIR names the user's files; caches go elsewhere."""
+    src = tmp_path / "mine"
+    write_split(src, "train-images-idx3-ubyte", "train-labels-idx1-ubyte", balanced(10, 12))
+    write_split(src, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", balanced(10, 5, seed=1))
+    before = listing(src)
+    monkeypatch.setenv("LORAFIT_DATA_DIR", str(src))
+    monkeypatch.setenv("LORAFIT_CACHE_DIR", str(tmp_path / "cache"))
+    splits = data.load("mnist", protocol="official", val_fraction=0.2)
+    assert len(splits.test) == 50
+    assert listing(src) == before and (tmp_path / "cache").is_dir()
 
 
 # ------------------------------------------------------------------------------- splitting

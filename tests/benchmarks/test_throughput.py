@@ -14,7 +14,7 @@ ROUNDS = 3
 
 @pytest.fixture(scope="module")
 def workload(tmp_path_factory):
-    return perf.make_workload(perf.N_IMAGES, tmp_path_factory.mktemp("perf"))
+    return perf.make_workload(perf.N_IMAGES, tmp_path_factory.mktemp("perf"))  # 62 classes
 
 
 @pytest.fixture(scope="module")
