@@ -24,6 +24,10 @@ import pandas as pd
 from lorafit.errors import LorafitError
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def write_atomic(path: Path, text: str | bytes) -> None:
     """Write to a temporary file in the same directory, then rename into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,6 +37,7 @@ def write_atomic(path: Path, text: str | bytes) -> None:
             f.write(text.encode() if isinstance(text, str) else text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the mode a plain open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
