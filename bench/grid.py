@@ -1,6 +1,7 @@
 """Grid files (studies/grid.toml) -> the list of RunConfig cells, one per configuration x seed.
 
     [lr]         <method> = <learning rate>      one per method family, with its provenance
+    [lr.<profile>]                               overrides for one profile
     [[cell]]     name (may template values: "lora-{placement}"), method, placement, shape, rank, alpha, policy, (lr, weight_decay, epochs)
                  a list value expands into one configuration per value (cartesian product)
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from lorafit.config import METHODS, RunConfig
 from lorafit.errors import LorafitError
 
-from bench.profiles import config_defaults, profile as profile_table
+from bench.profiles import PROFILES, config_defaults, profile as profile_table
 
 CELL_KEYS = {"name", "method", "placement", "shape", "rank", "alpha", "policy", "lr",
              "weight_decay", "epochs", "patience"}
@@ -48,10 +49,15 @@ def load_grid(path: str | Path, profile: str, seeds: int | None = None,
     unknown = sorted(set(doc) - {"lr", "cell"})
     if unknown:
         raise LorafitError(f"{path}: unknown section(s) {', '.join(unknown)}; expected [lr] and [[cell]]")
-    lrs = doc.get("lr", {})
-    bad = sorted(set(lrs) - set(METHODS))
+    lrs = {k: v for k, v in doc.get("lr", {}).items() if not isinstance(v, dict)}
+    per_profile = {k: v for k, v in doc.get("lr", {}).items() if isinstance(v, dict)}
+    bad = sorted(set(lrs) - set(METHODS)) + sorted(set(per_profile) - set(PROFILES))
+    for table in per_profile.values():
+        bad += sorted(set(table) - set(METHODS))
     if bad:
-        raise LorafitError(f"{path}: [lr] has unknown method(s) {', '.join(bad)}; methods are {', '.join(METHODS)}")
+        raise LorafitError(f"{path}: [lr] has unknown method(s) or profile(s) {', '.join(bad)}; "
+                           f"methods are {', '.join(METHODS)}, profiles {', '.join(PROFILES)}")
+    lrs.update(per_profile.get(profile, {}))  # [lr.<profile>] overrides the family rates
     n_seeds = seeds if seeds is not None else profile_table(profile)["seeds"]
     if not isinstance(n_seeds, int) or n_seeds < 1:
         raise LorafitError(f"seeds must be an integer >= 1, got {n_seeds!r}")

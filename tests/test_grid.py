@@ -34,6 +34,9 @@ def test_grid_file_declares_the_ablation():
     assert len(load_grid(DEFAULT_GRID, "local")) == 3 * len(cells)
     lrs = {c.method: c.lr for c in cells}
     assert len(set(lrs.values())) > 1  # each family has its own learning rate
+    local = {c.name: c.lr for c in load_grid(DEFAULT_GRID, "local")}
+    assert local["lora-proj"] != local["lora-conv2"]  # conv LoRA has its own tuned rate
+    assert {c.name: c.lr for c in cells}["lora-proj"] != local["lora-proj"]  # [lr.smoke] override
     seed = next(c for c in cells if c.name == "seed-post")
     assert (seed.placement, seed.policy, seed.rank, seed.alpha) == ("seed", "seed", 8, 1.0)
     assert next(c for c in cells if c.name == "lora-proj" and c.rank == 16).alpha == 16.0
@@ -87,6 +90,7 @@ BAD_GRIDS = {
     "string lr": ('[lr]\nlora = "fast"\n[[cell]]\nname = "x"\nmethod = "lora"\nplacement = "proj"\nrank = 2\npolicy = "lora"', "lr must be a number"),
     "no lr": ('[[cell]]\nname = "x"\nmethod = "head"\npolicy = "head"', "no learning rate"),
     "no cells": ("[lr]\nhead = 1e-3", "no [[cell]]"),
+    "unknown lr profile": ('[lr]\nhead = 1e-3\n[lr.huge]\nhead = 1e-2\n[[cell]]\nname = "x"\nmethod = "head"\npolicy = "head"', "unknown method(s) or profile(s) huge"),
 }
 
 
