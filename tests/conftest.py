@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from grids import TINY_GRID  # tests/ is on sys.path under pytest
 
 # Keep test runs reproducible and light on a 2-core machine.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -16,32 +17,6 @@ def _isolated_data_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("LORAFIT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "data-cache"))
     monkeypatch.delenv("LORAFIT_DATA_DIR", raising=False)
 
-TINY_GRID = """
-[lr]
-head = 5e-3
-lora = 3e-3
-seed = 3e-3
-
-[[cell]]
-name = "head"
-method = "head"
-policy = "head"
-
-[[cell]]
-name = "lora-{placement}"
-method = "lora"
-placement = ["proj", "conv3"]
-rank = 2
-policy = "lora"
-
-[[cell]]
-name = "seed-post"
-method = "seed"
-placement = "seed"
-rank = 8
-alpha = 1.0
-policy = "seed"
-"""
 
 
 @pytest.fixture

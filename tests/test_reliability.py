@@ -15,37 +15,12 @@ import pytest
 from bench.__main__ import main
 from bench.runner import Context, run_cell
 from bench.grid import load_grid
+from grids import SLOW_GRID
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_URL = os.environ.get("LORAFIT_TEST_PG_URL")
 TIMING = {"train_s", "wall_s", "images_per_s", "peak_mem_mb"}
 
-SLOW_GRID = """
-[lr]
-head = 5e-3
-lora = 3e-3
-seed = 3e-3
-
-[[cell]]
-name = "head"
-method = "head"
-policy = "head"
-
-[[cell]]
-name = "lora-{placement}"
-method = "lora"
-placement = ["conv3", "conv2", "convs"]
-rank = 2
-policy = "lora"
-
-[[cell]]
-name = "seed-post"
-method = "seed"
-placement = "seed"
-rank = 8
-alpha = 1.0
-policy = "seed"
-"""
 
 
 def _env() -> dict:

@@ -1,0 +1,32 @@
+"""Small grid files for the tests (smoke profile: each runs in seconds)."""
+
+TINY_GRID = """
+[lr]
+head = 5e-3
+lora = 3e-3
+seed = 3e-3
+
+[[cell]]
+name = "head"
+method = "head"
+policy = "head"
+
+[[cell]]
+name = "lora-{placement}"
+method = "lora"
+placement = ["proj", "conv3"]
+rank = 2
+policy = "lora"
+
+[[cell]]
+name = "seed-post"
+method = "seed"
+placement = "seed"
+rank = 8
+alpha = 1.0
+policy = "seed"
+"""
+
+# The tiny grid with three slower conv placements instead of proj and conv3, so that a worker is
+# reliably caught inside a cell.
+SLOW_GRID = TINY_GRID.replace('placement = ["proj", "conv3"]', 'placement = ["conv3", "conv2", "convs"]')
