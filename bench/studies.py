@@ -10,7 +10,8 @@
 
 The objective reads like the experiment: sample a configuration, run it with the shared runner
 (per-epoch validation accuracy feeds the pruner), return the objectives. Every completed trial
-writes the same record as a grid cell.
+writes the same record as a grid cell; a trial whose configuration an earlier trial already
+completed reuses that result (user attribute `reused_from`) instead of training it again.
 """
 
 from __future__ import annotations
@@ -166,6 +167,11 @@ def create(name: str, spec: dict, profile: str, storage) -> optuna.Study:
     study = optuna.create_study(study_name=f"{name}-{profile}", storage=storage,
                                 directions=s.get("directions", ["maximize"]), sampler=_sampler(s),
                                 pruner=_pruner(s), load_if_exists=True)
+    # A resumed study must not replay the same random draws: offset the file's seed by the
+    # trials already there (still reproducible for a given history).
+    done = len(study.get_trials(deepcopy=False))
+    if done:
+        study.sampler = _sampler({**s, "seed": s.get("seed", 0) + done})
     study.set_user_attr("kind", "study")
     study.set_user_attr("objectives", s.get("objectives", ["val_acc"]))
     return study
@@ -179,6 +185,16 @@ def objective_for(study: optuna.Study, spec: dict, profile: str, ctx: Context, l
     def objective(trial: optuna.Trial):
         cfg = config_for(spec, suggest(trial, spec.get("param", [])), profile, base)
         trial.set_user_attr("config", cfg.to_dict())
+        # Samplers repeat configurations (head and full have nothing else to sample), and a run is
+        # deterministic for its config: reuse a completed twin instead of training it again.
+        for twin in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if twin.user_attrs.get("config") == cfg.to_dict():
+                trial.set_user_attr("reused_from", twin.number)
+                for key in ("status", "test_acc", "val_acc", "trainable_params", "train_s"):
+                    if key in twin.user_attrs:
+                        trial.set_user_attr(key, twin.user_attrs[key])
+                log(f"trial {trial.number:>3} {cfg.cell_id:<34} same configuration as trial {twin.number}: reused")
+                return twin.values[0] if len(twin.values) == 1 else twin.values
 
         def on_epoch(epoch: int, val_acc: float) -> None:
             if prunable:

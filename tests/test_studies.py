@@ -31,7 +31,9 @@ epochs = 3
 
 [[param]]
 name = "lr"
-choices = [0.01, 0.003, 0.000001]
+low = 1e-5
+high = 3e-2
+log = true
 """
 
 
@@ -99,15 +101,41 @@ def test_study_runs_prunes_and_resumes(tmp_path, capsys):
     assert main(argv) == 0  # the file's 7 trials
     trials = study.get_trials()
     assert len(trials) == 7
-    pruned = [t for t in trials if t.state.name == "PRUNED"]
-    assert pruned and all("below the pruner" in t.user_attrs["pruned"] for t in pruned)
+    assert len({t.params["lr"] for t in trials}) == 7  # the resumed run drew new values
     completed = [t for t in trials if t.state.name == "COMPLETE"]
     records = sorted((runs / "records" / "prunes-smoke").glob("*.json"))
     assert len(records) == len(completed)  # completed trials leave a record, like grid cells
     rec = json.loads(records[0].read_text())
     assert rec["run"]["study"] == "prunes-smoke" and rec["run"]["status"] == "complete"
     out = capsys.readouterr().out
-    assert "[lr]\nlora = 0.003" in out  # --best-style output after the run
+    best = max(completed, key=lambda t: t.value)
+    assert f"[lr]\nlora = {best.params['lr']:.3g}" in out  # --best-style output after the run
+
+
+def test_median_pruner_stops_a_bad_trial(tmp_path):
+    path = tmp_path / "prunes.toml"
+    path.write_text(PRUNE_STUDY)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    study = optuna.create_study(study_name="prunes-smoke", storage=f"sqlite:///{runs / 'optuna.db'}",
+                                direction="maximize")
+    for lr in (0.01, 0.005, 0.003, 1e-5):  # three that learn, then one that cannot
+        study.enqueue_trial({"lr": lr})
+    assert main(["study", str(path), "--runs-dir", str(runs), "--trials", "4", "--no-progress"]) == 0
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3 + ["PRUNED"]
+    assert "below the pruner" in trials[-1].user_attrs["pruned"]
+    assert len(trials[-1].intermediate_values) < 3  # stopped before its last epoch
+
+
+def test_repeated_configuration_reuses_the_completed_trial(tmp_path, capsys):
+    path = tmp_path / "repeat.toml"
+    path.write_text(PRUNE_STUDY.replace("low = 1e-5\nhigh = 3e-2\nlog = true", "choices = [0.01]"))
+    runs = tmp_path / "runs"
+    assert main(["study", str(path), "--runs-dir", str(runs), "--trials", "2", "--no-progress"]) == 0
+    first, second = optuna.load_study(study_name="repeat-smoke", storage=f"sqlite:///{runs / 'optuna.db'}").get_trials()
+    assert second.user_attrs["reused_from"] == first.number and second.values == first.values
+    assert len(list((runs / "records" / "repeat-smoke").glob("*.json"))) == 1  # trained once
 
 
 def test_pareto_study_has_a_front_and_best_prints_cells(tmp_path, capsys):
