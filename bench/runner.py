@@ -11,6 +11,7 @@ import copy
 import datetime as dt
 import functools
 import hashlib
+import io
 import json
 import os
 import platform
@@ -32,7 +33,7 @@ from lorafit.features import FeatureCache
 from lorafit.model import SeedCNN, replace_head
 from lorafit.train import accuracy, bf16_supported, fit, pick_device, predict
 
-from bench.records import record_path, write_json
+from bench.records import record_path, write_atomic, write_json
 
 
 @dataclass
@@ -144,9 +145,9 @@ def pretrained_backbone(cfg: RunConfig, ctx: Context, progress: Callable | None 
                 "source_test_acc": accuracy(model, src.test, device=ctx.torch_device),
                 "source_val_acc": result.best_val_acc, "train_s": result.train_s,
                 "images_per_s": result.images_per_s, "curve": result.curve, "files": src.files}
-        tmp = folder / f".{digest}.pt.tmp"
-        torch.save(model.state_dict(), tmp)
-        tmp.replace(weights)
+        buffer = io.BytesIO()
+        torch.save(model.state_dict(), buffer)
+        write_atomic(weights, buffer.getvalue())
         write_json(info_path, info)
         ctx.log(f"backbone {digest}: {cfg.source} test accuracy {info['source_test_acc']:.4f} "
                 f"({result.train_s:.1f} s)")

@@ -30,3 +30,22 @@ policy = "seed"
 # The tiny grid with three slower conv placements instead of proj and conv3, so that a worker is
 # reliably caught inside a cell.
 SLOW_GRID = TINY_GRID.replace('placement = ["proj", "conv3"]', 'placement = ["conv3", "conv2", "convs"]')
+
+# Two cells for the reporting tests: the linear probe and LoRA r8 on proj.
+REPORT_GRID = """
+[lr]
+head = 5e-3
+lora = 3e-3
+
+[[cell]]
+name = "head"
+method = "head"
+policy = "head"
+
+[[cell]]
+name = "lora-proj"
+method = "lora"
+placement = "proj"
+rank = 8
+policy = "lora"
+"""

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from grids import REPORT_GRID
 
 from bench import charts, leaderboard, report
 from bench.records import load_records, record_path, write_json
@@ -267,23 +268,6 @@ def test_report_of_a_failed_run_is_a_user_error(tmp_path):
         report.main(_args(report, [rec["run"]["id"][:12], "--runs-dir", str(tmp_path)]))
 
 
-TINY_GRID = """
-[lr]
-head = 5e-3
-lora = 3e-3
-
-[[cell]]
-name = "head"
-method = "head"
-policy = "head"
-
-[[cell]]
-name = "lora-proj"
-method = "lora"
-placement = "proj"
-rank = 8
-policy = "lora"
-"""
 
 
 @pytest.fixture(scope="module")
@@ -292,7 +276,7 @@ def smoke_runs(tmp_path_factory):
     from bench.__main__ import main as cli
 
     runs = tmp_path_factory.mktemp("smoke-runs")
-    (runs / "tiny.toml").write_text(TINY_GRID)
+    (runs / "tiny.toml").write_text(REPORT_GRID)
     assert cli(["run", "grid", "--grid", str(runs / "tiny.toml"), "--runs-dir", str(runs), "--seeds", "1",
                 "--no-progress"]) == 0
     return runs
