@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import dataclasses
 from dataclasses import asdict, dataclass, fields
 
+from lorafit import adapters
 from lorafit.errors import LorafitError
 from lorafit.freeze import POLICIES
-from lorafit.lora import PLACEMENTS, SHAPES
-
-METHODS = ("scratch", "full", "head", "lora", "seed")
+from lorafit.lora import SHAPES
 
 
 @dataclass(frozen=True)
 class RunConfig:
     name: str                      # the grid cell / study label, e.g. "lora-proj"
-    method: str                    # family: scratch | full | head | lora | seed (picks the lr)
-    placement: str = "none"        # where adapters go (lorafit.lora.PLACEMENTS)
+    method: str                    # scratch | full | head, or an adapter method (lorafit.adapters)
+    placement: str = "none"        # where adapters go (lorafit.adapters.PLACEMENTS)
     shape: str = "1x1"             # conv adapter shape: 1x1 | kxk
     rank: int = 0                  # 0 when no adapter
     alpha: float = 1.0
@@ -58,6 +58,9 @@ class RunConfig:
                 object.__setattr__(self, f.name, float(value))
         validate(self)
 
+    def replace(self, **changes) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["widths"] = list(self.widths)
@@ -74,6 +77,10 @@ class RunConfig:
             d["widths"] = tuple(d["widths"])
         return cls(**d)
 
+    @property
+    def adapter_settings(self) -> adapters.AdapterSettings:
+        return adapters.AdapterSettings(rank=self.rank, alpha=self.alpha, shape=self.shape)
+
     def digest(self) -> str:
         return _digest(self.to_dict())
 
@@ -82,6 +89,16 @@ class RunConfig:
         """Stable, readable id: name, rank, seed and a hash of everything else."""
         rank = f"-r{self.rank}" if self.rank else ""
         return f"{self.name}{rank}-s{self.seed}-{self.digest()[:8]}"
+
+    def pretraining(self) -> RunConfig:
+        """The source-task run that trains this configuration's shared backbone."""
+        return RunConfig(name="pretrain", method="scratch", policy="scratch", seed=self.seed,
+                         profile=self.profile, source=self.source, target=self.source, protocol="auto",
+                         data_seed=self.data_seed, train_size=self.pretrain_size, lr=self.pretrain_lr,
+                         epochs=self.pretrain_epochs, batch_size=self.pretrain_batch_size,
+                         pretrain_epochs=self.pretrain_epochs, pretrain_lr=self.pretrain_lr,
+                         pretrain_batch_size=self.pretrain_batch_size, pretrain_size=self.pretrain_size,
+                         widths=self.widths)
 
     def pretrain_dict(self) -> dict:
         """The settings the shared backbone depends on (its cache key); not the target's."""
@@ -107,10 +124,12 @@ def validate(cfg: RunConfig) -> None:
             raise LorafitError(f"{cfg.name}: {f.name} must be a number, got {value!r}")
         if isinstance(default, str) and not isinstance(value, str):
             raise LorafitError(f"{cfg.name}: {f.name} must be a string, got {value!r}")
-    if cfg.method not in METHODS:
-        raise LorafitError(f"{cfg.name}: unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
-    if cfg.placement not in PLACEMENTS:
-        raise LorafitError(f"{cfg.name}: unknown placement {cfg.placement!r}; choose one of {', '.join(PLACEMENTS)}")
+    if cfg.method not in adapters.methods():
+        raise LorafitError(f"{cfg.name}: unknown method {cfg.method!r}; choose one of {', '.join(adapters.methods())}")
+    try:
+        adapters.check_placement(cfg.method, cfg.placement)
+    except LorafitError as e:
+        raise LorafitError(f"{cfg.name}: {e}") from None
     if cfg.shape not in SHAPES:
         raise LorafitError(f"{cfg.name}: unknown shape {cfg.shape!r}; choose one of {', '.join(SHAPES)}")
     if cfg.policy not in POLICIES:
@@ -129,3 +148,35 @@ def validate(cfg: RunConfig) -> None:
             raise LorafitError(f"{cfg.name}: {key} must be >= 0, got {getattr(cfg, key)}")
     if (cfg.method == "scratch") != (cfg.policy == "scratch"):
         raise LorafitError(f"{cfg.name}: method scratch and policy scratch go together")
+
+
+# What a grid cell or a study's [fixed] section may set: everything but the seed (the grid's
+# --seeds), the profile and the protocol (resolved from the data once per run).
+CELL_FIELDS = tuple(f.name for f in fields(RunConfig) if f.name not in ("seed", "profile", "protocol"))
+
+
+def cell_config(fields: dict, defaults: dict | None = None) -> RunConfig:
+    """The RunConfig of one grid cell or study trial, by the same rules for both.
+
+    `defaults` (profile settings) < `fields`; a string field may template the others
+    ("lora-{placement}"); an unset alpha is the adapter method's default (alpha = rank, i.e.
+    scale 1, for LoRA; 1 for the seed post's adapter); name defaults to the method.
+    """
+    merged = {**(defaults or {}), **fields}
+    for key, value in list(merged.items()):
+        if isinstance(value, str) and "{" in value:
+            try:
+                merged[key] = value.format(**merged)
+            except (KeyError, IndexError, ValueError) as e:
+                raise LorafitError(f"{key} = {value!r}: bad template ({type(e).__name__}: {e}); a template may "
+                                   f"only name settings every run has") from None
+    method = merged.get("method")
+    if "alpha" not in merged:
+        entry = adapters.ADAPTERS.get(method)
+        rank = merged.get("rank", 0)
+        merged["alpha"] = entry.default_alpha(rank) if entry and isinstance(rank, int) and rank > 0 else 1.0
+    merged.setdefault("name", str(method))
+    try:
+        return RunConfig.from_dict(merged)
+    except TypeError as e:
+        raise LorafitError(f"{merged.get('name')}: {e}") from None

@@ -1,23 +1,22 @@
-"""Real MNIST / EMNIST (official IDX files, read through torchvision) and synthetic glyphs, as
-in-memory uint8 tensors split into train / val / test.
+"""Datasets as in-memory uint8 tensors split into train / val / test, from a registry.
 
-Files are looked up in a data directory (flat, `mnist/` or `emnist/`, or torchvision's
-`MNIST/raw/` / `EMNIST/raw/`), compressed or not. Every file is checked (official checksum where
-one is known, IDX header otherwise) once; the result, the file's sha256, decompressed copies and the
-decoded tensors are cached under a cache directory so later loads take well under a second. The data
-directory itself is only ever read.
+Each dataset is one `Dataset` entry in DATASETS: its official IDX file names, where they may sit
+(flat, or in subfolders such as torchvision's `MNIST/raw/`), their official checksums, its classes
+and mapping file, whether the files are stored transposed, and how torchvision downloads it; or,
+for the offline synthetic sets, a generator. Adding a dataset is one `register(Dataset(...))`.
+Finding, verifying, decompressing and caching the files is lorafit.files' job.
+
+Protocols: "official" (the released train split minus a validation carve; the released test split),
+"resplit" (a stratified, seeded train/val/test partition of one released split, for when only one
+is present), "synthetic" (generated data, split like resplit). "auto" picks official when both
+released splits are found, else resplit.
 """
 
 from __future__ import annotations
 
-import gzip
+import functools
 import hashlib
-import json
-import math
 import os
-import shutil
-import uuid
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,45 +25,111 @@ import numpy as np
 import torch
 import torchvision
 from sklearn.model_selection import train_test_split
-from torchvision.datasets.mnist import read_image_file, read_label_file
 
+from lorafit import files as store
 from lorafit import glyphs
 from lorafit.errors import LorafitError
 
-DATASETS = (
-    "mnist",
-    "emnist-byclass",
-    "emnist-bymerge",
-    "emnist-balanced",
-    "emnist-letters",
-    "emnist-digits",
-    "emnist-mnist",
-    "glyphs-digits",
-    "glyphs-chars",
-)
 PROTOCOLS = ("auto", "official", "resplit", "synthetic")
+_FIX = store.FIX
 
-_FIX = "pass --data-dir DIR with the official files or use --profile smoke"
-_BYCLASS = tuple("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-_CACHE_VERSION = "v1"  # bump to invalidate cached tensors when the decoding changes
 
-# Official checksums of the compressed files: torchvision's MNIST md5s and the sha256s of the NIST
-# EMNIST release (from /work/shared/data/SOURCES.md). Files not listed get an IDX header check.
-_KNOWN: dict[str, tuple[str, str]] = {
-    "train-images-idx3-ubyte.gz": ("md5", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
-    "train-labels-idx1-ubyte.gz": ("md5", "d53e105ee54ea40749a09fcbcd1e9432"),
-    "t10k-images-idx3-ubyte.gz": ("md5", "9fb629c4189551a2d022fa330f9573f3"),
-    "t10k-labels-idx1-ubyte.gz": ("md5", "ec29112dd5afa0611ce80d1b7f02629c"),
-    "emnist-byclass-test-images-idx3-ubyte.gz": ("sha256", "5ec835bd5d5b1a66378a132e727fef20fe994b3cc666899befcca5ac766f50cd"),
-    "emnist-byclass-test-labels-idx1-ubyte.gz": ("sha256", "501e305eeeacb093b162592d80e8a2632040872360fa6d85cfcb2200d91ca92a"),
-    "emnist-byclass-train-images-idx3-ubyte.gz": ("sha256", "9e21987f03a6eb8b870187e785883ddad96947299587908f1a7ec2ca0f4be5f0"),
-    "emnist-byclass-train-labels-idx1-ubyte.gz": ("sha256", "f7ef403d48dc18a89dae0d83d11ee69cecb6e1c12c3a961d03712e495c02a8fa"),
-    "emnist-balanced-train-images-idx3-ubyte.gz": ("sha256", "74295e75e4e9fa2c102147460ee7eb763653d5132d883a84fb88932bfb8d2db4"),
-    "emnist-balanced-test-images-idx3-ubyte.gz": ("sha256", "117fc12b015e37ea98bfb2cbba3f77c3782c056cdbd219b87abfc8661d7135db"),
-    "emnist-letters-train-images-idx3-ubyte.gz": ("sha256", "6288f418a917e007bf5fddb823a2dc7a5c6a35031401b93292a539cb12bd881f"),
-    "emnist-letters-test-images-idx3-ubyte.gz": ("sha256", "50f0e93d75b99b463e9760b8345866f22587fa2c2fba472730a5ba09c693412d"),
-    "emnist-digits-test-images-idx3-ubyte.gz": ("sha256", "20ebe43509264f7639d37c835a3f0b009e90b29e00a099a03101abe1644a3f63"),
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    classes: tuple[str, ...]  # class names by label index (a mapping file, when present, wins)
+    # released splits ("train", "test") -> (images, labels) base names of the uncompressed IDX files
+    parts: dict[str, tuple[str, str]] = field(default_factory=dict)
+    folders: tuple[str, ...] = ()  # subfolders of the data dir searched after the dir itself
+    raw_folder: str = ""  # where decompressed copies go in the cache (torchvision's layout)
+    checksums: dict[str, tuple[str, str]] = field(default_factory=dict)  # .gz name -> (algo, hex)
+    mapping: str | None = None  # class mapping file of the release
+    transposed: bool = False  # images stored transposed (EMNIST)
+    download: Callable[[Path], None] | None = None  # fetch the files into a folder (torchvision)
+    generate: Callable[[int, int], tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]] | None = None
+    default_sizes: tuple[int, int, int] = (0, 0, 0)  # synthetic: train/val/test images when unset
+
+    @property
+    def synthetic(self) -> bool:
+        return self.generate is not None
+
+    def file_names(self) -> list[str]:
+        return [f"{b}[.gz]" for pair in self.parts.values() for b in pair]
+
+
+DATASETS: dict[str, Dataset] = {}
+
+
+def register(dataset: Dataset) -> Dataset:
+    if dataset.name in DATASETS:
+        raise ValueError(f"dataset {dataset.name!r} is already registered")
+    DATASETS[dataset.name] = dataset
+    return dataset
+
+
+def dataset(name: str) -> Dataset:
+    if name not in DATASETS:
+        raise LorafitError(f"unknown dataset {name!r}; use one of {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+# ---------------------------------------------------------------------------------- entries
+register(Dataset(
+    name="mnist",
+    classes=tuple("0123456789"),
+    parts={"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+           "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")},
+    folders=("mnist", "MNIST/raw"),
+    raw_folder="MNIST/raw",
+    # torchvision's MNIST md5s of the official files
+    checksums={"train-images-idx3-ubyte.gz": ("md5", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+               "train-labels-idx1-ubyte.gz": ("md5", "d53e105ee54ea40749a09fcbcd1e9432"),
+               "t10k-images-idx3-ubyte.gz": ("md5", "9fb629c4189551a2d022fa330f9573f3"),
+               "t10k-labels-idx1-ubyte.gz": ("md5", "ec29112dd5afa0611ce80d1b7f02629c")},
+    download=lambda root: torchvision.datasets.MNIST(root=str(root), train=True, download=True),
+))
+
+# sha256 of the NIST EMNIST release's files (those published; the others get an IDX header check)
+_EMNIST_SHA256 = {
+    "byclass-test-images": "5ec835bd5d5b1a66378a132e727fef20fe994b3cc666899befcca5ac766f50cd",
+    "byclass-test-labels": "501e305eeeacb093b162592d80e8a2632040872360fa6d85cfcb2200d91ca92a",
+    "byclass-train-images": "9e21987f03a6eb8b870187e785883ddad96947299587908f1a7ec2ca0f4be5f0",
+    "byclass-train-labels": "f7ef403d48dc18a89dae0d83d11ee69cecb6e1c12c3a961d03712e495c02a8fa",
+    "balanced-train-images": "74295e75e4e9fa2c102147460ee7eb763653d5132d883a84fb88932bfb8d2db4",
+    "balanced-test-images": "117fc12b015e37ea98bfb2cbba3f77c3782c056cdbd219b87abfc8661d7135db",
+    "letters-train-images": "6288f418a917e007bf5fddb823a2dc7a5c6a35031401b93292a539cb12bd881f",
+    "letters-test-images": "50f0e93d75b99b463e9760b8345866f22587fa2c2fba472730a5ba09c693412d",
+    "digits-test-images": "20ebe43509264f7639d37c835a3f0b009e90b29e00a099a03101abe1644a3f63",
 }
+BYCLASS = tuple("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+def _emnist(split: str) -> Dataset:
+    kinds = {"images": "idx3", "labels": "idx1"}
+    base = {(part, kind): f"emnist-{split}-{part}-{kind}-{idx}-ubyte" for part in ("train", "test")
+            for kind, idx in kinds.items()}
+    checksums = {f"{base[(part, kind)]}.gz": ("sha256", _EMNIST_SHA256[f"{split}-{part}-{kind}"])
+                 for part in ("train", "test") for kind in kinds if f"{split}-{part}-{kind}" in _EMNIST_SHA256}
+    return Dataset(
+        name=f"emnist-{split}",
+        classes=BYCLASS if split == "byclass" else tuple(torchvision.datasets.EMNIST.classes_split_dict[split]),
+        parts={part: (base[(part, "images")], base[(part, "labels")]) for part in ("train", "test")},
+        folders=("emnist", "EMNIST/raw", "gzip", "emnist/gzip"),  # gzip/: how NIST's gzip.zip unpacks
+        raw_folder="EMNIST/raw",
+        checksums=checksums,
+        mapping=f"emnist-{split}-mapping.txt",
+        transposed=True,
+        download=lambda root: torchvision.datasets.EMNIST(root=str(root), split=split, train=True, download=True),
+    )
+
+
+for _split in ("byclass", "bymerge", "balanced", "letters", "digits", "mnist"):
+    register(_emnist(_split))
+
+register(Dataset(name="glyphs-digits", classes=tuple(glyphs.TASKS["digits"]), default_sizes=(3000, 500, 1000),
+                 generate=lambda n, seed: glyphs.generate("digits", n, seed)))
+register(Dataset(name="glyphs-chars", classes=tuple(glyphs.TASKS["chars"]), default_sizes=(2000, 500, 1000),
+                 generate=lambda n, seed: glyphs.generate("chars", n, seed)))
 
 
 @dataclass(frozen=True)
@@ -74,6 +139,18 @@ class Split:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """sha256 of the image bytes, computed once per split (feature caches are keyed by it)."""
+        return image_digest(self.images)
+
+
+def image_digest(images: torch.Tensor) -> str:
+    t = images.detach().to("cpu").contiguous()
+    h = hashlib.sha256(str((tuple(t.shape), str(t.dtype))).encode())
+    h.update(memoryview(t.view(torch.uint8).numpy()))
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -109,216 +186,41 @@ def default_data_dir() -> Path:
 # Locating files
 
 
-def _check_name(name: str) -> None:
-    if name not in DATASETS:
-        raise LorafitError(f"unknown dataset {name!r}; use one of {', '.join(DATASETS)}")
+def _folders(root: Path, entry: Dataset) -> list[Path]:
+    return [root] + [root / f for f in entry.folders]
 
 
-def _family(name: str) -> str:
-    return "mnist" if name == "mnist" else "emnist"
-
-
-def _file_names(name: str, part: str) -> tuple[str, str]:
-    """(images, labels) base names of the official uncompressed IDX files."""
-    if name == "mnist":
-        prefix = "train" if part == "train" else "t10k"
-        return f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"
-    return f"emnist-{name[7:]}-{part}-images-idx3-ubyte", f"emnist-{name[7:]}-{part}-labels-idx1-ubyte"
-
-
-def _search_dirs(root: Path, name: str) -> list[Path]:
-    if _family(name) == "mnist":
-        return [root, root / "mnist", root / "MNIST" / "raw"]
-    # gzip/ is how NIST's gzip.zip unpacks.
-    return [root, root / "emnist", root / "EMNIST" / "raw", root / "gzip", root / "emnist" / "gzip"]
-
-
-def _find(root: Path, name: str, base: str) -> Path | None:
-    """First of <dir>/<base>.gz or <dir>/<base> over the search dirs (.gz first: it has a checksum)."""
-    for d in _search_dirs(root, name):
-        for candidate in (d / f"{base}.gz", d / base):
-            if candidate.is_file():
-                return candidate
-    return None
-
-
-def _find_part(root: Path, name: str, part: str) -> tuple[Path, Path] | None:
-    images, labels = (_find(root, name, base) for base in _file_names(name, part))
+def _find_part(root: Path, entry: Dataset, part: str) -> tuple[Path, Path] | None:
+    images, labels = (store.find(_folders(root, entry), base) for base in entry.parts[part])
     return (images, labels) if images and labels else None
 
 
 def available_protocol(name: str, data_dir: str | Path | None = None) -> str:
     """"official" if train and test files are found, "resplit" if only one split is, "synthetic"
-    for glyphs; LorafitError if no files are found."""
-    _check_name(name)
-    if name.startswith("glyphs-"):
+    for generated datasets; LorafitError if no files are found."""
+    entry = dataset(name)
+    if entry.synthetic:
         return "synthetic"
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
-    train, test = _find_part(root, name, "train"), _find_part(root, name, "test")
-    if train and test:
+    found = {part: _find_part(root, entry, part) for part in entry.parts}
+    if all(found.values()):
         return "official"
-    if train or test:
+    if any(found.values()):
         return "resplit"
-    missing = ", ".join(f"{b}[.gz]" for p in ("train", "test") for b in _file_names(name, p))
-    raise LorafitError(f"{name}: no data files in {root} (need {missing}); {_FIX}")
+    raise LorafitError(f"{name}: no data files in {root} (need {', '.join(entry.file_names())}); {_FIX}")
 
 
-# ---------------------------------------------------------------------------------------------
-# Cache helpers: every write goes to a unique temp name in the target directory, then os.replace.
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """write() fills a unique temp file beside path, which then replaces path in one step: readers and
-    concurrent writers never see a partial file, and a failure leaves nothing behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-class _Checks:
-    """JSON record of verified files, keyed by absolute path + size + mtime, so hashing is done once."""
-
-    def __init__(self, cache: Path):
-        self.path = cache / "checksums.json"
-
-    def _read(self) -> dict:
-        try:
-            return json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
-
-    def get(self, path: Path) -> dict | None:
-        st = path.stat()
-        entry = self._read().get(str(path.resolve()))
-        if entry and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
-            return entry
-        return None
-
-    def put(self, path: Path, **info: str) -> None:
-        st = path.stat()
-        db = self._read()  # re-read: another process may have added entries meanwhile
-        db[str(path.resolve())] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, **info}
-        _atomic_write(self.path, lambda tmp: tmp.write_text(json.dumps(db, indent=1, sort_keys=True)))
-
-
-def _verify(path: Path, checks: _Checks) -> str:
-    """sha256 of the file, after checking the official checksum when one is known."""
-    entry = checks.get(path)
-    if entry and "sha256" in entry:
-        return entry["sha256"]
-    sha, md5 = hashlib.sha256(), hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            sha.update(chunk)
-            md5.update(chunk)
-    known = _KNOWN.get(path.name)
-    if known and {"md5": md5, "sha256": sha}[known[0]].hexdigest() != known[1]:
-        raise LorafitError(
-            f"{path}: checksum mismatch (file corrupted or truncated); delete it and download again, "
-            "or pass --data-dir with the official files"
-        )
-    checks.put(path, sha256=sha.hexdigest())
-    return sha.hexdigest()
-
-
-def _check_idx(path: Path, ndim: int) -> int:
-    """Validate an uncompressed IDX file's header against its size; returns the item count."""
-    with open(path, "rb") as f:
-        head = f.read(4 + 4 * ndim)
-    ok = len(head) == 4 + 4 * ndim and head[:3] == b"\x00\x00\x08" and head[3] == ndim
-    dims = [int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)] if ok else []
-    if not ok or (ndim == 3 and dims[1:] != [28, 28]):
-        kind = "28x28 uint8 images (idx3)" if ndim == 3 else "uint8 labels (idx1)"
-        raise LorafitError(f"{path}: not an IDX file of {kind}; {_FIX}")
-    expected = 4 + 4 * ndim + math.prod(dims)
-    if path.stat().st_size != expected:
-        raise LorafitError(
-            f"{path}: size {path.stat().st_size} B does not match its IDX header ({expected} B; truncated?); "
-            f"replace it with the official file or {_FIX}"
-        )
-    return dims[0]
-
-
-def _decompressed(src: Path, src_sha: str, cache: Path, name: str, checks: _Checks) -> Path:
-    """Uncompressed copy of a .gz in the cache's torchvision layout (reused while the source is unchanged)."""
-    if src.suffix != ".gz":
-        return src
-    out = cache / ("MNIST" if _family(name) == "mnist" else "EMNIST") / "raw" / src.name[:-3]
-    if out.is_file() and (checks.get(out) or {}).get("source_sha256") == src_sha:
-        return out
-
-    def unzip(tmp: Path) -> None:
-        try:
-            with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
-                shutil.copyfileobj(fin, fout, 1 << 20)
-        except (OSError, EOFError, zlib.error) as e:
-            raise LorafitError(f"{src}: cannot decompress ({e}); replace it with the official file or {_FIX}") from e
-
-    _atomic_write(out, unzip)
-    checks.put(out, source_sha256=src_sha)
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading one released split (images + labels) as tensors
-
-
-def _read_part(
-    name: str, part: str, paths: tuple[Path, Path], cache: Path, checks: _Checks, files: dict[str, str]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Verified (images [N,1,28,28] upright, labels [N]) of one released split, via the tensor cache."""
-    img_src, lbl_src = paths
-    img_sha, lbl_sha = _verify(img_src, checks), _verify(lbl_src, checks)
-    files[img_src.name], files[lbl_src.name] = img_sha, lbl_sha
-    key = hashlib.sha256(f"{_CACHE_VERSION}:{img_sha}:{lbl_sha}".encode()).hexdigest()[:16]
-    cached = cache / "tensors" / f"{name}-{part}-{key}.pt"
-    if cached.is_file():
-        try:
-            blob = torch.load(cached, weights_only=True)
-            return blob["images"], blob["labels"]
-        except Exception:  # unreadable cache entry: rebuild it below
-            pass
-
-    img_path = _decompressed(img_src, img_sha, cache, name, checks)
-    lbl_path = _decompressed(lbl_src, lbl_sha, cache, name, checks)
-    n_img, n_lbl = _check_idx(img_path, 3), _check_idx(lbl_path, 1)
-    if n_img != n_lbl:
-        raise LorafitError(f"{img_src.name} has {n_img} images but {lbl_src.name} has {n_lbl} labels; {_FIX}")
-    try:
-        images, labels = read_image_file(str(img_path)), read_label_file(str(lbl_path))
-    except Exception as e:  # header checked above, so this is a damaged file
-        raise LorafitError(f"{img_src} / {lbl_src}: unreadable IDX data ({e}); {_FIX}") from e
-    images = images.unsqueeze(1)
-    if _family(name) == "emnist":
-        images = images.transpose(-1, -2)  # EMNIST is stored transposed (torchvision does the same)
-    images = images.contiguous()
-    _atomic_write(cached, lambda tmp: torch.save({"images": images, "labels": labels}, tmp))
-    return images, labels
-
-
-def _classes(name: str, root: Path, checks: _Checks, files: dict[str, str]) -> tuple[str, ...]:
-    if name == "mnist":
-        return tuple("0123456789")
-    split = name[7:]
-    mapping = _find(root, name, f"emnist-{split}-mapping.txt")
-    if mapping is None:
-        return _BYCLASS if split == "byclass" else tuple(torchvision.datasets.EMNIST.classes_split_dict[split])
-    files[mapping.name] = _verify(mapping, checks)
-    table: dict[int, str] = {}
-    try:
-        for line in mapping.read_text().splitlines():
-            if line.strip():
-                index, *codes = (int(v) for v in line.split())
-                table[index] = "".join(chr(c) for c in codes)
-        names = tuple(table.get(i, "N/A") for i in range(max(table) + 1))  # letters has no class 0
-    except ValueError as e:
-        raise LorafitError(f"{mapping}: not an 'index ascii_code' mapping file ({e}); delete it or {_FIX}") from e
-    if split == "byclass" and names != _BYCLASS:
-        raise LorafitError(f"{mapping}: does not list 0-9A-Za-z as the byclass mapping should; delete it or {_FIX}")
+def _classes(entry: Dataset, root: Path, checks: store.Checks, files: dict[str, str]) -> tuple[str, ...]:
+    """The entry's classes, or its release's mapping file when present (checked against them)."""
+    path = store.find(_folders(root, entry), entry.mapping) if entry.mapping else None
+    if path is None:
+        return entry.classes
+    files[path.name] = store.verify(path, checks, entry.checksums)
+    names = store.read_mapping(path)
+    single = all(len(n) == 1 for n in names if n != "N/A")
+    if len(names) != len(entry.classes) or (single and names != entry.classes):
+        raise LorafitError(f"{path}: does not list the {len(entry.classes)} classes of {entry.name} "
+                           f"({''.join(entry.classes)[:62]}); delete it or {_FIX}")
     return names
 
 
@@ -384,16 +286,49 @@ def _check_fractions(protocol: str, val_fraction: float, test_fraction: float) -
         )
 
 
-def _download(name: str, root: Path, cache: Path) -> None:
+def _download(entry: Dataset, root: Path, cache: Path) -> None:
+    if entry.download is None:
+        raise LorafitError(f"{entry.name}: no data files in {root} (need {', '.join(entry.file_names())}); {_FIX}")
     try:
-        if name == "mnist":
-            torchvision.datasets.MNIST(root=str(cache), train=True, download=True)
-        else:
-            torchvision.datasets.EMNIST(root=str(cache), split=name[7:], train=True, download=True)
+        entry.download(cache)
     except Exception as e:  # no network, HTTP error, bad archive...
         reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
-        missing = ", ".join(f"{b}[.gz]" for p in ("train", "test") for b in _file_names(name, p))
-        raise LorafitError(f"{name}: no data files in {root} (need {missing}) and download failed ({reason}); {_FIX}") from e
+        raise LorafitError(f"{entry.name}: no data files in {root} (need {', '.join(entry.file_names())}) and "
+                           f"download failed ({reason}); {_FIX}") from e
+
+
+def resolve_protocol(name: str, protocol: str = "auto", data_dir: str | Path | None = None,
+                     download: bool = True, cache_dir: str | Path | None = None) -> str:
+    """The protocol a load of `name` will use, resolved once per run. LorafitError when the files
+    are not there (after a torchvision download into the cache when no data dir was named)."""
+    entry = dataset(name)
+    if protocol not in PROTOCOLS:
+        raise LorafitError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    if entry.synthetic:
+        if protocol not in ("auto", "synthetic"):
+            raise LorafitError(f"{name} is synthetic: use protocol auto or synthetic, not {protocol}")
+        return "synthetic"
+    if protocol == "synthetic":
+        raise LorafitError(f"protocol synthetic is only for generated datasets; use auto, official or resplit for {name}")
+    root, _ = _dirs(data_dir, cache_dir)
+    try:
+        available = available_protocol(name, root)
+    except LorafitError:
+        if data_dir is not None or os.environ.get("LORAFIT_DATA_DIR") or not download:
+            raise
+        _, cache = _dirs(data_dir, cache_dir)
+        _download(entry, root, cache)
+        available = available_protocol(name, cache)
+    if protocol == "official" and available != "official":
+        raise LorafitError(f"{name}: only one released split is present in {root}; the official protocol needs "
+                           f"train and test (use protocol resplit or auto, e.g. --profile local)")
+    return available if protocol == "auto" else protocol
+
+
+def _dirs(data_dir, cache_dir) -> tuple[Path, Path]:
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    return root, cache
 
 
 def load(
@@ -405,50 +340,50 @@ def load(
     test_fraction: float = 0.2,
     download: bool = True,
     cache_dir: str | Path | None = None,
-    glyphs_size: int = 6000,
+    sizes: tuple[int, int, int] = (0, 0, 0),
 ) -> Splits:
-    """Load a dataset as train / val / test uint8 tensors.
+    """Load a registered dataset as train / val / test uint8 tensors.
 
     protocol "official": official train minus a stratified val_fraction carve; official test.
     "resplit": stratified seeded train / val / test partition of one released split (the test
-    split when present). "auto": official when both splits are found, else resplit. Glyphs are
-    always "synthetic": glyphs_size generated images split like resplit.
-    data_dir defaults to default_data_dir(); cache_dir (default default_cache_dir()) receives
-    downloads, decompressed copies and tensor caches. Files are only downloaded (into the cache)
-    when the dataset is not found at all and download is True. A folder that cannot be read or
-    written gives a LorafitError naming it.
+    split when present). "auto": official when both splits are found, else resplit. Generated
+    datasets are always "synthetic": sum(sizes) images (the entry's default sizes where 0) split
+    in the sizes' proportions. For real data, a non-zero size subsamples that part (stratified,
+    seeded). data_dir defaults to default_data_dir(); cache_dir (default default_cache_dir())
+    receives downloads, decompressed copies and tensor caches. Files are only downloaded (into the
+    cache) when the dataset is not found at all and download is True. A folder that cannot be read
+    or written gives a LorafitError naming it.
     """
     try:
-        return _load(name, data_dir, protocol, seed, val_fraction, test_fraction, download, cache_dir, glyphs_size)
+        return _load(name, data_dir, protocol, seed, val_fraction, test_fraction, download, cache_dir, sizes)
     except OSError as e:
         where = e.filename or (cache_dir or default_cache_dir())
         raise LorafitError(f"{name}: {e.strerror or e} ({where}); pass --data-dir with readable files, "
                            f"or set LORAFIT_CACHE_DIR to a writable folder") from None
 
 
-def _load(name, data_dir, protocol, seed, val_fraction, test_fraction, download, cache_dir, glyphs_size) -> Splits:
-    _check_name(name)
-    if protocol not in PROTOCOLS:
-        raise LorafitError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
-    if name.startswith("glyphs-"):
-        if protocol not in ("auto", "synthetic"):
-            raise LorafitError(f"{name} is synthetic: use protocol auto or synthetic, not {protocol}")
+def _load(name, data_dir, protocol, seed, val_fraction, test_fraction, download, cache_dir, sizes) -> Splits:
+    entry = dataset(name)
+    if entry.synthetic:
+        resolve_protocol(name, protocol)
+        n_train, n_val, n_test = (n or d for n, d in zip(sizes, entry.default_sizes))
+        total = n_train + n_val + n_test
+        val_fraction, test_fraction = n_val / total, n_test / total
         _check_fractions("synthetic", val_fraction, test_fraction)
-        images, labels, classes = glyphs.generate(name[7:], glyphs_size, seed)
+        images, labels, classes = entry.generate(total, seed)
         train, val, test = _three_way(images, labels, seed, val_fraction, test_fraction)
         return Splits(name, "synthetic", train, val, test, classes, {})
-    if protocol == "synthetic":
-        raise LorafitError(f"protocol synthetic is only for glyphs-*; use auto, official or resplit for {name}")
 
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    root, cache = _dirs(data_dir, cache_dir)
     if data_dir is not None and not root.is_dir():
         raise LorafitError(f"data dir {root} does not exist or is not a directory; {_FIX}")
-    parts = {p: _find_part(root, name, p) for p in ("train", "test")}
+    if protocol not in PROTOCOLS or protocol == "synthetic":
+        resolve_protocol(name, protocol, root, download=False)  # raises the one-line error
+    parts = {p: _find_part(root, entry, p) for p in entry.parts}
     if not any(parts.values()) and download:
-        _download(name, root, cache)
+        _download(entry, root, cache)
         root = cache
-        parts = {p: _find_part(root, name, p) for p in ("train", "test")}
+        parts = {p: _find_part(root, entry, p) for p in entry.parts}
     available = available_protocol(name, root)  # raises when nothing is found
     protocol = available if protocol == "auto" else protocol
     if protocol == "official" and available != "official":
@@ -456,21 +391,23 @@ def _load(name, data_dir, protocol, seed, val_fraction, test_fraction, download,
         raise LorafitError(f"{name}: only the {have} split is present in {root}; use protocol resplit (or auto)")
     _check_fractions(protocol, val_fraction, test_fraction)
 
-    checks, files = _Checks(cache), {}
-    classes = _classes(name, root, checks, files)
+    checks, files = store.Checks(cache), {}
+    classes = _classes(entry, root, checks, files)
 
     def read(part: str):
-        images, labels = _read_part(name, part, parts[part], cache, checks, files)
+        images, labels = store.read_pair(f"{name}-{part}", parts[part], cache, cache / entry.raw_folder, checks,
+                                         entry.checksums, files, entry.transposed)
         if len(labels) and int(labels.max()) >= len(classes):
-            raise LorafitError(f"{parts[part][1]}: label {int(labels.max())} out of range for {len(classes)} classes; {_FIX}")
+            raise LorafitError(f"{parts[part][1]}: label {int(labels.max())} out of range for {len(classes)} "
+                               f"classes; {_FIX}")
         return images, labels
 
     if protocol == "official":
         images, labels = read("train")
         keep, val = _stratified(labels, val_fraction, seed)
-        return Splits(
-            name, "official", _take(images, labels, keep), _take(images, labels, val), Split(*read("test")), classes, files
-        )
-    images, labels = read("test" if parts["test"] else "train")
-    train, val, test = _three_way(images, labels, seed, val_fraction, test_fraction)
-    return Splits(name, "resplit", train, val, test, classes, files)
+        train, val, test = _take(images, labels, keep), _take(images, labels, val), Split(*read("test"))
+    else:
+        images, labels = read("test" if parts["test"] else "train")
+        train, val, test = _three_way(images, labels, seed, val_fraction, test_fraction)
+    train, val, test = (subsample(part, n, seed) if n else part for part, n in zip((train, val, test), sizes))
+    return Splits(name, protocol, train, val, test, classes, files)

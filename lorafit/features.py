@@ -12,14 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import weakref
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from lorafit.io import publish, temp_path, write_atomic
 from lorafit.model import STAGES
 
 
@@ -38,33 +37,16 @@ def _tensor_digest(h, tensor: torch.Tensor) -> None:
     h.update(memoryview(t.view(torch.uint8).numpy()))
 
 
-# Digests of image tensors, so the same split is hashed once per process rather than once per
-# cell. Keyed by identity and checked against the version counter (an in-place change bumps it);
-# an entry goes when its tensor is freed.
-_DATA_DIGESTS: dict[int, tuple[weakref.ref, int, bytes]] = {}
-
-
-def _data_digest(images: torch.Tensor) -> bytes:
-    hit = _DATA_DIGESTS.get(id(images))
-    if hit is not None and hit[0]() is images and hit[1] == images._version:
-        return hit[2]
-    h = hashlib.sha256()
-    _tensor_digest(h, images)
-    if hit is None:
-        weakref.finalize(images, _DATA_DIGESTS.pop, id(images), None)
-    _DATA_DIGESTS[id(images)] = (weakref.ref(images), images._version, h.digest())
-    return h.digest()
-
-
-def cache_key(model: nn.Module, stop: int, images: torch.Tensor, dtype: torch.dtype) -> str:
-    """Hash of the prefix stages' weights, the exact images and the feature dtype."""
+def cache_key(model: nn.Module, stop: int, data_digest: str, dtype: torch.dtype) -> str:
+    """Hash of the prefix stages' weights, the images (their digest, lorafit.data.Split.digest)
+    and the feature dtype."""
     h = hashlib.sha256()
     h.update(f"{STAGES[:stop]}|{dtype}".encode())
     for name in STAGES[:stop]:
         for pname, p in sorted(getattr(model, name).state_dict().items()):
             h.update(pname.encode())
             _tensor_digest(h, p)
-    h.update(_data_digest(images))
+    h.update(data_digest.encode())
     return h.hexdigest()[:32]
 
 
@@ -115,7 +97,7 @@ class FeatureCache:
         if self.disk_dir is None:
             return None
         self.disk_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.disk_dir / f".{key}.{os.getpid()}.tmp"
+        tmp = temp_path(self.disk_dir / f"{key}.bin")  # filled in place, published by commit()
         self._pending[key] = tmp
         return torch.from_file(str(tmp), shared=True, size=math.prod(shape), dtype=dtype).view(shape)
 
@@ -128,10 +110,8 @@ class FeatureCache:
                 self._entries.popitem(last=False)
             return
         data, meta = self._disk_paths(key)
-        os.replace(tmp, data)
-        meta_tmp = meta.with_name(f".{meta.name}.{os.getpid()}.tmp")
-        meta_tmp.write_text(json.dumps({"shape": list(tensor.shape), "dtype": str(tensor.dtype).split(".")[-1]}))
-        os.replace(meta_tmp, meta)
+        publish(tmp, data)
+        write_atomic(meta, json.dumps({"shape": list(tensor.shape), "dtype": str(tensor.dtype).split(".")[-1]}))
 
     def discard(self, key: str) -> None:
         """Forget a failed allocation (its temporary file is removed)."""

@@ -6,30 +6,29 @@
     lora     adapters + fc
     seed     the seed post's policy: conv2 + adapters + fc; conv1, conv3, proj frozen
     bitfit   every bias + adapters + fc
+
+Which tensors are "adapters" is asked of the adapter registry (lorafit.adapters), not read off names.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
+from lorafit import adapters
 from lorafit.errors import LorafitError
+from lorafit.model import SeedCNN
 
 POLICIES = ("scratch", "full", "head", "lora", "seed", "bitfit")
 
 
-def is_adapter_param(name: str) -> bool:
-    """Adapter tensors are the `lora_*` ones (see lorafit.lora)."""
-    return "lora_" in name
-
-
-def _trains(policy: str, name: str) -> bool:
+def _trains(policy: str, name: str, is_adapter: bool) -> bool:
     if policy in ("scratch", "full"):
         return True
     if name.startswith("fc."):
         return True
     if policy == "head":
         return False
-    if is_adapter_param(name):
+    if is_adapter:
         return True
     if policy == "seed":
         return name.startswith("conv2.")
@@ -38,13 +37,14 @@ def _trains(policy: str, name: str) -> bool:
     return False  # lora
 
 
-def apply(model: nn.Module, policy: str) -> list[str]:
+def apply(model: SeedCNN, policy: str) -> list[str]:
     """Set requires_grad for `policy`; return the names of the trainable parameters."""
     if policy not in POLICIES:
         raise LorafitError(f"unknown freeze policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    adapter_ids = {id(p) for p in adapters.trainable_parameters(model)}
     trainable = []
     for name, param in model.named_parameters():
-        param.requires_grad_(_trains(policy, name))
+        param.requires_grad_(_trains(policy, name, id(param) in adapter_ids))
         if param.requires_grad:
             trainable.append(name)
     return trainable

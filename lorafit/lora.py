@@ -1,6 +1,7 @@
 """LoRA adapters for the seed CNN, PEFT-style: each wraps its frozen base layer as `base_layer`,
 adds a low-rank branch whose B starts at zero (so the adapted model equals the base at init), and
-can `merge()` the update into the base weights and `unmerge()` it again.
+can `merge()` the update into the base weights and `unmerge()` it again. These are the layers;
+lorafit.adapters registers them as the native "lora" and "seed" methods and places them.
 
     LoRALinear        W x + (alpha/r) B A x                     A: in->r, B: r->out
     LoRAConv2d 1x1    conv(x) + (alpha/r) B(A(x))               A, B: 1x1 convs, A has the base stride
@@ -20,13 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorafit.errors import LorafitError
-from lorafit.model import CONV_NAMES, SeedCNN
-
-PLACEMENTS = ("none", "proj", "conv1", "conv2", "conv3", "convs", "all", "seed")
 SHAPES = ("1x1", "kxk")
 
 
-def _check_rank_alpha(rank: int, alpha: float) -> None:
+def check_rank_alpha(rank: int, alpha: float) -> None:
     if not isinstance(rank, int) or rank < 1:
         raise LorafitError(f"rank must be an integer >= 1, got {rank!r}")
     if not alpha > 0:
@@ -66,7 +64,7 @@ class LoRALinear(_LoRABase):
     def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0,
                  rslora: bool = False) -> None:
         super().__init__()
-        _check_rank_alpha(rank, alpha)
+        check_rank_alpha(rank, alpha)
         self.base_layer = base
         self.rank, self.alpha = rank, alpha
         self.scaling = _scaling(rank, alpha, rslora)
@@ -110,7 +108,7 @@ class LoRAConv2d(_LoRABase):
     def __init__(self, base: nn.Conv2d, rank: int, alpha: float, shape: str = "1x1",
                  dropout: float = 0.0, rslora: bool = False) -> None:
         super().__init__()
-        _check_rank_alpha(rank, alpha)
+        check_rank_alpha(rank, alpha)
         if shape not in SHAPES:
             raise LorafitError(f"unknown conv LoRA shape {shape!r}; choose one of {', '.join(SHAPES)}")
         if base.groups != 1:
@@ -194,7 +192,7 @@ class SeedResidualLoRA(nn.Module):
 
     def __init__(self, dim: int, rank: int = 8, alpha: float = 1.0) -> None:
         super().__init__()
-        _check_rank_alpha(rank, alpha)
+        check_rank_alpha(rank, alpha)
         self.rank, self.alpha, self.scaling = rank, alpha, alpha / rank
         self.lora_A = nn.Parameter(torch.randn(dim, rank) * 0.01)
         self.lora_B = nn.Parameter(torch.randn(rank, dim) * 0.01)
@@ -224,56 +222,3 @@ class SeedResidualLoRA(nn.Module):
         if self.merged:
             return h
         return h + (h @ self.lora_B.T @ self.lora_A.T) * self.scaling
-
-
-def placement_targets(placement: str) -> tuple[str, ...]:
-    """The layers a placement adapts: "proj", "conv1".. or "adapter" for the residual adapter."""
-    if placement not in PLACEMENTS:
-        raise LorafitError(f"unknown placement {placement!r}; choose one of {', '.join(PLACEMENTS)}")
-    return {"none": (), "convs": CONV_NAMES, "all": CONV_NAMES + ("proj",),
-            "seed": ("adapter",)}.get(placement, (placement,))
-
-
-def inject(model: SeedCNN, placement: str, rank: int = 8, alpha: float = 1.0, shape: str = "1x1",
-           dropout: float = 0.0, rslora: bool = False) -> list[str]:
-    """Wrap the layers named by `placement` with adapters (in place); return the adapted names."""
-    targets = placement_targets(placement)
-    if targets:
-        _check_rank_alpha(rank, alpha)
-    if shape not in SHAPES:
-        raise LorafitError(f"unknown conv LoRA shape {shape!r}; choose one of {', '.join(SHAPES)}")
-    adapted = []
-    for name in targets:
-        if name == "adapter":
-            device = model.fc.weight.device
-            model.adapter = SeedResidualLoRA(model.fc.in_features, rank, alpha).to(device)
-            adapted.append("adapter")
-        elif name == "proj":
-            model.proj = LoRALinear(model.proj, rank, alpha, dropout, rslora)
-            adapted.append("proj")
-        else:
-            block = getattr(model, name)
-            block.conv = LoRAConv2d(block.conv, rank, alpha, shape, dropout, rslora)
-            adapted.append(f"{name}.conv")
-    return adapted
-
-
-def adapters(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if isinstance(m, (_LoRABase, SeedResidualLoRA))]
-
-
-def merge(model: SeedCNN) -> None:
-    """Merge every adapter into its base weights (the residual adapter into `fc`)."""
-    for module in adapters(model):
-        module.merge(model.fc) if isinstance(module, SeedResidualLoRA) else module.merge()
-
-
-def unmerge(model: SeedCNN) -> None:
-    """Undo `merge`: the base weights are restored and the adapter branches active again."""
-    for module in adapters(model):
-        module.unmerge(model.fc) if isinstance(module, SeedResidualLoRA) else module.unmerge()
-
-
-def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter tensors alone (what a user would ship): every `lora_*` parameter."""
-    return {k: v for k, v in model.state_dict().items() if "lora_" in k}

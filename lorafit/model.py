@@ -54,6 +54,8 @@ class SeedCNN(nn.Module):
         # The seed post's residual adapter sits between relu(proj) and fc; identity until injected.
         self.adapter: nn.Module = nn.Identity()
         self.fc = nn.Linear(hidden, num_classes)
+        # module path -> adapter method, filled by lorafit.adapters.inject (merge and freeze read it)
+        self.adapted: dict[str, str] = {}
 
     def stage(self, name: str, x: torch.Tensor) -> torch.Tensor:
         if name == "proj":

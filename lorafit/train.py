@@ -20,12 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lorafit.data import Split, image_digest
 from lorafit.errors import LorafitError
 from lorafit.features import FeatureCache, cache_key, frozen_prefix_length
 from lorafit.model import STAGES
 
 if TYPE_CHECKING:
-    from lorafit.data import Split
+    from lorafit.config import RunConfig
 
 # MNIST statistics; every dataset is normalised with them since the backbone was trained on MNIST.
 MEAN, STD = 0.1307, 0.3081
@@ -86,14 +87,16 @@ class _Inputs:
     """Serves batches of a split as inputs to the stages from `start` on: raw images normalised on
     the fly (start 0) or cached prefix features."""
 
-    def __init__(self, model: nn.Module, images: torch.Tensor, device: torch.device, bf16: bool,
+    def __init__(self, model: nn.Module, split: Split | torch.Tensor, device: torch.device, bf16: bool,
                  cache: FeatureCache | None, start: int, batch_size: int) -> None:
         self.start = start
+        images = split.images if isinstance(split, Split) else split
         if start == 0:
             self.data = images.to(device)
             return
         dtype = torch.bfloat16 if bf16 else torch.float32
-        key = cache_key(model, start, images, dtype)
+        digest = split.digest if isinstance(split, Split) else image_digest(images)
+        key = cache_key(model, start, digest, dtype)
         feats = cache.get(key) if cache is not None else None
         if feats is None:
             with torch.inference_mode():
@@ -139,15 +142,16 @@ def _prefix_start(model: nn.Module, cache: FeatureCache | None, n: int, device, 
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, images: torch.Tensor, device: str | torch.device | None = None,
+def predict(model: nn.Module, images: Split | torch.Tensor, device: str | torch.device | None = None,
             bf16: bool | None = None, batch_size: int = EVAL_BATCH,
             cache: FeatureCache | None = None) -> torch.Tensor:
-    """Predicted class indices (int64, on the CPU) for uint8 images."""
+    """Predicted class indices (int64, on the CPU) for a split's (or a tensor of) uint8 images."""
+    split, images = images, images.images if isinstance(images, Split) else images
     device = pick_device(device)
     bf16 = bf16_supported(device) if bf16 is None else bf16
     model.to(device, memory_format=torch.channels_last).eval()
     start = _prefix_start(model, cache, len(images), device, bf16, batch_size)
-    inputs = _Inputs(model, images, device, bf16, cache, start, batch_size)
+    inputs = _Inputs(model, split, device, bf16, cache, start, batch_size)
     preds = []
     with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
         for i in range(0, len(images), batch_size):
@@ -157,23 +161,25 @@ def predict(model: nn.Module, images: torch.Tensor, device: str | torch.device |
 
 
 def accuracy(model: nn.Module, split: Split, **kwargs) -> float:
-    return (predict(model, split.images, **kwargs) == split.labels).float().mean().item()
+    return (predict(model, split, **kwargs) == split.labels).float().mean().item()
 
 
-def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float,
-        batch_size: int = 256, weight_decay: float = 0.0, patience: int | None = None,
-        seed: int = 0, device: str | torch.device | None = None, bf16: bool | None = None,
+def fit(model: nn.Module, train: Split, val: Split, cfg: RunConfig, *,
+        device: str | torch.device | None = None, bf16: bool | None = None,
         cache: FeatureCache | None = None,
         on_epoch: Callable[[int, float], None] | None = None) -> FitResult:
-    """Train the parameters of `model` that require grad with AdamW + cosine decay.
+    """Train the parameters of `model` that require grad as `cfg` says (its epochs, lr,
+    batch_size, weight_decay, patience and seed), with AdamW + cosine decay.
 
     Validation accuracy is measured after every epoch; the best epoch's weights are restored at
-    the end, and training stops early after `patience` epochs without improvement (None or 0:
-    never). A non-finite
-    loss ends the run with status "diverged" instead of raising. `on_epoch(epoch, val_acc)` is
-    called after each epoch; an exception it raises (e.g. a pruning signal) propagates.
-    Deterministic for a seed on CPU.
+    the end, and training stops early after `patience` epochs without improvement (0: never). A
+    non-finite loss ends the run with status "diverged" instead of raising. `on_epoch(epoch,
+    val_acc)` is called after each epoch; an exception it raises (e.g. a pruning signal)
+    propagates. Deterministic for a seed on CPU. Device, precision and the feature cache are
+    runtime choices, not part of the configuration.
     """
+    epochs, lr, batch_size, seed = cfg.epochs, cfg.lr, cfg.batch_size, cfg.seed
+    weight_decay, patience = cfg.weight_decay, cfg.patience
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise LorafitError(f"bad training settings: epochs={epochs} batch_size={batch_size} lr={lr}")
     device = pick_device(device)
@@ -189,8 +195,8 @@ def fit(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float,
 
     model.eval()  # the prefix is computed in evaluation mode
     start = _prefix_start(model, cache, len(train) + len(val), device, bf16, EVAL_BATCH)
-    train_in = _Inputs(model, train.images, device, bf16, cache, start, EVAL_BATCH)
-    val_in = _Inputs(model, val.images, device, bf16, cache, start, EVAL_BATCH)
+    train_in = _Inputs(model, train, device, bf16, cache, start, EVAL_BATCH)
+    val_in = _Inputs(model, val, device, bf16, cache, start, EVAL_BATCH)
     train_y, val_y = train.labels.to(device), val.labels.to(device)
 
     steps_per_epoch = math.ceil(len(train) / batch_size)

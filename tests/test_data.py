@@ -189,11 +189,11 @@ def test_missing_data_and_bad_arguments(tmp_path):
         data.load("cifar10", cache_dir=cache)
     with pytest.raises(LorafitError, match="unknown protocol"):
         data.load("glyphs-digits", protocol="best", cache_dir=cache)
-    with pytest.raises(LorafitError, match="test_fraction"):
-        data.load("glyphs-digits", val_fraction=0.5, test_fraction=0.5, glyphs_size=100)
 
     src = tmp_path / "d"
     write_split(src, "emnist-mnist-test-images-idx3-ubyte", "emnist-mnist-test-labels-idx1-ubyte", balanced(10, 3))
+    with pytest.raises(LorafitError, match="test_fraction"):
+        data.load("emnist-mnist", data_dir=src, val_fraction=0.5, test_fraction=0.5, cache_dir=cache)
     with pytest.raises(LorafitError, match="only the test split.*protocol resplit"):
         data.load("emnist-mnist", data_dir=src, protocol="official", cache_dir=cache)
     assert not temp_files(cache)
@@ -281,11 +281,11 @@ def test_subsample_stratified_and_deterministic(imbalanced_dir, tmp_path):
 
 
 def test_glyphs_are_synthetic_splits():
-    a = data.load("glyphs-chars", glyphs_size=620, seed=2)
+    a = data.load("glyphs-chars", sizes=(434, 62, 124), seed=2)
     assert a.protocol == "synthetic" and a.files == {} and a.num_classes == 62
     assert (len(a.train), len(a.val), len(a.test)) == (434, 62, 124)
     assert torch.equal(torch.bincount(a.test.labels, minlength=62), torch.full((62,), 2))
-    b = data.load("glyphs-chars", glyphs_size=620, seed=2, protocol="synthetic")
+    b = data.load("glyphs-chars", sizes=(434, 62, 124), seed=2, protocol="synthetic")
     assert torch.equal(a.train.images, b.train.images)
     assert data.available_protocol("glyphs-digits", None) == "synthetic"
     with pytest.raises(LorafitError, match="synthetic"):
@@ -308,7 +308,7 @@ def real(tmp_path_factory):
 @needs_shared
 def test_real_emnist_byclass_test_split(real):
     s = real["emnist"]
-    assert s.protocol == "resplit" and s.num_classes == 62 and s.classes == tuple(data._BYCLASS)
+    assert s.protocol == "resplit" and s.num_classes == 62 and s.classes == data.BYCLASS
     assert len(s.train) + len(s.val) + len(s.test) == 116_323
     assert s.files["emnist-byclass-test-images-idx3-ubyte.gz"] == (
         "5ec835bd5d5b1a66378a132e727fef20fe994b3cc666899befcca5ac766f50cd"

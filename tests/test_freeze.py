@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from lorafit import freeze, lora
+from lorafit import adapters, freeze
+from lorafit.adapters import AdapterSettings
 from lorafit.errors import LorafitError
 from lorafit.model import SeedCNN
 
@@ -19,17 +20,18 @@ def _names(model):
 @pytest.mark.parametrize("policy", freeze.POLICIES)
 def test_policy_trainable_set(policy, placement):
     model = SeedCNN(num_classes=62)
-    lora.inject(model, placement, rank=2)
+    method = {"none": "full", "seed": "seed"}.get(placement, "lora")
+    adapters.inject(model, method, placement, AdapterSettings(rank=2))
     names = _names(model)
-    adapters = {n for n in names if "lora_" in n}
+    adapter_names = {n for n in names if "lora_" in n}
     head = {"fc.weight", "fc.bias"}
     expected = {
         "scratch": names,
         "full": names,
         "head": head,
-        "lora": adapters | head,
-        "seed": adapters | head | {n for n in names if n.startswith("conv2.")},
-        "bitfit": adapters | head | {n for n in names if n.endswith(".bias")},
+        "lora": adapter_names | head,
+        "seed": adapter_names | head | {n for n in names if n.startswith("conv2.")},
+        "bitfit": adapter_names | head | {n for n in names if n.endswith(".bias")},
     }[policy]
     assert set(freeze.apply(model, policy)) == expected
     assert {n for n, p in model.named_parameters() if p.requires_grad} == expected
@@ -40,7 +42,7 @@ def test_policy_trainable_set(policy, placement):
 
 def test_seed_policy_freezes_conv1_conv3_proj():
     model = SeedCNN(num_classes=62)
-    lora.inject(model, "seed", rank=8)
+    adapters.inject(model, "seed", "seed", AdapterSettings(rank=8))
     freeze.apply(model, "seed")
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     assert frozen == {"conv1.conv.weight", "conv1.conv.bias", "conv3.conv.weight",

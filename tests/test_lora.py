@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from lorafit import lora
+from lorafit import adapters, lora
+from lorafit.adapters import AdapterSettings
 from lorafit.errors import LorafitError
 from lorafit.freeze import apply, count_parameters
 from lorafit.model import SeedCNN, replace_head
@@ -22,6 +23,12 @@ def _model(seed: int = 0) -> SeedCNN:
 
 def _x(n: int = 4) -> torch.Tensor:
     return torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+
+
+def inject(model: SeedCNN, placement: str, rank: int = 8, alpha: float = 1.0, shape: str = "1x1") -> list[str]:
+    """The native methods: the seed post's adapter on its slot, LoRA everywhere else."""
+    method = "seed" if placement == "seed" else "lora"
+    return adapters.inject(model, method, placement, AdapterSettings(rank=rank, alpha=alpha, shape=shape))
 
 
 def _randomise_adapters(model: nn.Module) -> None:
@@ -61,7 +68,7 @@ def test_model_shapes_and_count():
 def test_weight_space_lora_equals_base_at_init(placement, shape):
     base = _model()
     adapted = copy.deepcopy(base)
-    lora.inject(adapted, placement, rank=4, alpha=8, shape=shape)
+    inject(adapted, placement, rank=4, alpha=8, shape=shape)
     x = _x()
     assert torch.equal(base(x), adapted(x))
 
@@ -70,16 +77,16 @@ def test_weight_space_lora_equals_base_at_init(placement, shape):
 @pytest.mark.parametrize("shape", ["1x1", "kxk"])
 def test_merge_keeps_outputs_and_unmerge_restores_weights(placement, shape):
     model = _model()
-    lora.inject(model, placement, rank=4, alpha=8, shape=shape)
+    inject(model, placement, rank=4, alpha=8, shape=shape)
     _randomise_adapters(model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = _x()
     out = model(x)
-    lora.merge(model)
+    adapters.merge(model)
     changed = [k for k, v in model.state_dict().items() if "lora_" not in k and not torch.equal(v, before[k])]
     assert changed, "merge changed no base weight"
     assert (model(x) - out).abs().max().item() <= 1e-5
-    lora.unmerge(model)
+    adapters.unmerge(model)
     for k, v in model.state_dict().items():
         assert torch.allclose(v, before[k], atol=1e-6), k
     assert (model(x) - out).abs().max().item() <= 1e-6
@@ -91,7 +98,7 @@ def test_merge_keeps_outputs_and_unmerge_restores_weights(placement, shape):
 def test_trainable_counts_match_closed_form(placement, shape, rank):
     model = _model()
     replace_head(model, 62)
-    lora.inject(model, placement, rank=rank, alpha=1.0, shape=shape)
+    inject(model, placement, rank=rank, alpha=1.0, shape=shape)
     apply(model, "lora")
     trainable, total = count_parameters(model)
     head = 256 * 62 + 62
@@ -149,12 +156,53 @@ def test_rslora_scaling():
 ])
 def test_bad_arguments_raise(kwargs, match):
     with pytest.raises(LorafitError, match=match):
-        lora.inject(_model(), **{"rank": 4, "alpha": 1.0, **kwargs})
+        inject(_model(), **{"rank": 4, "alpha": 1.0, **kwargs})
+
+
+@pytest.mark.parametrize("method,placement,match", [
+    ("lora", "seed", "cannot be placed on 'seed'"),
+    ("seed", "proj", "cannot be placed on 'proj'"),
+    ("head", "proj", "placement must be none"),
+    ("dora", "proj", "unknown adapter method"),
+])
+def test_methods_take_only_their_placements(method, placement, match):
+    with pytest.raises(LorafitError, match=match):
+        adapters.inject(_model(), method, placement)
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("shape", ["1x1", "kxk"])
+def test_registry_count_equals_injected_parameters(placement, shape):
+    model = _model()
+    method = "seed" if placement == "seed" else "lora"
+    settings = AdapterSettings(rank=4, alpha=4, shape=shape)
+    expected = adapters.count(model, method, placement, settings)
+    adapters.inject(model, method, placement, settings)
+    assert sum(p.numel() for p in adapters.trainable_parameters(model)) == expected
+    assert sum(v.numel() for v in adapters.adapter_state(model).values()) == expected
+
+
+def test_trainability_comes_from_the_registry_not_names():
+    """A parameter named like an adapter's is not trained unless the registry says it is one."""
+    model = _model()
+    model.proj.register_parameter("lora_A_impostor", nn.Parameter(torch.zeros(3)))
+    inject(model, "conv3", rank=2)
+    trainable = set(apply(model, "lora"))
+    assert "proj.lora_A_impostor" not in trainable
+    assert {"conv3.conv.lora_A.weight", "conv3.conv.lora_B.weight", "fc.weight", "fc.bias"} == trainable
+
+
+def test_rank_bounds_per_layer():
+    model = _model()
+    bounds = adapters.rank_bounds(model, "lora", "all", AdapterSettings(rank=16, shape="1x1"))
+    assert bounds == {"conv1.conv": 1, "conv2.conv": 16, "conv3.conv": 16, "proj": 16}
+    kxk = adapters.rank_bounds(model, "lora", "conv1", AdapterSettings(rank=16, shape="kxk"))
+    assert kxk == {"conv1.conv": 9}
 
 
 def test_inject_returns_adapted_names():
-    assert lora.inject(_model(), "all", rank=2) == ["conv1.conv", "conv2.conv", "conv3.conv", "proj"]
-    assert lora.inject(_model(), "seed", rank=2) == ["adapter"]
+    assert inject(_model(), "all", rank=2) == ["conv1.conv", "conv2.conv", "conv3.conv", "proj"]
+    assert inject(_model(), "seed", rank=2) == ["adapter"]
 
 
 def test_peft_parity_linear_and_kxk_conv():

@@ -1,0 +1,244 @@
+"""The adapter registry: one entry per adapter method, and the functions that place, merge and
+count adapters on the seed CNN through it.
+
+An entry says which base layers a method wraps and how, which parameters it adds (freeze
+policies train exactly those: trainability is asked of the registry, never read off a name),
+whether and how it merges into the base weights, its closed-form parameter count, and the largest
+rank its update can have on a layer. Adding a method is one `register(AdapterMethod(...))` call
+and its tests.
+
+Placements name where adapters go; each resolves to module paths of `SeedCNN`:
+
+    proj -> proj        conv1/conv2/conv3 -> convN.conv        convs -> the three convs
+    all  -> convs + proj                   seed -> adapter (the slot between relu(proj) and fc)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from lorafit.errors import LorafitError
+from lorafit.lora import SHAPES, LoRAConv2d, LoRALinear, SeedResidualLoRA, check_rank_alpha
+from lorafit.model import CONV_NAMES, SeedCNN
+
+BASELINES = ("scratch", "full", "head")  # methods without an adapter
+_CONVS = tuple(f"{c}.conv" for c in CONV_NAMES)
+SLOTS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "proj": ("proj",),
+    **{c: (f"{c}.conv",) for c in CONV_NAMES},
+    "convs": _CONVS,
+    "all": (*_CONVS, "proj"),
+    "seed": ("adapter",),
+}
+PLACEMENTS = tuple(SLOTS)
+CONV_PLACEMENTS = ("conv1", "conv2", "conv3", "convs", "all")  # where a conv shape means something
+
+
+@dataclass(frozen=True)
+class AdapterSettings:
+    """A method's hyper-parameters (the RunConfig fields an adapter reads)."""
+
+    rank: int = 8
+    alpha: float = 1.0
+    shape: str = "1x1"  # conv LoRA only: 1x1 branch or kxk (PEFT's shape)
+    dropout: float = 0.0
+    rslora: bool = False
+
+
+@dataclass(frozen=True)
+class AdapterMethod:
+    name: str
+    description: str
+    placements: tuple[str, ...]  # the placements it may take
+    layer_types: tuple[type[nn.Module], ...]  # the base modules it wraps
+    wrap: Callable[[nn.Module, AdapterSettings, SeedCNN], nn.Module]  # base layer -> adapted module
+    trainable: Callable[[nn.Module], list[nn.Parameter]]  # what it adds; trained by every policy
+    param_count: Callable[[nn.Module, AdapterSettings, SeedCNN], int]  # closed form, from the base
+    max_rank: Callable[[nn.Module, AdapterSettings], int]  # largest rank its update can have there
+    merge: Callable[[nn.Module, SeedCNN], None] | None = None  # None: cannot merge
+    unmerge: Callable[[nn.Module, SeedCNN], None] | None = None
+    default_alpha: Callable[[int], float] = float  # alpha when a run does not set one (rank: scale 1)
+
+
+ADAPTERS: dict[str, AdapterMethod] = {}
+
+
+def register(method: AdapterMethod) -> AdapterMethod:
+    if method.name in ADAPTERS or method.name in BASELINES:
+        raise ValueError(f"adapter method {method.name!r} is already registered")
+    ADAPTERS[method.name] = method
+    return method
+
+
+def methods() -> tuple[str, ...]:
+    """Every method a run may name: the baselines, then the registered adapters."""
+    return BASELINES + tuple(ADAPTERS)
+
+
+# ----------------------------------------------------------------------------- native LoRA
+def _lora_wrap(base: nn.Module, s: AdapterSettings, model: SeedCNN) -> nn.Module:
+    if isinstance(base, nn.Linear):
+        return LoRALinear(base, s.rank, s.alpha, s.dropout, s.rslora)
+    return LoRAConv2d(base, s.rank, s.alpha, s.shape, s.dropout, s.rslora)
+
+
+def _conv_fan_in(conv: nn.Conv2d, shape: str) -> int:
+    kh, kw = conv.kernel_size
+    return conv.in_channels * (kh * kw if shape == "kxk" else 1)
+
+
+def _lora_count(base: nn.Module, s: AdapterSettings, model: SeedCNN) -> int:
+    if isinstance(base, nn.Linear):
+        return s.rank * (base.in_features + base.out_features)
+    return s.rank * (_conv_fan_in(base, s.shape) + base.out_channels)
+
+
+def _lora_max_rank(base: nn.Module, s: AdapterSettings) -> int:
+    """B A is out x in (Linear), C_out x C_in (1x1 branch) or C_out x C_in k^2 (kxk)."""
+    if isinstance(base, nn.Linear):
+        return min(s.rank, base.in_features, base.out_features)
+    return min(s.rank, _conv_fan_in(base, s.shape), base.out_channels)
+
+
+register(AdapterMethod(
+    name="lora",
+    description="LoRA: W + (alpha/r) B A on Linear, 1x1 or kxk branch on Conv2d; B starts at zero",
+    placements=("proj", "conv1", "conv2", "conv3", "convs", "all"),
+    layer_types=(nn.Linear, nn.Conv2d),
+    wrap=_lora_wrap,
+    trainable=lambda m: [m.lora_A.weight, m.lora_B.weight],
+    param_count=_lora_count,
+    max_rank=_lora_max_rank,
+    merge=lambda m, model: m.merge(),
+    unmerge=lambda m, model: m.unmerge(),
+    default_alpha=float,
+))
+
+
+# ------------------------------------------------------------ the seed post's residual adapter
+register(AdapterMethod(
+    name="seed",
+    description="the seed post's residual adapter h + (alpha/r) h B^T A^T after relu(proj); folds into fc",
+    placements=("seed",),
+    layer_types=(nn.Identity,),
+    wrap=lambda base, s, model: SeedResidualLoRA(model.fc.in_features, s.rank, s.alpha).to(model.fc.weight.device),
+    trainable=lambda m: [m.lora_A, m.lora_B],
+    param_count=lambda base, s, model: 2 * s.rank * model.fc.in_features,
+    max_rank=lambda base, s: s.rank,  # A and B are dim x r with r <= dim checked at injection
+    merge=lambda m, model: m.merge(model.fc),
+    unmerge=lambda m, model: m.unmerge(model.fc),
+    default_alpha=lambda rank: 1.0,  # the seed post's own convention (scale 1/r)
+))
+
+
+# ------------------------------------------------------------------------------- placing
+def get_module(model: nn.Module, path: str) -> nn.Module:
+    return model.get_submodule(path)
+
+
+def _set_module(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, leaf = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, module)
+
+
+def method_entry(method: str) -> AdapterMethod:
+    if method not in ADAPTERS:
+        raise LorafitError(f"unknown adapter method {method!r}; choose one of {', '.join(ADAPTERS)}")
+    return ADAPTERS[method]
+
+
+def check_placement(method: str, placement: str) -> None:
+    """LorafitError unless `method` may take `placement` (baselines take none)."""
+    if placement not in SLOTS:
+        raise LorafitError(f"unknown placement {placement!r}; choose one of {', '.join(PLACEMENTS)}")
+    if method in BASELINES:
+        if placement != "none":
+            raise LorafitError(f"method {method} has no adapter: placement must be none, not {placement!r}")
+        return
+    entry = method_entry(method)
+    if placement not in entry.placements:
+        raise LorafitError(f"method {method} cannot be placed on {placement!r}; "
+                           f"it takes {', '.join(entry.placements)}")
+
+
+def inject(model: SeedCNN, method: str, placement: str, settings: AdapterSettings | None = None) -> list[str]:
+    """Wrap the layers `placement` names with `method`'s adapters (in place); return their paths.
+
+    Baseline methods (and placement "none") inject nothing."""
+    check_placement(method, placement)
+    if method in BASELINES:
+        return []
+    s = settings or AdapterSettings()
+    check_rank_alpha(s.rank, s.alpha)
+    if s.shape not in SHAPES:
+        raise LorafitError(f"unknown conv LoRA shape {s.shape!r}; choose one of {', '.join(SHAPES)}")
+    entry = ADAPTERS[method]
+    for path in SLOTS[placement]:
+        base = get_module(model, path)
+        if not isinstance(base, entry.layer_types):
+            kinds = ", ".join(t.__name__ for t in entry.layer_types)
+            raise LorafitError(f"method {method} wraps {kinds}; {path} is a {type(base).__name__}")
+        _set_module(model, path, entry.wrap(base, s, model))
+        model.adapted[path] = method
+    return list(SLOTS[placement])
+
+
+def adapted_modules(model: SeedCNN) -> list[tuple[str, AdapterMethod, nn.Module]]:
+    """(path, method entry, module) for every adapter `inject` placed, in placement order."""
+    return [(path, ADAPTERS[name], get_module(model, path)) for path, name in model.adapted.items()]
+
+
+def trainable_parameters(model: SeedCNN) -> list[nn.Parameter]:
+    """The parameters the adapters added (what freeze policies train besides their own choice)."""
+    return [p for _, entry, module in adapted_modules(model) for p in entry.trainable(module)]
+
+
+def adapter_state(model: SeedCNN) -> dict[str, object]:
+    """The adapter tensors alone, by state-dict name: what a user ships beside the backbone."""
+    ids = {id(p) for p in trainable_parameters(model)}
+    return {name: p.detach() for name, p in model.named_parameters() if id(p) in ids}
+
+
+def mergeable(model: SeedCNN) -> bool:
+    return all(entry.merge is not None for _, entry, _ in adapted_modules(model))
+
+
+def merge(model: SeedCNN) -> None:
+    """Merge every adapter into its base weights (the residual adapter into `fc`)."""
+    for path, entry, module in adapted_modules(model):
+        if entry.merge is None:
+            raise LorafitError(f"method {entry.name} cannot merge ({path})")
+        entry.merge(module, model)
+
+
+def unmerge(model: SeedCNN) -> None:
+    """Undo `merge`: base weights restored, adapter branches active again."""
+    for _, entry, module in adapted_modules(model):
+        if entry.unmerge is not None:
+            entry.unmerge(module, model)
+
+
+def base_layer(module: nn.Module) -> nn.Module:
+    return getattr(module, "base_layer", module)
+
+
+def count(model: SeedCNN, method: str, placement: str, settings: AdapterSettings) -> int:
+    """Closed-form number of adapter parameters `inject` would add to `model` (not modified)."""
+    check_placement(method, placement)
+    if method in BASELINES:
+        return 0
+    entry = ADAPTERS[method]
+    return sum(entry.param_count(base_layer(get_module(model, p)), settings, model) for p in SLOTS[placement])
+
+
+def rank_bounds(model: SeedCNN, method: str, placement: str, settings: AdapterSettings) -> dict[str, int]:
+    """Per adapted layer, the largest rank the learned update can have (<= the nominal rank)."""
+    check_placement(method, placement)
+    if method in BASELINES:
+        return {}
+    entry = ADAPTERS[method]
+    return {p: entry.max_rank(base_layer(get_module(model, p)), settings) for p in SLOTS[placement]}
