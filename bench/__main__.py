@@ -15,11 +15,17 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import shlex
 import sys
 from pathlib import Path
 
+from lorafit.data import DATASETS
 from lorafit.errors import LorafitError
 from lorafit.train import pick_device
+
+
+def data_names() -> list[str]:
+    return list(DATASETS)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_GRID = ROOT / "studies" / "grid.toml"
@@ -59,7 +65,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
     p.add_argument("--cache-mb", type=float, default=2048,
                    help="memory budget for frozen-prefix feature caches (0 disables them)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (they are shown only on a terminal anyway)")
+    p.add_argument("--target", default=None,
+                   help=f"target dataset (default: the profile's); one of {', '.join(data_names())}")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -118,86 +127,125 @@ def _data_dir(path: str | None) -> Path | None:
     return data_dir
 
 
-def _data_protocol(profile: str, data_dir: Path | None) -> dict:
-    """For a real-data profile: fail now if its data cannot be found, else {"protocol": resolved}."""
-    from bench import profiles
-    from bench.runner import resolve_protocol
-
-    prof = profiles.profile(profile)
-    if not prof["real_data"]:
-        return {}
+def _resolved(cells, ctx, profile: str):
+    """Every cell with its protocol resolved (once per target); a real-data profile whose files are
+    missing fails here, before anything is written."""
     try:
-        protocol = resolve_protocol(prof["target"], prof["protocol"], data_dir)
-        resolve_protocol(prof["source"], "auto", data_dir)
+        return [ctx.resolve(c) for c in cells]
     except LorafitError as e:
         hint = "" if "--data-dir" in str(e) else " (pass --data-dir DIR, or use --profile smoke)"
-        raise LorafitError(f"profile {profile} needs real data: {e}{hint}") from None
-    return {"protocol": protocol}
+        raise LorafitError(f"profile {profile} needs data it cannot find: {e}{hint}") from None
+
+
+def _target(args) -> dict:
+    if args.target is None:
+        return {}
+    if args.target not in DATASETS:
+        raise LorafitError(f"unknown --target {args.target!r}; choose one of {', '.join(DATASETS)}")
+    return {"target": args.target}
 
 
 def cmd_run_grid(args) -> int:
     import optuna
 
     from bench import driver, grid, profiles, storage
-    from bench.runner import Context
+    from bench.context import Context
 
     profiles.profile(args.profile)
     pick_device(args.device)
-    data_dir = _data_dir(args.data_dir)
-    overrides = _data_protocol(args.profile, data_dir)
-    cells = grid.load_grid(args.grid, args.profile, args.seeds, overrides)
+    ctx = Context(Path(args.runs_dir), _data_dir(args.data_dir), args.device, args.cache_mb)
+    cells = grid.load_grid(args.grid, args.profile, args.seeds, _target(args))
     if args.only:
         cells = [c for c in cells if args.only in c.name]
         if not cells:
             raise LorafitError(f"--only {args.only!r} matches no cell")
+    cells = _resolved(cells, ctx, args.profile)
     runs, store = _runs_and_storage(args)
     name = f"{Path(args.grid).stem}-{args.profile}"
     # Cells are enqueued, never sampled: the cheap RandomSampler keeps Optuna from modelling them.
     study = optuna.create_study(study_name=name, storage=store, direction="maximize", load_if_exists=True,
                                 sampler=optuna.samplers.RandomSampler(seed=0))
     study.set_user_attr("kind", "grid")
-    ctx = Context(runs, data_dir, args.device, args.cache_mb, log=lambda line: print(line, flush=True))
     n_configs = len({c.digest() for c in cells if c.seed == 0}) or len(cells)
+    targets = ", ".join(sorted({f"{c.source} -> {c.target} ({c.protocol})" for c in cells}))
     print(f"grid {name}: {len(cells)} cells ({n_configs} configurations x {len({c.seed for c in cells})} seeds), "
-          f"profile {args.profile}, protocol {cells[0].protocol}, device {ctx.torch_device}, "
+          f"profile {args.profile}, {targets}, device {ctx.torch_device}, "
           f"storage {storage.redact(args.storage or storage.default_url(runs))}", flush=True)
     status = driver.run_grid(study, cells, ctx, show_progress=not args.no_progress)
     counts = {s: list(status.values()).count(s) for s in sorted(set(status.values()))}
     print(f"grid {name}: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f"; records in {runs / 'records' / name}")
+    print(f"next: python -m bench leaderboard --runs-dir {shlex.quote(args.runs_dir)} --study {name}")
     return 0 if set(status.values()) <= {"done"} else 1
+
+
+def _list_studies(store) -> int:
+    """One line per study file, and the runs of it that the storage holds (by profile)."""
+    import optuna
+
+    from bench import studies
+
+    stored = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(store)} if store else {}
+    for name in studies.study_files():
+        try:
+            _, spec = studies.load_study_file(name)
+            line = spec.get("study", {}).get("description", "")
+        except LorafitError as e:
+            line = f"INVALID: {e}"
+        runs = [f"{s} ({n} trials)" for s, n in sorted(stored.items()) if s.rsplit("-", 1)[0] == name]
+        print(f"{name:<14} {line}" + (f"\n{'':<14} in storage: {', '.join(runs)}" if runs else ""))
+    return 0
+
+
+def _best_profile(name: str, spec: dict, args, store) -> str:
+    """--best: the profile asked for, else the only profile this study has run under in the storage,
+    else the file's default if it has run under it; otherwise a one-line error naming what exists."""
+    import optuna
+
+    if args.profile:
+        return args.profile
+    ran = sorted(s.study_name.rsplit("-", 1)[1] for s in optuna.get_all_study_summaries(store)
+                 if s.study_name.rsplit("-", 1)[0] == name and s.n_trials > 0)
+    default = spec.get("study", {}).get("profile", "smoke")
+    if default in ran or not ran:
+        if not ran:
+            raise LorafitError(f"study {name} has no trials in this storage yet; run `python -m bench study {name}` "
+                               f"(add --profile smoke to run it offline)")
+        return default
+    if len(ran) == 1:
+        return ran[0]
+    raise LorafitError(f"study {name} has runs under profiles {', '.join(ran)}; pass --profile to pick one")
 
 
 def cmd_study(args) -> int:
     import optuna
 
     from bench import profiles, studies
-    from bench.runner import Context, RunFailed
+    from bench.context import Context
+    from bench.trials import RunFailed
 
     if args.list:
-        for name, path in studies.study_files().items():
-            try:
-                _, spec = studies.load_study_file(name)
-                line = spec.get("study", {}).get("description", "")
-            except LorafitError as e:
-                line = f"INVALID: {e}"
-            print(f"{name:<14} {line}")
-        return 0
+        runs_db = Path(args.runs_dir) / "optuna.db"
+        store = _runs_and_storage(args)[1] if args.storage or runs_db.exists() else None
+        return _list_studies(store)
     if not args.name:
         raise LorafitError("name a study (python -m bench study --list shows them)")
     name, spec = studies.load_study_file(args.name)
     s = spec.get("study", {})
+    if args.best:
+        runs, store = _runs_and_storage(args)
+        profile = _best_profile(name, spec, args, store)
+        study = studies.create(name, spec, profile, store)
+        print(studies.best_as_grid(name, spec, study, profile))
+        return 0
     profile = args.profile or s.get("profile", "smoke")
     profiles.profile(profile)
     pick_device(args.device)
-    data_dir = _data_dir(args.data_dir)
-    base = {} if args.best else _data_protocol(profile, data_dir)
+    ctx = Context(Path(args.runs_dir), _data_dir(args.data_dir), args.device, args.cache_mb)
+    base = _target(args)
+    _resolved([studies.config_for(spec, studies.first_values(spec), profile, base)], ctx, profile)
     runs, store = _runs_and_storage(args)
     study = studies.create(name, spec, profile, store)
-    if args.best:
-        print(studies.best_as_grid(name, spec, study, profile))
-        return 0
     total = args.trials or s.get("trials", 20)
-    ctx = Context(runs, data_dir, args.device, args.cache_mb, log=lambda line: print(line, flush=True))
     already = studies.finished(study)
     print(f"study {study.study_name}: {already}/{total} trials finished; profile {profile}, "
           f"objectives {', '.join(s.get('objectives', ['val_acc']))}, sampler {s.get('sampler', 'tpe')}, "
@@ -205,7 +253,7 @@ def cmd_study(args) -> int:
     if already < total:
         objective = studies.objective_for(study, spec, profile, ctx, base=base)
         study.optimize(objective, n_trials=total - already, timeout=args.timeout,
-                       catch=(RunFailed,), show_progress_bar=not args.no_progress,
+                       catch=(RunFailed,), show_progress_bar=not args.no_progress and sys.stderr.isatty(),
                        callbacks=[optuna.study.MaxTrialsCallback(total, states=(optuna.trial.TrialState.COMPLETE,
                                                                                 optuna.trial.TrialState.PRUNED))])
     states = [t.state.name for t in study.get_trials(deepcopy=False)]

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from typing import Callable
-
 import optuna
 from optuna.trial import TrialState
 from tqdm import tqdm
@@ -23,9 +21,11 @@ from tqdm import tqdm
 from lorafit.config import RunConfig
 from lorafit.errors import LorafitError
 
-from bench.runner import Context, RunFailed, run_cell
+from bench.backbone import pretrained_backbone
+from bench.context import Context
+from bench.runner import run_cell
+from bench.trials import RECORDED, RunFailed, finish_trial
 
-RECORDED = "recorded"   # user attribute: the trial's outcome is in a record (failed/diverged)
 ABORTED = "aborted"     # user attribute: stopped by the user (Ctrl-C) or by a user error
 POLL_S = 2.0
 
@@ -84,16 +84,17 @@ def _owner(study: optuna.Study, cell_id: str, number: int) -> int | None:
     return min(lower) if lower else None
 
 
-def run_grid(study: optuna.Study, cells: list[RunConfig], ctx: Context,
-             log: Callable[[str], None] = print, show_progress: bool = True) -> dict[str, str]:
-    """Work on the grid until every cell is done (or gave up); return the final status per cell."""
+def run_grid(study: optuna.Study, cells: list[RunConfig], ctx: Context, show_progress: bool = True) -> dict[str, str]:
+    """Work on the grid until every cell is done (or gave up); return the final status per cell.
+
+    Progress bars go to a terminal only (tqdm's own rule, disable=None); in a file or CI log only
+    the one-line cell summaries appear. `show_progress=False` turns the bars off everywhere."""
     enqueue_missing(study, cells)
     by_id = {c.cell_id: c for c in cells}
     status = grid_status(study, cells)
+    bars_off = None if show_progress else True
     bar = tqdm(total=len(cells), initial=sum(s == "done" for s in status.values()), desc="cells",
-               unit="cell", disable=not show_progress, dynamic_ncols=True)
-    if show_progress:
-        ctx.log = bar.write  # keep log lines above the bars
+               unit="cell", disable=bars_off, dynamic_ncols=True)
 
     def objective(trial: optuna.Trial) -> float:
         cell_id = trial.user_attrs.get("cell_id")
@@ -105,36 +106,27 @@ def run_grid(study: optuna.Study, cells: list[RunConfig], ctx: Context,
             trial.set_user_attr("skipped", f"duplicate of trial {owner}")
             raise optuna.TrialPruned()
         cfg = by_id.get(cell_id) or RunConfig.from_dict(trial.user_attrs["config"])
-        epochs = tqdm(total=cfg.epochs, desc=f"  {cfg.cell_id}", unit="ep", leave=False,
-                      disable=not show_progress, dynamic_ncols=True)
-
-        def on_epoch(epoch: int, val_acc: float) -> None:
-            epochs.update(1)
-            epochs.set_postfix(val_acc=f"{val_acc:.4f}")
-
         try:
-            record = run_cell(cfg, ctx, study.study_name, trial.number, on_epoch=on_epoch)
+            if cfg.method != "scratch":
+                # its own bar, so its time stays out of the cell's epochs
+                pretrained_backbone(cfg, ctx, show_progress=None if show_progress else False)
+            epochs = tqdm(total=cfg.epochs, desc=f"  {cfg.cell_id}", unit="ep", leave=False,
+                          disable=bars_off, dynamic_ncols=True)
+
+            def on_epoch(epoch: int, val_acc: float) -> None:
+                epochs.update(1)
+                epochs.set_postfix(val_acc=f"{val_acc:.4f}")
+
+            try:
+                record = run_cell(cfg, ctx, study.study_name, trial.number, on_epoch=on_epoch)
+            finally:
+                epochs.close()
         except (KeyboardInterrupt, LorafitError) as e:
             # Not the cell's fault: the next run re-queues it without counting a crash.
             trial.set_user_attr(ABORTED, type(e).__name__)
             raise
-        finally:
-            epochs.close()
-        m, run = record["metrics"], record["run"]
-        for key in ("test_acc", "test_balanced_acc", "test_macro_f1", "val_acc", "source_acc_after",
-                    "trainable_params", "train_s", "images_per_s"):
-            if m.get(key) is not None:
-                trial.set_user_attr(key, m[key])
-        trial.set_user_attr("status", run["status"])
         bar.update(1)
-        line = (f"{cfg.cell_id:<34} {run['status']:<9} test_acc={m.get('test_acc', float('nan')):.4f} "
-                f"trainable={m.get('trainable_params', 0):>8,} train_s={m.get('train_s', 0):6.1f}")
-        (bar.write if show_progress else log)(line)
-        if run["status"] != "complete":
-            trial.set_user_attr(RECORDED, True)
-            trial.set_user_attr("error", run["error"])
-            raise RunFailed(run["error"])
-        return m["test_acc"]
+        return finish_trial(trial, cfg.cell_id, record, log=ctx.log)
 
     try:
         while True:

@@ -1,11 +1,14 @@
 """Grid files (studies/grid.toml) -> the list of RunConfig cells, one per configuration x seed.
 
-    [lr]         <method> = <learning rate>      one per method family, with its provenance
+    [data]       source, target: the datasets (default: the profile's; `--target` overrides)
+    [lr]         <method> = <learning rate>      fixed-rate mode: one rate per method
     [lr.<profile>]                               overrides for one profile
-    [[cell]]     name (may template values: "lora-{placement}"), method, placement, shape, rank, alpha, policy, (lr, weight_decay, epochs)
-                 a list value expands into one configuration per value (cartesian product)
+    [[cell]]     any RunConfig field but seed, profile and protocol (the same fields a study's
+                 [fixed] takes): name (may template values: "lora-{placement}"), method,
+                 placement, shape, rank, alpha, policy, lr, epochs, train_size, target, ...
+                 A list value expands into one configuration per value (cartesian product).
 
-Unset alpha means alpha = rank for weight-space LoRA (scaling 1) and 1.0 otherwise.
+An unset alpha is the adapter method's default (lorafit.config.cell_config).
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ import itertools
 import tomllib
 from pathlib import Path
 
-from lorafit.config import METHODS, RunConfig
+from lorafit import adapters
+from lorafit.config import CELL_FIELDS, RunConfig, cell_config
 from lorafit.errors import LorafitError
 
-from bench.profiles import PROFILES, config_defaults, profile as profile_table
+from bench.profiles import PROFILES, config_defaults
+from bench.profiles import profile as profile_table
 
-CELL_KEYS = {"name", "method", "placement", "shape", "rank", "alpha", "policy", "lr",
-             "weight_decay", "epochs", "patience"}
+DATA_KEYS = ("source", "target")
 
 
 def read_toml(path: str | Path) -> dict:
@@ -41,55 +45,58 @@ def _expand(cell: dict) -> list[dict]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
 
 
+def _rates(path: Path, doc: dict, profile: str) -> dict[str, float]:
+    """[lr] with the profile's [lr.<profile>] applied."""
+    methods = adapters.methods()
+    lrs = {k: v for k, v in doc.get("lr", {}).items() if not isinstance(v, dict)}
+    per_profile = {k: v for k, v in doc.get("lr", {}).items() if isinstance(v, dict)}
+    bad = sorted(set(lrs) - set(methods)) + sorted(set(per_profile) - set(PROFILES))
+    for table in per_profile.values():
+        bad += sorted(set(table) - set(methods))
+    if bad:
+        raise LorafitError(f"{path}: [lr] has unknown method(s) or profile(s) {', '.join(bad)}; "
+                           f"methods are {', '.join(methods)}, profiles {', '.join(PROFILES)}")
+    return {**lrs, **per_profile.get(profile, {})}
+
+
 def load_grid(path: str | Path, profile: str, seeds: int | None = None,
               overrides: dict | None = None) -> list[RunConfig]:
     """All cells of the grid file for `profile`, seeds 0..seeds-1 each (default: the profile's
-    number of seeds); duplicates removed."""
+    number of seeds); duplicates removed. `overrides` (e.g. --target) replace the profile's and
+    the [data] section's defaults; a cell's own fields win over all of them."""
+    path = Path(path)
     doc = read_toml(path)
-    unknown = sorted(set(doc) - {"lr", "cell"})
+    unknown = sorted(set(doc) - {"data", "lr", "cell"})
     if unknown:
-        raise LorafitError(f"{path}: unknown section(s) {', '.join(unknown)}; expected [lr] and [[cell]]")
-    lrs = {k: v for k, v in doc.get("lr", {}).items() if not isinstance(v, dict)}
-    per_profile = {k: v for k, v in doc.get("lr", {}).items() if isinstance(v, dict)}
-    bad = sorted(set(lrs) - set(METHODS)) + sorted(set(per_profile) - set(PROFILES))
-    for table in per_profile.values():
-        bad += sorted(set(table) - set(METHODS))
+        raise LorafitError(f"{path}: unknown section(s) {', '.join(unknown)}; expected [data], [lr] and [[cell]]")
+    bad = sorted(set(doc.get("data", {})) - set(DATA_KEYS))
     if bad:
-        raise LorafitError(f"{path}: [lr] has unknown method(s) or profile(s) {', '.join(bad)}; "
-                           f"methods are {', '.join(METHODS)}, profiles {', '.join(PROFILES)}")
-    lrs.update(per_profile.get(profile, {}))  # [lr.<profile>] overrides the family rates
+        raise LorafitError(f"{path}: [data] has unknown key(s) {', '.join(bad)}; allowed: {', '.join(DATA_KEYS)}")
+    lrs = _rates(path, doc, profile)
     n_seeds = seeds if seeds is not None else profile_table(profile)["seeds"]
     if not isinstance(n_seeds, int) or n_seeds < 1:
         raise LorafitError(f"seeds must be an integer >= 1, got {n_seeds!r}")
     cells = doc.get("cell", [])
     if not isinstance(cells, list) or not cells:
         raise LorafitError(f"{path}: no [[cell]] entries")
-    base = {**config_defaults(profile), **(overrides or {})}
+    defaults = {**config_defaults(profile), **doc.get("data", {}), **(overrides or {})}
     configs: dict[str, RunConfig] = {}
     for cell in cells:
-        bad = sorted(set(cell) - CELL_KEYS)
+        bad = sorted(set(cell) - set(CELL_FIELDS))
         if bad:
             raise LorafitError(f"{path}: cell {cell.get('name')!r} has unknown key(s) {', '.join(bad)}; "
-                               f"allowed: {', '.join(sorted(CELL_KEYS))}")
+                               f"allowed: {', '.join(CELL_FIELDS)}")
         if "name" not in cell or "method" not in cell:
             raise LorafitError(f"{path}: every [[cell]] needs a name and a method")
         for entry in _expand(cell):
-            try:  # names may template expanded values, e.g. "lora-{placement}"
-                entry["name"] = str(entry["name"]).format(**entry)
-            except (KeyError, IndexError, ValueError) as e:
-                raise LorafitError(f"{path}: bad cell name template {cell['name']!r}: {e}") from None
-            method = entry["method"]
             if "lr" not in entry:
-                if method not in lrs:
-                    raise LorafitError(f"{path}: no learning rate for method {method!r}: add it to [lr]")
-                entry["lr"] = lrs[method]
-            if "alpha" not in entry:
-                weight_space = method == "lora" and entry.get("placement", "none") not in ("none", "seed")
-                entry["alpha"] = float(entry.get("rank", 1)) if weight_space else 1.0
+                if entry["method"] not in lrs:
+                    raise LorafitError(f"{path}: no learning rate for method {entry['method']!r}: add it to [lr]")
+                entry["lr"] = lrs[entry["method"]]
             for seed in range(n_seeds):
                 try:
-                    cfg = RunConfig(**{**base, **entry, "seed": seed})
-                except TypeError as e:
-                    raise LorafitError(f"{path}: cell {entry['name']!r}: {e}") from None
+                    cfg = cell_config({**entry, "seed": seed}, defaults)
+                except LorafitError as e:
+                    raise LorafitError(f"{path}: cell {cell['name']!r}: {e}") from None
                 configs.setdefault(cfg.digest(), cfg)
     return list(configs.values())

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from lorafit import freeze, glyphs, lora
+from lorafit import adapters, freeze, glyphs
+from lorafit.config import RunConfig
 from lorafit.data import Split
 from lorafit.features import FeatureCache
 from lorafit.model import SeedCNN, replace_head
@@ -70,7 +71,7 @@ def backbone(num_classes: int = 62, seed: int = 0) -> SeedCNN:
 
 def lora_proj_model(base: SeedCNN) -> SeedCNN:
     model = copy.deepcopy(base)
-    lora.inject(model, "proj", rank=8, alpha=8)
+    adapters.inject(model, "lora", "proj", adapters.AdapterSettings(rank=8, alpha=8))
     freeze.apply(model, "lora")
     return model
 
@@ -128,13 +129,14 @@ def suite_train_epoch(model: SeedCNN, w: Workload, batch_size: int = BATCH, lr: 
     whole call, so cache building is included."""
     val = Split(w.images[:256], w.labels[:256])
     t0 = time.perf_counter()
-    fit(model, w.split, val, epochs=1, lr=lr, batch_size=batch_size, seed=0, cache=cache)
+    cfg = RunConfig(name="perf", method="full", epochs=1, lr=lr, batch_size=batch_size, seed=0)
+    fit(model, w.split, val, cfg, cache=cache)
     return len(w.images) / (time.perf_counter() - t0)
 
 
 def suite_eval(model: SeedCNN, w: Workload, batch_size: int = 256) -> float:
     t0 = time.perf_counter()
-    predict(model, w.images, batch_size=batch_size)
+    predict(model, w.split, batch_size=batch_size)
     return len(w.images) / (time.perf_counter() - t0)
 
 
@@ -144,7 +146,7 @@ def merged_variants(base: SeedCNN) -> dict[str, SeedCNN]:
     with torch.no_grad():
         unmerged.proj.lora_B.weight.normal_(0, 0.01)
     merged = copy.deepcopy(unmerged)
-    lora.merge(merged)
+    adapters.merge(merged)
     return {"base": copy.deepcopy(base), "lora_unmerged": unmerged, "lora_merged": merged}
 
 

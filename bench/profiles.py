@@ -1,7 +1,7 @@
 """Profiles: the sizes and epochs of each kind of run, in one place.
 
-smoke  synthetic glyphs (digits -> 62 characters), tiny: the whole grid, one seed, ~1 min, offline
-local  real MNIST -> EMNIST byclass on 2 CPU cores: the whole grid, 3 seeds, about an hour.
+smoke  synthetic glyphs (digits -> 62 characters), tiny: the whole grid, one seed, offline
+local  real MNIST -> EMNIST byclass on 2 CPU cores: the whole grid, 5 seeds.
        Uses the official EMNIST protocol when the byclass train files are present, otherwise a
        stratified re-split of the byclass test split (every record says which).
 paper  official MNIST -> EMNIST byclass train/test at full size, more epochs (GPU recommended)
@@ -13,19 +13,19 @@ from lorafit.errors import LorafitError
 
 PROFILES: dict[str, dict] = {
     "smoke": dict(
-        source="glyphs-digits", target="glyphs-chars", protocol="synthetic", real_data=False, seeds=1,
+        source="glyphs-digits", target="glyphs-chars", protocol="auto", seeds=1,
         train_size=2000, val_size=500, test_size=1000,
         epochs=3, batch_size=128, patience=0,
         pretrain_size=3000, pretrain_epochs=2, pretrain_batch_size=128, pretrain_lr=2e-3,
     ),
     "local": dict(
-        source="mnist", target="emnist-byclass", protocol="auto", real_data=True, seeds=3,
+        source="mnist", target="emnist-byclass", protocol="auto", seeds=5,
         train_size=30000, val_size=5000, test_size=0,
         epochs=4, batch_size=256, patience=0,
         pretrain_size=0, pretrain_epochs=2, pretrain_batch_size=128, pretrain_lr=2e-3,
     ),
     "paper": dict(
-        source="mnist", target="emnist-byclass", protocol="official", real_data=True, seeds=3,
+        source="mnist", target="emnist-byclass", protocol="official", seeds=3,
         train_size=0, val_size=0, test_size=0,
         epochs=15, batch_size=256, patience=3,
         pretrain_size=0, pretrain_epochs=10, pretrain_batch_size=128, pretrain_lr=2e-3,

@@ -22,12 +22,14 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from lorafit.config import RunConfig
+from lorafit.config import CELL_FIELDS, RunConfig, cell_config
 from lorafit.errors import LorafitError
 
 from bench.grid import read_toml
 from bench.profiles import config_defaults, profile as profile_table
-from bench.runner import Context, RunFailed, run_cell
+from bench.context import Context
+from bench.runner import run_cell
+from bench.trials import RunFailed, finish_trial
 
 STUDY_DIR = Path(__file__).resolve().parent.parent / "studies"
 STUDY_KEYS = {"description", "objectives", "directions", "sampler", "pruner", "seed", "profile", "trials"}
@@ -96,9 +98,17 @@ def _validate(path: Path, spec: dict) -> None:
     for o in spec.get("override", []):
         if set(o) != {"when", "set"}:
             raise LorafitError(f"{path}: each [[override]] needs exactly 'when' and 'set'")
-    # A dry run of the space: every combination of first choices must make a valid RunConfig.
-    config_for(spec, {p["name"]: (p["choices"][0] if "choices" in p else p["low"]) for p in spec.get("param", [])},
-               study.get("profile", "smoke"))
+    # A dry run of the space: the first choices must make a valid RunConfig.
+    config_for(spec, first_values(spec), study.get("profile", "smoke"))
+
+
+def first_values(spec: dict) -> dict[str, Any]:
+    """Each parameter's first choice (or its low end), honouring the `when` conditions."""
+    values: dict[str, Any] = {}
+    for p in spec.get("param", []):
+        if _matches(p.get("when", {}), values):
+            values[p["name"]] = p["choices"][0] if "choices" in p else p["low"]
+    return values
 
 
 def _matches(when: dict, values: dict) -> bool:
@@ -126,27 +136,19 @@ def suggest(trial: optuna.Trial, params: list[dict]) -> dict[str, Any]:
 
 
 def config_for(spec: dict, values: dict[str, Any], profile: str, base: dict | None = None) -> RunConfig:
-    """The RunConfig of one trial: profile defaults (+ `base`, e.g. the resolved protocol) <
-    [fixed] < sampled values < [[override]]s."""
-    fields = {**config_defaults(profile), **(base or {})}
-    for key, value in spec.get("fixed", {}).items():
-        try:
-            fields[key] = value.format(**values) if isinstance(value, str) and "{" in value else value
-        except (KeyError, IndexError, ValueError) as e:
-            raise LorafitError(f"[fixed] {key} = {value!r}: no parameter {e} in this trial "
-                               f"(a template may only name parameters every trial has)") from None
-    fields.update(values)
+    """The RunConfig of one trial, by the grid's rules (lorafit.config.cell_config): profile
+    defaults < `base` (e.g. --target) < [fixed] (templates filled from the trial's values) <
+    sampled values < [[override]]s."""
+    fixed = spec.get("fixed", {})
+    bad = sorted(set(fixed) - set(CELL_FIELDS))
+    if bad:
+        raise LorafitError(f"[fixed] has unknown setting(s) {', '.join(bad)}; allowed: {', '.join(CELL_FIELDS)}")
+    fields = {**fixed, **values}
     for o in spec.get("override", []):
         if _matches(o["when"], fields):
             fields.update(o["set"])
-    if "alpha" not in values and "alpha" not in spec.get("fixed", {}):
-        weight_space = fields.get("method") == "lora" and fields.get("placement") not in ("none", "seed", None)
-        fields.setdefault("alpha", float(fields.get("rank", 1)) if weight_space else 1.0)
     fields.setdefault("name", "trial")
-    try:
-        return RunConfig.from_dict(fields)
-    except TypeError as e:
-        raise LorafitError(f"study settings: {e}") from None
+    return cell_config(fields, {**config_defaults(profile), **(base or {})})
 
 
 def _sampler(study_spec: dict) -> optuna.samplers.BaseSampler:
@@ -177,23 +179,23 @@ def create(name: str, spec: dict, profile: str, storage) -> optuna.Study:
     return study
 
 
-def objective_for(study: optuna.Study, spec: dict, profile: str, ctx: Context, log=print,
-                  base: dict | None = None):
-    objectives = spec.get("study", {}).get("objectives", ["val_acc"])
+def objective_for(study: optuna.Study, spec: dict, profile: str, ctx: Context, base: dict | None = None):
+    objectives = tuple(spec.get("study", {}).get("objectives", ["val_acc"]))
     prunable = len(objectives) == 1
 
     def objective(trial: optuna.Trial):
-        cfg = config_for(spec, suggest(trial, spec.get("param", [])), profile, base)
+        cfg = ctx.resolve(config_for(spec, suggest(trial, spec.get("param", [])), profile, base))
         trial.set_user_attr("config", cfg.to_dict())
+        label = f"trial {trial.number:>3} {cfg.cell_id}"
         # Samplers repeat configurations (head and full have nothing else to sample), and a run is
         # deterministic for its config: reuse a completed twin instead of training it again.
         for twin in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             if twin.user_attrs.get("config") == cfg.to_dict():
                 trial.set_user_attr("reused_from", twin.number)
-                for key in ("status", "test_acc", "val_acc", "trainable_params", "train_s"):
-                    if key in twin.user_attrs:
-                        trial.set_user_attr(key, twin.user_attrs[key])
-                log(f"trial {trial.number:>3} {cfg.cell_id:<34} same configuration as trial {twin.number}: reused")
+                for key, value in twin.user_attrs.items():
+                    if key not in ("config", "reused_from"):
+                        trial.set_user_attr(key, value)
+                ctx.log(f"{label:<40} same configuration as trial {twin.number}: reused")
                 return twin.values[0] if len(twin.values) == 1 else twin.values
 
         def on_epoch(epoch: int, val_acc: float) -> None:
@@ -205,17 +207,7 @@ def objective_for(study: optuna.Study, spec: dict, profile: str, ctx: Context, l
 
         record = run_cell(cfg, ctx, study.study_name, trial.number, on_epoch=on_epoch,
                           run_id=f"t{trial.number:04d}-{cfg.cell_id}")
-        m, run = record["metrics"], record["run"]
-        trial.set_user_attr("status", run["status"])
-        for key in ("test_acc", "val_acc", "trainable_params", "train_s"):
-            if m.get(key) is not None:
-                trial.set_user_attr(key, m[key])
-        if run["status"] != "complete":
-            trial.set_user_attr("error", run["error"])
-            raise RunFailed(run["error"])
-        log(f"trial {trial.number:>3} {cfg.cell_id:<34} " + " ".join(f"{o}={m[o]:.4g}" for o in objectives))
-        values = [float(m[o]) for o in objectives]
-        return values[0] if len(values) == 1 else values
+        return finish_trial(trial, label, record, objectives, log=ctx.log)
 
     return objective
 

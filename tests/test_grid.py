@@ -31,7 +31,7 @@ def test_grid_file_declares_the_ablation():
     assert sorted(c.rank for c in cells if c.name == "lora-proj") == [1, 2, 4, 8, 16, 32, 64]
     assert sorted(c.rank for c in cells if c.name == "lora-conv2") == [2, 4, 8, 16]
     assert all(c.seed == 0 for c in cells)  # smoke: one seed
-    assert len(load_grid(DEFAULT_GRID, "local")) == 3 * len(cells)
+    assert len(load_grid(DEFAULT_GRID, "local")) == 5 * len(cells)  # local: 5 paired seeds
     lrs = {c.method: c.lr for c in cells}
     assert len(set(lrs.values())) > 1  # each family has its own learning rate
     local = {c.name: c.lr for c in load_grid(DEFAULT_GRID, "local")}

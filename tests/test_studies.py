@@ -151,4 +151,17 @@ def test_pareto_study_has_a_front_and_best_prints_cells(tmp_path, capsys):
 
 def test_best_before_any_trial_is_a_clean_error(tmp_path, capsys):
     assert main(["study", "rank_alpha", "--best", "--runs-dir", str(tmp_path / "runs")]) == 2
-    assert "no completed trial" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "has no trials" in err and "--profile smoke" in err and len(err.strip().splitlines()) == 1
+
+
+def test_best_and_list_find_a_smoke_run_of_a_local_study(tmp_path, capsys):
+    """lr_head defaults to the local profile; after a smoke run, --best and --list find that run."""
+    runs = str(tmp_path / "runs")
+    assert main(["study", "lr_head", "--profile", "smoke", "--trials", "2", "--runs-dir", runs, "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["study", "lr_head", "--best", "--runs-dir", runs]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# from study lr_head-smoke") and "[lr]" in out and "head = " in out
+    assert main(["study", "--list", "--runs-dir", runs]) == 0
+    assert "in storage: lr_head-smoke (2 trials)" in capsys.readouterr().out

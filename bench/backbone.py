@@ -1,0 +1,84 @@
+"""The shared pretrained backbone: the seed CNN trained on the source task, once.
+
+Pretrained once per (source data identity, widths, seed, pretraining settings), cached on disk
+under runs/backbones/<digest>.pt|.json with a file lock, so two workers never pretrain the same
+backbone twice, and memoised in the Context. Cells differ only in what happens after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import sys
+
+import torch
+from filelock import FileLock
+from tqdm import tqdm
+
+from lorafit.config import RunConfig
+from lorafit.errors import LorafitError
+from lorafit.io import write_atomic
+from lorafit.model import SeedCNN
+from lorafit.train import accuracy, fit
+
+from bench.context import Context
+from bench.records import write_json
+
+
+def backbone_digest(cfg: RunConfig, ctx: Context) -> str:
+    """Keyed by the pretraining settings and the identity of the source data (protocol, file hashes)."""
+    src = ctx.source(cfg)
+    key = {**cfg.pretrain_dict(), "protocol": src.protocol, "files": sorted(src.files.items())}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def pretrained_backbone(cfg: RunConfig, ctx: Context, show_progress: bool | None = None) -> tuple[SeedCNN, dict]:
+    """The source-task model for cfg and its info (trained here, or loaded from runs/backbones/).
+
+    Pretraining has its own progress bar (shown only on a terminal unless `show_progress` says
+    otherwise), so its time never shows up in a cell's epochs."""
+    digest = backbone_digest(cfg, ctx)
+    if digest in ctx.backbones:
+        return ctx.backbones[digest]
+    src = ctx.source(cfg)
+    folder = ctx.runs_dir / "backbones"
+    folder.mkdir(parents=True, exist_ok=True)
+    weights, info_path = folder / f"{digest}.pt", folder / f"{digest}.json"
+    with FileLock(str(folder / f"{digest}.lock")):
+        if weights.exists() and info_path.exists():
+            model = SeedCNN(src.num_classes, cfg.widths)
+            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            ctx.backbones[digest] = model, json.loads(info_path.read_text())
+            return ctx.backbones[digest]
+        pre = cfg.pretraining()
+        ctx.log(f"pretraining backbone {digest} on {cfg.source} ({len(src.train)} images, "
+                f"{pre.epochs} epochs, seed {cfg.seed})")
+        bar = tqdm(total=pre.epochs, desc=f"  pretraining {digest}", unit="ep", leave=False, dynamic_ncols=True,
+                   disable=not sys.stderr.isatty() if show_progress is None else not show_progress)
+
+        def on_epoch(epoch: int, val_acc: float) -> None:
+            bar.update(1)
+            bar.set_postfix(val_acc=f"{val_acc:.4f}")
+
+        torch.manual_seed(cfg.seed)
+        model = SeedCNN(src.num_classes, cfg.widths)
+        try:
+            result = fit(model, src.train, src.val, pre, device=ctx.torch_device, on_epoch=on_epoch)
+        finally:
+            bar.close()
+        if result.status != "complete":
+            raise LorafitError(f"backbone pretraining diverged: {result.error}")
+        model.cpu()
+        info = {"digest": digest, "settings": cfg.pretrain_dict(), "protocol": src.protocol,
+                "source_test_acc": accuracy(model, src.test, device=ctx.torch_device),
+                "source_val_acc": result.best_val_acc, "train_s": result.train_s,
+                "images_per_s": result.images_per_s, "curve": result.curve, "files": src.files}
+        buffer = io.BytesIO()
+        torch.save(model.state_dict(), buffer)
+        write_atomic(weights, buffer.getvalue())
+        write_json(info_path, info)
+        ctx.log(f"backbone {digest}: {cfg.source} test accuracy {info['source_test_acc']:.4f} "
+                f"({result.train_s:.1f} s)")
+        ctx.backbones[digest] = model, info
+        return model, info

@@ -1,0 +1,52 @@
+"""What a record says about where and with what it ran: versions, device, CPU/GPU, git, data files."""
+
+from __future__ import annotations
+
+import functools
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+from lorafit import data
+from lorafit.train import bf16_supported
+
+
+def env_info(device: torch.device, splits: data.Splits, src: data.Splits | None) -> dict:
+    import optuna
+    import torchvision
+
+    return {
+        "python": platform.python_version(), "torch": torch.__version__,
+        "torchvision": torchvision.__version__, "optuna": optuna.__version__,
+        "device": device.type, "cpu": cpu_name(), "threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "bf16": bf16_supported(device), "protocol": splits.protocol,
+        "target_files": dict(splits.files), "source_files": dict(src.files) if src else {},
+    }
+
+
+@functools.cache
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or ""
+
+
+@functools.cache
+def git_sha() -> str | None:
+    """HEAD of the checkout the code runs from, with "-dirty" when tracked files were modified."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=here).stdout.strip()
+        if not sha:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "lorafit", "bench"],
+                               capture_output=True, text=True, timeout=5, cwd=here.parent).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
