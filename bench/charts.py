@@ -13,14 +13,22 @@ import logging
 from pathlib import Path
 
 import altair as alt
+import numpy as np
 import pandas as pd
 
 from lorafit.errors import LorafitError
 
-from bench.leaderboard import CHART_TITLES as TITLES, aggregate, config_key, setup_of
+from bench.aggregate import aggregate, config_key, setup_of
 from bench.records import load_records, write_atomic
 
 log = logging.getLogger(__name__)
+
+TITLES = {
+    "acc_vs_params": "Test accuracy vs trainable parameters",
+    "acc_per_param": "Test accuracy per 1k trainable parameters",
+    "rank_sweep": "LoRA rank sweep: test accuracy vs rank per placement",
+    "per_class": "Per-class test accuracy: best LoRA vs full fine-tuning",
+}
 
 CI_NOTE = "mean over seeds, bars: 95% t-interval (clipped to 0–100%)"
 # Fixed colours, so a family looks the same in every chart whatever else is present.
@@ -62,40 +70,139 @@ def _clipped(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(acc_lo=df["acc_lo"].clip(0, 1), acc_hi=df["acc_hi"].clip(0, 1))
 
 
-def _titled(chart: alt.TopLevelMixin, df: pd.DataFrame, title: str, subtitle: str,
+def _titled(chart: alt.TopLevelMixin, df: pd.DataFrame, title: str, subtitle: str | list[str],
             independent_y: bool = False) -> alt.TopLevelMixin:
-    """One panel per setup (profile/data) when the records mix several; a title either way."""
+    """One panel per setup (profile/data) when the records mix several; a title either way.
+    subtitle: one line, or a list of lines (the setup then gets a line of its own)."""
     if df["setup"].nunique() > 1:
         chart = chart.facet(row=alt.Row("setup:N", title=None, header=alt.Header(labelAngle=0, labelAlign="left")))
         if independent_y:
             chart = chart.resolve_scale(y="independent")
+    elif isinstance(subtitle, list):
+        subtitle = [df["setup"].iloc[0], *subtitle]
     else:
         subtitle = f"{df['setup'].iloc[0]} — {subtitle}"
     return chart.properties(title=alt.Title(title, subtitle=subtitle))
 
 
+WIDTH, HEIGHT = 640, 380  # acc_vs_params, in pixels: the label layout below works in these units
+LABEL_FONT, CHAR_PX, LINE_PX = 10, 5.6, 12
+
+
+def _domains(df: pd.DataFrame) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Fixed (not 'nice') axis domains, so the label layout knows where every point lands."""
+    x = df["trainable_params"].astype(float)
+    y = pd.concat([df["acc_mean"], df["acc_lo"].dropna(), df["acc_hi"].dropna()]).astype(float)
+    pad = max(float(y.max() - y.min()), 0.01) * 0.04
+    # Room on the left of the smallest point for a label.
+    return (float(x.min()) / 1.6, float(x.max()) * 1.15), (float(y.min()) - pad, float(y.max()) + pad)
+
+
+def label_layout(df: pd.DataFrame, labelled: pd.Series, xdom: tuple[float, float],
+                 ydom: tuple[float, float]) -> pd.DataFrame:
+    """Where each labelled point's text goes so that no two labels and no label and point overlap.
+
+    Greedy, in a fixed order (baselines first, then by parameters): the first free spot among right
+    of the point, left of it, then further and further above/below on either side. Returns the
+    label rows with label_x/label_y (data units), align, and leader (a line from point to text when
+    the text moved off the point's height). Deterministic.
+    """
+    lx0, lx1 = np.log(xdom[0]), np.log(xdom[1])
+
+    def px(x):
+        return WIDTH * (np.log(x) - lx0) / (lx1 - lx0)
+
+    def py(y):
+        return HEIGHT * (ydom[1] - y) / (ydom[1] - ydom[0])
+
+    points = [(px(x), py(y)) for x, y in zip(df["trainable_params"], df["acc_mean"])]
+    boxes = [(x - 5, y - 5, x + 5, y + 5) for x, y in points]  # every point is an obstacle
+    order = df[labelled].assign(_b=lambda d: ~d["baseline"]).sort_values(["_b", "trainable_params", "label"])
+    offsets = [0] + [s * k * LINE_PX for k in range(1, 8) for s in (-1, 1)]
+    rows = []
+    for _, r in order.iterrows():
+        x, y = px(r["trainable_params"]), py(r["acc_mean"])
+        w = CHAR_PX * len(str(r["label"])) + 2
+        chosen = None
+        for dy in offsets:
+            for side in (1, -1):
+                left = x + 8 if side > 0 else x - 8 - w
+                box = (left, y + dy - LINE_PX / 2, left + w, y + dy + LINE_PX / 2)
+                inside = box[0] >= 0 and box[2] <= WIDTH + 60 and box[1] >= 0 and box[3] <= HEIGHT
+                if inside and not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3]
+                                      for b in boxes):
+                    chosen = (side, dy, box)
+                    break
+            if chosen:
+                break
+        side, dy, box = chosen or (1, 0, (x + 8, y - LINE_PX / 2, x + 8 + w, y + LINE_PX / 2))
+        boxes.append(box)
+        anchor = box[0] if side > 0 else box[2]
+        rows.append({"setup": r["setup"], "label": r["label"], "trainable_params": r["trainable_params"],
+                     "acc_mean": r["acc_mean"], "align": "left" if side > 0 else "right",
+                     "label_x": float(np.exp(lx0 + (anchor - 1 * side) / WIDTH * (lx1 - lx0))),
+                     "label_y": float(ydom[1] - (y + dy) / HEIGHT * (ydom[1] - ydom[0])),
+                     "leader": dy != 0})
+    return pd.DataFrame(rows, columns=["setup", "label", "trainable_params", "acc_mean", "align", "label_x",
+                                       "label_y", "leader"])
+
+
 def acc_vs_params(agg: pd.DataFrame) -> alt.TopLevelMixin:
-    df = agg[agg["acc_mean"].notna()].sort_values(["setup", "trainable_params", "label"])
+    """Accuracy against parameters: interval bars, the Pareto front, points filled by P(front),
+    baselines on top; the baselines and the front's members labelled without overlaps."""
+    df = agg[agg["acc_mean"].notna() & agg["trainable_params"].notna()].sort_values(
+        ["setup", "trainable_params", "label"])
     df = _clipped(df[["setup", "label", "family", "method", "rank", "trainable_params", "pct_full", "n",
-                      "acc_mean", "acc_lo", "acc_hi", "pareto", "baseline"]])
+                      "acc_mean", "acc_lo", "acc_hi", "pareto", "p_front", "baseline"]])
     df["kind"] = df["baseline"].map({True: "baseline", False: "adapter"})
-    x = alt.X("trainable_params:Q", scale=alt.Scale(type="log"), axis=alt.Axis(format="~s"),
-              title="trainable parameters (log scale)")
-    y = alt.Y("acc_mean:Q", title="test accuracy", axis=alt.Axis(format=".0%"), scale=alt.Scale(zero=False))
+    xdom, ydom = _domains(df)
+    placed = pd.concat([label_layout(part, part["pareto"] | part["baseline"], xdom, ydom)
+                        for _, part in df.groupby("setup", sort=True)], ignore_index=True)
+    # One data set for every layer (a faceted chart needs it at the top level).
+    df = df.merge(placed[["setup", "label", "align", "label_x", "label_y", "leader"]], how="left",
+                  on=["setup", "label"])
+    df["leader"] = df["leader"].fillna(False).astype(bool)
+    x = alt.X("trainable_params:Q", scale=alt.Scale(type="log", domain=list(xdom), nice=False),
+              axis=alt.Axis(format="~s"), title="trainable parameters (log scale)")
+    y = alt.Y("acc_mean:Q", title="test accuracy", axis=alt.Axis(format=".0%"),
+              scale=alt.Scale(domain=list(ydom), nice=False, zero=False))
     colors = color(df["family"])
+    strokes = alt.Stroke("family:N", title=colors.to_dict()["title"], scale=colors.to_dict()["scale"])
     base = alt.Chart().encode(x=x)
-    bars = base.transform_filter("isValid(datum.acc_lo)").mark_rule(opacity=0.7).encode(
+    bars = base.transform_filter("isValid(datum.acc_lo)").mark_rule(opacity=0.6).encode(
         y="acc_lo:Q", y2="acc_hi:Q", color=colors)
-    points = base.mark_point(filled=True, size=80, opacity=1).encode(
-        y=y, color=colors, shape=alt.Shape("kind:N", title=None, sort=["adapter", "baseline"]),
-        tooltip=["label", "family", alt.Tooltip("trainable_params:Q", format=","), alt.Tooltip("acc_mean:Q", format=".2%"),
-                 alt.Tooltip("acc_lo:Q", format=".2%"), alt.Tooltip("acc_hi:Q", format=".2%"), "n", "pareto"])
     front = base.transform_filter("datum.pareto").mark_line(color="black", strokeDash=[5, 3]).encode(
         y="acc_mean:Q", order="trainable_params:Q")
-    labels = base.transform_filter("datum.pareto || datum.baseline").mark_text(
-        align="left", dx=6, dy=-6, fontSize=10).encode(y="acc_mean:Q", text="label:N")
-    chart = alt.layer(bars, front, points, labels, data=df).properties(width=640, height=380)
-    return _titled(chart, df, TITLES["acc_vs_params"], f"{CI_NOTE}; dashed line: Pareto front")
+    tooltip = ["label", "family", alt.Tooltip("trainable_params:Q", format=","),
+               alt.Tooltip("acc_mean:Q", format=".2%"), alt.Tooltip("acc_lo:Q", format=".2%"),
+               alt.Tooltip("acc_hi:Q", format=".2%"), "n", "pareto", alt.Tooltip("p_front:Q", format=".2f",
+                                                                                  title="P(front)")]
+    p_scale = alt.Scale(domain=[0, 1], range=[0.12, 1])
+    fill = alt.FillOpacity("p_front:Q", scale=p_scale, legend=None)
+    # Vega-Lite draws no legend for fillOpacity: an empty layer with the same scale on opacity draws it.
+    p_legend = base.transform_filter("false").mark_point(filled=True, size=70, color="#4e79a7").encode(
+        y=y, opacity=alt.Opacity("p_front:Q", title="P(on front)", scale=p_scale,
+                                 legend=alt.Legend(values=[0, 0.5, 1], format=".1f")))
+    shape = alt.Shape("kind:N", title=None,
+                      scale=alt.Scale(domain=["adapter", "baseline"], range=["circle", "square"]))
+
+    def points(kind: str, size: int) -> alt.Chart:
+        return base.transform_filter(f"datum.kind == '{kind}'").mark_point(
+            filled=True, size=size, strokeWidth=1.6, opacity=1).encode(
+            y=y, color=colors, stroke=strokes, fillOpacity=fill, shape=shape, tooltip=tooltip)
+
+    labels = alt.Chart().transform_filter("isValid(datum.label_x)")
+    leaders = labels.transform_filter("datum.leader").mark_rule(color="#555", strokeWidth=0.8).encode(
+        x="trainable_params:Q", y="acc_mean:Q", x2="label_x:Q", y2="label_y:Q")
+    texts = [labels.transform_filter(f"datum.align == '{a}'").mark_text(
+        align=a, baseline="middle", fontSize=LABEL_FONT).encode(
+        x="label_x:Q", y="label_y:Q", text="label:N") for a in ("left", "right")]
+    # Draw order: bars, front, adapters, baselines (never hidden under an adapter), leaders, labels.
+    chart = alt.layer(bars, front, points("adapter", 70), points("baseline", 110), leaders, *texts, p_legend,
+                      data=df).properties(width=WIDTH, height=HEIGHT)
+    return _titled(chart, df, TITLES["acc_vs_params"],
+                   [f"{CI_NOTE}; dashed line: Pareto front of the means",
+                    "fill: probability of being on the front when seeds are resampled (paired bootstrap)"])
 
 
 def acc_per_param(agg: pd.DataFrame) -> alt.TopLevelMixin:
@@ -173,12 +280,13 @@ def per_class(records: list[dict], agg: pd.DataFrame) -> alt.TopLevelMixin | Non
     return _titled(chart, df, TITLES["per_class"], "mean over seeds of each class's recall")
 
 
-def render(records: list[dict], out_dir: Path) -> list[Path]:
-    """Write every chart the records support into out_dir; returns the files written, in a fixed order."""
+def render(records: list[dict], out_dir: Path, agg: pd.DataFrame | None = None) -> list[Path]:
+    """Write every chart the records support into out_dir; returns the files written, in a fixed order.
+    agg: aggregate(records), if already computed."""
     if not records:
         raise LorafitError("no records to chart; run `python -m bench run grid` first")
     records = sorted(records, key=lambda r: (r["run"]["id"], r["run"].get("study") or ""))
-    agg = aggregate(records)
+    agg = aggregate(records) if agg is None else agg
     out_dir = Path(out_dir)
     written = []
     charts = {"acc_vs_params": acc_vs_params(agg) if agg["acc_mean"].notna().any() else None,

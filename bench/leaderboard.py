@@ -1,184 +1,46 @@
-"""leaderboard.md from the stored records alone: `python -m bench leaderboard`.
+"""leaderboard.md and leaderboard.csv from the stored records alone: `python -m bench leaderboard`.
 
-One row per configuration (the RunConfig minus its seed), test accuracy as a mean with a 95%
-t-interval over seeds, trainable parameters against full fine-tuning, a Pareto flag, a generated
-summary, and links to the charts. Deterministic: the same records give a byte-identical file
-(nothing from the clock or the filesystem order goes in; every table is sorted explicitly).
+One row per configuration (the RunConfig minus its seed): test accuracy as a mean with a 95%
+t-interval over seeds, paired differences to full fine-tuning and the linear probe, trainable
+parameters against full fine-tuning, the Pareto flag and its bootstrap probability, a generated
+summary with Holm-adjusted paired tests, and links to the charts. The statistics come from
+`bench.aggregate`; this module only renders them. Deterministic: the same records give
+byte-identical files (nothing from the clock or the filesystem order goes in; every table is
+sorted explicitly).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import csv
+import io
 import os
 import shlex
 from pathlib import Path
 from typing import Iterable
 
-import numpy as np
 import pandas as pd
-from scipy import stats
 
 from lorafit.errors import LorafitError
 
+from bench import charts
+from bench.aggregate import (
+    BOOTSTRAP_REPLICATES,
+    CONV_PLACEMENTS,
+    aggregate,
+    comparisons,
+    config_key,
+    median_halfwidth,
+    setup_of,
+)
 from bench.records import frame, load_records, write_atomic
 
-BASELINES = ("scratch", "full", "head", "seed")
-CONV_PLACEMENTS = ("conv1", "conv2", "conv3", "convs", "all")  # where an adapter shape means something
 PROTOCOL_NOTES = {
     "resplit": "EMNIST byclass test split re-partitioned 70/10/20 — not comparable to published byclass-test numbers",
     "official": "official EMNIST byclass train/test splits (validation carved from train)",
     "synthetic": "synthetic offline glyphs — a smoke test of the pipeline; the numbers say nothing about MNIST/EMNIST",
 }
-CHART_TITLES = {
-    "acc_vs_params": "Test accuracy vs trainable parameters",
-    "acc_per_param": "Test accuracy per 1k trainable parameters",
-    "rank_sweep": "LoRA rank sweep: test accuracy vs rank per placement",
-    "per_class": "Per-class test accuracy: best LoRA vs full fine-tuning",
-}
-# Metric columns every record may lack (failed runs): reindexed so aggregation never KeyErrors.
-METRICS = ("test_acc", "test_balanced_acc", "source_acc_before", "source_acc_after", "trainable_params",
-           "total_params", "train_s", "train_images", "val_images", "test_images")
-
-
-# ------------------------------------------------------------------------------- aggregation
-def config_key(record: dict) -> str:
-    """A configuration's identity: its whole RunConfig except the seed."""
-    return json.dumps({k: v for k, v in record["config"].items() if k != "seed"}, sort_keys=True)
-
-
-def setup_of(record: dict) -> str:
-    """The data a record was measured on; configurations are only compared within one setup."""
-    c = record["config"]
-    protocol = record.get("env", {}).get("protocol") or c.get("protocol")
-    # Sizes and epochs too: a study's shrunken trials are not ranked against grid cells.
-    budget = f"{c.get('train_size') or 'all'} train images, {c.get('epochs')} epochs"
-    return f"{c.get('profile')}: {c.get('source')} → {c.get('target')} ({protocol}; {budget})"
-
-
-def family(method: str, placement: str, shape: str, policy: str) -> str:
-    """The colour group in charts: the baseline's name, or LoRA by placement (shape, policy)."""
-    if method != "lora":
-        return "seed post" if method == "seed" else method
-    name = f"lora {placement}"
-    if placement in CONV_PLACEMENTS and shape != "1x1":
-        name += f" {shape}"
-    if policy != "lora":
-        name += f" ({policy})"
-    return name
-
-
-def t_halfwidth(sd: pd.Series | float, n: pd.Series | int, level: float = 0.95) -> pd.Series | float:
-    """Half-width of the t-interval for a mean: t(1-(1-level)/2, n-1) * sd / sqrt(n); NaN when n < 2."""
-    n_arr = np.asarray(n, dtype=float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        q = stats.t.ppf(0.5 + level / 2, np.where(n_arr >= 2, n_arr - 1, np.nan))
-        half = q * np.asarray(sd, dtype=float) / np.sqrt(n_arr)
-    return pd.Series(half, index=n.index) if isinstance(n, pd.Series) else float(half)
-
-
-def pareto_front(df: pd.DataFrame, x: str, y: str) -> pd.Series:
-    """True for rows no other row dominates (x no larger and y no smaller, one strictly).
-
-    Minimises x (trainable parameters) and maximises y (accuracy); rows with a missing x or y
-    are never on the front. Equal points are all kept.
-    """
-    valid = df[x].notna() & df[y].notna()
-    xs, ys = df.loc[valid, x].to_numpy(float), df.loc[valid, y].to_numpy(float)
-    dominated = ((xs[None, :] <= xs[:, None]) & (ys[None, :] >= ys[:, None])
-                 & ((xs[None, :] < xs[:, None]) | (ys[None, :] > ys[:, None]))).any(axis=1)
-    front = pd.Series(False, index=df.index)
-    front[valid] = ~dominated
-    return front
-
-
-def _first_valid(s: pd.Series):
-    s = s.dropna()
-    return s.iloc[0] if len(s) else None
-
-
-def aggregate(records: Iterable[dict]) -> pd.DataFrame:
-    """One row per (setup, configuration): seeds, status counts, means, CI, params, Pareto flag.
-
-    Accuracies are fractions. Diverged seeds that still produced metrics (the best epoch before
-    the divergence is restored) count in the means; failed seeds have no metrics and do not.
-    Row order: setup, then test accuracy descending (configurations without any accuracy last),
-    then trainable parameters, then label.
-    """
-    records = sorted(records, key=lambda r: (setup_of(r), config_key(r), r["config"].get("seed", 0), r["run"]["id"]))
-    if not records:
-        return pd.DataFrame()
-    df = frame(records)
-    for m in METRICS:  # numeric even when a column is all None (e.g. source accuracy of scratch runs)
-        col = f"metrics.{m}"
-        df[col] = pd.to_numeric(df[col], errors="coerce") if col in df else np.nan
-    if "run.error" not in df:
-        df["run.error"] = None
-    df["key"] = [config_key(r) for r in records]
-    df["setup"] = [setup_of(r) for r in records]
-    df["failed"] = df["run.status"].eq("failed")
-    df["diverged"] = df["run.status"].eq("diverged")
-    df["acc"] = df["metrics.test_acc"]
-
-    g = df.groupby(["setup", "key"], sort=True)
-    out = g.agg(
-        name=("config.name", "first"), method=("config.method", "first"),
-        placement=("config.placement", "first"), shape=("config.shape", "first"),
-        rank=("config.rank", "first"), alpha=("config.alpha", "first"), policy=("config.policy", "first"),
-        lr=("config.lr", "first"), profile=("config.profile", "first"),
-        n_runs=("run.id", "size"), n=("acc", "count"),
-        n_failed=("failed", "sum"), n_diverged=("diverged", "sum"), error=("run.error", _first_valid),
-        acc_mean=("acc", "mean"), acc_sd=("acc", "std"),
-        bal_acc_mean=("metrics.test_balanced_acc", "mean"),
-        source_before_mean=("metrics.source_acc_before", "mean"),
-        source_after_mean=("metrics.source_acc_after", "mean"),
-        trainable_params=("metrics.trainable_params", "max"), total_params=("metrics.total_params", "max"),
-        train_s_mean=("metrics.train_s", "mean"),
-    ).reset_index()
-    out["seeds"] = g["config.seed"].agg(lambda s: tuple(sorted(s))).to_numpy()
-    out["accs"] = g["acc"].agg(lambda s: tuple(s.dropna())).to_numpy()  # per seed, seed order
-    out["rank"] = out["rank"].fillna(0).astype(int)
-    out["acc_ci"] = t_halfwidth(out["acc_sd"], out["n"])
-    out["acc_lo"], out["acc_hi"] = out["acc_mean"] - out["acc_ci"], out["acc_mean"] + out["acc_ci"]
-    out["label"] = _labels(out)
-    out["family"] = [family(*r) for r in out[["method", "placement", "shape", "policy"]].itertuples(index=False)]
-    out["baseline"] = out["method"].isin(BASELINES)
-
-    # Relative size and the Pareto front only make sense within one setup.
-    out["full_params"] = np.nan
-    out["pareto"] = False
-    for setup, idx in out.groupby("setup", sort=True).groups.items():
-        part = out.loc[idx]
-        out.loc[idx, "full_params"] = full_reference(part)
-        out.loc[idx, "pareto"] = pareto_front(part, "trainable_params", "acc_mean")
-    out["pareto"] = out["pareto"].astype(bool)
-    out["pct_full"] = 100 * out["trainable_params"] / out["full_params"]
-    out["acc_per_1k"] = out["acc_mean"] / (out["trainable_params"] / 1000)
-    out = out.sort_values(["setup", "acc_mean", "trainable_params", "label"],
-                          ascending=[True, False, True, True], na_position="last", kind="mergesort")
-    return out.reset_index(drop=True)
-
-
-def full_reference(df: pd.DataFrame) -> float:
-    """100% for the relative-size column: full fine-tuning's trainable parameters, else the model size."""
-    full = df.loc[df["method"].eq("full"), "trainable_params"].dropna()
-    if len(full):
-        return float(full.max())
-    total = df["total_params"].dropna()
-    return float(total.max()) if len(total) else np.nan
-
-
-def _labels(out: pd.DataFrame) -> list[str]:
-    """name-rN like the cell ids; configurations that still collide get their differing settings."""
-    labels = [f"{n}-r{r}" if r else str(n) for n, r in zip(out["name"], out["rank"])]
-    configs = [json.loads(k) for k in out["key"]]
-    result = list(labels)
-    for i, label in enumerate(labels):
-        twins = [j for j, (l, s) in enumerate(zip(labels, out["setup"])) if l == label and s == out["setup"][i]]
-        if len(twins) > 1:
-            differing = sorted(k for k in configs[i] if len({json.dumps(configs[j].get(k)) for j in twins}) > 1)
-            result[i] = label + " " + " ".join(f"{k}={configs[i].get(k)}" for k in differing)
-    return result
+COMMAND_PREFIX = "python -m bench leaderboard"
 
 
 # ------------------------------------------------------------------------------- formatting
@@ -193,6 +55,33 @@ def fmt_acc(row: pd.Series, unit: str = "") -> str:
     if pd.isna(row["acc_ci"]):
         return f"{100 * row['acc_mean']:.2f}{unit} ± n/a (n={row['n']})"
     return f"{100 * row['acc_mean']:.2f} ± {100 * row['acc_ci']:.2f}{unit} (n={row['n']})"
+
+
+def fmt_diff(row: pd.Series, prefix: str) -> str:
+    """A paired difference in points: '+1.23 ± 0.45'; '(n=2)' when fewer seeds pair than the row has."""
+    if row[f"{prefix}_ref"] is None or pd.isna(row["acc_mean"]):
+        return "—"
+    if row["label"] == row[f"{prefix}_ref"]:
+        return "ref"
+    n = int(row[f"{prefix}_n"])
+    if n == 0:
+        return "— (no common seed)"
+    text = f"{100 * row[f'{prefix}_diff']:+.2f}"
+    text += (
+        " ± n/a"
+        if pd.isna(row[f"{prefix}_lo"])
+        else f" ± {50 * (row[f'{prefix}_hi'] - row[f'{prefix}_lo']):.2f}"
+    )
+    return text + (f" (n={n})" if n < row["n"] else "")
+
+
+def fmt_prob(p: float) -> str:
+    return "—" if pd.isna(p) else f"{p:.2f}"
+
+
+def fmt_p(p: float, name: str = "p") -> str:
+    """'p = 0.012', 'p < 0.001', 'p n/a'."""
+    return f"{name} n/a" if pd.isna(p) else f"{name} < 0.001" if p < 0.001 else f"{name} = {p:.3f}"
 
 
 def fmt_share(p: float) -> str:
@@ -230,40 +119,173 @@ def _notes(row: pd.Series) -> str:
     return "; ".join(notes)
 
 
+def shown_shape(row: pd.Series) -> str:
+    """The adapter shape, only where it means something (conv placements)."""
+    return row["shape"] if row["placement"] in CONV_PLACEMENTS else ""
+
+
+TABLE_HEAD = [
+    "#",
+    "configuration",
+    "method",
+    "placement",
+    "rank",
+    "shape",
+    "policy",
+    "trainable params (% full)",
+    "test acc % ± 95% CI (n)",
+    "case-merged acc %",
+    "Δ vs full, points (paired)",
+    "Δ vs head, points (paired)",
+    "balanced acc %",
+    "source acc after %",
+    "acc %-pts / 1k params",
+    "train s",
+    "Pareto",
+    "P(front)",
+    "notes",
+]
+TABLE_ALIGN = ["---"] * 3 + [":-:"] * 4 + ["--:"] * 9 + [":-:", "--:", "---"]
+
+
 def table(df: pd.DataFrame) -> str:
-    head = ["#", "configuration", "method", "placement", "rank", "shape", "policy",
-            "trainable params (% full)", "test acc % ± 95% CI (n)", "balanced acc %",
-            "source acc after %", "acc %-pts / 1k params", "train s", "Pareto", "notes"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + [":-:"] * 4 + ["--:"] * 6 + [":-:", "---"]) + "|"]
+    lines = ["| " + " | ".join(TABLE_HEAD) + " |", "|" + "|".join(TABLE_ALIGN) + "|"]
     for i, row in enumerate(df.itertuples(index=False), start=1):
         r = pd.Series(row._asdict())
-        conv = r["placement"] in CONV_PLACEMENTS
         label = f"**{r['label']}**" if r["baseline"] else r["label"]
-        cells = [str(i), label, r["method"], r["placement"] if r["placement"] != "none" else "—",
-                 str(r["rank"]) if r["rank"] else "—", r["shape"] if conv else "—", r["policy"],
-                 fmt_params(r), fmt_acc(r), pct(r["bal_acc_mean"]), pct(r["source_after_mean"]),
-                 "—" if pd.isna(r["acc_per_1k"]) else f"{100 * r['acc_per_1k']:.3f}",
-                 "—" if pd.isna(r["train_s_mean"]) else f"{r['train_s_mean']:.2f}",
-                 "✓" if r["pareto"] else "", _notes(r)]
+        cells = [
+            str(i),
+            label,
+            r["method"],
+            r["placement"] if r["placement"] != "none" else "—",
+            str(r["rank"]) if r["rank"] else "—",
+            shown_shape(r) or "—",
+            r["policy"],
+            fmt_params(r),
+            fmt_acc(r),
+            pct(r["merged_acc_mean"]),
+            fmt_diff(r, "vs_full"),
+            fmt_diff(r, "vs_head"),
+            pct(r["bal_acc_mean"]),
+            pct(r["source_after_mean"]),
+            "—" if pd.isna(r["acc_per_1k"]) else f"{100 * r['acc_per_1k']:.3f}",
+            "—" if pd.isna(r["train_s_mean"]) else f"{r['train_s_mean']:.2f}",
+            "✓" if r["pareto"] else "",
+            fmt_prob(r["p_front"]),
+            _notes(r),
+        ]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------- CSV
+def _num(x) -> str:
+    """Plain, locale-free numbers; empty for missing. 12 significant digits (deterministic)."""
+    if x is None or pd.isna(x):
+        return ""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else format(float(x), ".12g")
+
+
+def csv_rows(agg: pd.DataFrame) -> list[dict]:
+    """One dict per configuration and setup, in the markdown's order (column names carry the units)."""
+    rows = []
+    for setup, part in agg.groupby("setup", sort=True):
+        for i, (_, r) in enumerate(part.iterrows(), start=1):
+            seeds = sorted(r["seed_acc"])
+            row = {
+                "setup": setup,
+                "profile": r["profile"],
+                "source": r["source"],
+                "target": r["target"],
+                "position": i,
+                "configuration": r["label"],
+                "method": r["method"],
+                "placement": r["placement"],
+                "rank": r["rank"],
+                "shape": shown_shape(r),
+                "policy": r["policy"],
+                "alpha": _num(r["alpha"]),
+                "lr": _num(r["lr"]),
+                "baseline": int(r["baseline"]),
+                "trainable_params": _num(r["trainable_params"]),
+                "total_params": _num(r["total_params"]),
+                "trainable_params_percent_of_full": _num(r["pct_full"]),
+                "runs": r["n_runs"],
+                "seeds_with_result": r["n"],
+                "failed": int(r["n_failed"]),
+                "diverged": int(r["n_diverged"]),
+                "seeds": ";".join(str(s) for s in seeds),
+                "test_acc_per_seed_fraction": ";".join(_num(r["seed_acc"][s]) for s in seeds),
+                "test_acc_mean_fraction": _num(r["acc_mean"]),
+                "test_acc_sd_fraction": _num(r["acc_sd"]),
+                "test_acc_ci95_halfwidth_fraction": _num(r["acc_ci"]),
+                "case_merged_acc_mean_fraction": _num(r["merged_acc_mean"]),
+                "balanced_acc_mean_fraction": _num(r["bal_acc_mean"]),
+                "source_acc_before_mean_fraction": _num(r["source_before_mean"]),
+                "source_acc_after_mean_fraction": _num(r["source_after_mean"]),
+                "acc_points_per_1k_params": _num(100 * r["acc_per_1k"]),
+                "train_s_mean": _num(r["train_s_mean"]),
+            }
+            for prefix in ("vs_full", "vs_head"):
+                row[f"{prefix}_reference"] = r[f"{prefix}_ref"] or ""
+                for stat, name in (
+                    ("n", "paired_seeds"),
+                    ("diff", "diff_mean_fraction"),
+                    ("lo", "diff_ci95_lo_fraction"),
+                    ("hi", "diff_ci95_hi_fraction"),
+                    ("p", "paired_t_p"),
+                ):
+                    row[f"{prefix}_{name}"] = _num(r[f"{prefix}_{stat}"])
+            row.update(
+                {
+                    "pareto": int(r["pareto"]),
+                    "p_front_probability": _num(r["p_front"]),
+                    "error": " ".join(str(r["error"]).split()) if r["error"] else "",
+                }
+            )
+            rows.append(row)
+    return rows
+
+
+def render_csv(agg: pd.DataFrame) -> str:
+    rows = csv_rows(agg)
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
 # --------------------------------------------------------------------------------- summary
 def _describe(row: pd.Series) -> str:
-    return (f"**{row['label']}** at {fmt_acc(row, '%')} test accuracy with {_count(row['trainable_params'])} "
-            f"trainable parameters ({fmt_share(row['pct_full'])} of full fine-tuning's)")
+    return (
+        f"**{row['label']}** at {fmt_acc(row, '%')} test accuracy with {_count(row['trainable_params'])} "
+        f"trainable parameters ({fmt_share(row['pct_full'])} of full fine-tuning's)"
+    )
 
 
-def _versus(a: pd.Series, b: pd.Series) -> str:
-    """'a vs b: +x.xx points (Welch t-test p = 0.123)' — the test only when both have 2+ seeds."""
-    diff = 100 * (a["acc_mean"] - b["acc_mean"])
-    text = f"{diff:+.2f} points"
-    if len(a["accs"]) >= 2 and len(b["accs"]) >= 2:
-        p = stats.ttest_ind(a["accs"], b["accs"], equal_var=False).pvalue
-        if not pd.isna(p):
-            text += f", Welch t-test p = {p:.3f}"
-    return text
+def _versus(c: pd.Series) -> str:
+    """'+2.98 points (95% CI +1.10 to +4.86; p = 0.012, Holm p = 0.048)' for one comparison row."""
+    text = f"{100 * c['diff']:+.2f} points"
+    if c["n"] < 2:
+        return text + f" on {c['n']} common seed, no test"
+    return (
+        f"{text} (95% CI {100 * c['lo']:+.2f} to {100 * c['hi']:+.2f}; {fmt_p(c['p'])}, "
+        f"{fmt_p(c['p_holm'], 'Holm p')})"
+    )
+
+
+def _test_note(comp: pd.DataFrame) -> str:
+    tested = comp[comp["p"].notna()]
+    if tested.empty:
+        return "No comparison below has two common seeds, so none is tested."
+    lo, hi = int(tested["n"].min()), int(tested["n"].max())
+    seeds = f"{lo}" if lo == hi else f"{lo}–{hi}"
+    return (
+        f"Comparisons: differences are means of per-seed differences (pairs share the seed), "
+        f"paired t-test over {seeds} seeds, Holm-adjusted over {len(tested)} comparisons; "
+        f"the 95% CIs are not adjusted."
+    )
 
 
 def summary(df: pd.DataFrame) -> list[str]:
@@ -271,65 +293,81 @@ def summary(df: pd.DataFrame) -> list[str]:
     done = df[df["acc_mean"].notna()]
     if done.empty:
         return ["No configuration produced a test accuracy (every seed failed)."]
-    lines = []
-    best = done.iloc[0]  # df is sorted by accuracy
-    lines.append(f"Best configuration overall: {_describe(best)}.")
+    lines = [f"Best configuration overall: {_describe(done.iloc[0])}."]  # df is sorted by accuracy
     full_n = df["full_params"].iloc[0]
     for share in (1, 10):
         under = done[done["pct_full"] < share]
         if pd.isna(full_n):
             continue
         if under.empty:
-            lines.append(f"Best under {share}% of the full model's trainable parameters (< {full_n * share / 100:,.0f}): "
-                         f"none of the configurations is that small.")
+            lines.append(
+                f"Best under {share}% of the full model's trainable parameters (< {full_n * share / 100:,.0f}): "
+                f"none of the configurations is that small."
+            )
         else:
-            lines.append(f"Best under {share}% of the full model's trainable parameters: {_describe(under.iloc[0])}.")
+            lines.append(
+                f"Best under {share}% of the full model's trainable parameters: {_describe(under.iloc[0])}."
+            )
 
+    comp = comparisons(df)
+    if len(comp):
+        lines.append(_test_note(comp))
+    rows = done.set_index("label")
     seed = done[done["method"].eq("seed")]
-    lora = done[done["method"].eq("lora")]
-    if not seed.empty:
+    seed_comp = comp[comp["kind"].eq("seed")]
+    if not seed.empty and seed_comp.empty:
         s = seed.iloc[0]
-        rivals = lora[lora["trainable_params"] <= s["trainable_params"]]
-        if rivals.empty:
-            lines.append(f"The seed post's setup, {_describe(s)}, has no LoRA configuration with at most "
-                         f"its {_count(s['trainable_params'])} trainable parameters to compare with.")
-        else:
-            b = rivals.iloc[0]
-            lines.append(f"The seed post's setup (**{s['label']}**) reaches {fmt_acc(s, '%')} with "
-                         f"{_count(s['trainable_params'])} trainable parameters; the best LoRA configuration with at "
-                         f"most that many, **{b['label']}** ({_count(b['trainable_params'])}), reaches "
-                         f"{fmt_acc(b, '%')} ({_versus(b, s)}).")
-    full, scratch = done[done["method"].eq("full")], done[done["method"].eq("scratch")]
-    if not full.empty and not scratch.empty:
-        f, s = full.iloc[0], scratch.iloc[0]
-        lines.append(f"Full fine-tuning of the pretrained model reaches {fmt_acc(f, '%')} against {fmt_acc(s, '%')} "
-                     f"for the same network trained from scratch ({_versus(f, s)}).")
+        lines.append(
+            f"The seed post's setup, {_describe(s)}, has no LoRA configuration with at most "
+            f"its {_count(s['trainable_params'])} trainable parameters to compare with."
+        )
+    for _, c in seed_comp.iterrows():
+        b, s = rows.loc[c["a"]], rows.loc[c["b"]]
+        lines.append(
+            f"The seed post's setup (**{s.name}**) reaches {fmt_acc(s, '%')} with "
+            f"{_count(s['trainable_params'])} trainable parameters; the best LoRA configuration with at "
+            f"most that many, **{b.name}** ({_count(b['trainable_params'])}), reaches "
+            f"{fmt_acc(b, '%')}: {_versus(c)}."
+        )
+    for _, c in comp[comp["kind"].eq("pretraining")].iterrows():
+        f, s = rows.loc[c["a"]], rows.loc[c["b"]]
+        lines.append(
+            f"Full fine-tuning of the pretrained model reaches {fmt_acc(f, '%')} against {fmt_acc(s, '%')} "
+            f"for the same network trained from scratch: {_versus(c)}."
+        )
 
     # Forgetting: how much of the source task each family keeps (adapted network, source head).
     kept = done[done["source_after_mean"].notna()]
     if not kept.empty:
         before = kept["source_before_mean"].dropna()
         parts = []
-        for method, rows in kept.groupby("method", sort=True):
-            lo, hi = rows["source_after_mean"].min(), rows["source_after_mean"].max()
-            parts.append(f"{method} {100 * lo:.2f}%" if lo == hi else f"{method} {100 * lo:.2f}–{100 * hi:.2f}%")
+        for method, group in kept.groupby("method", sort=True):
+            lo, hi = group["source_after_mean"].min(), group["source_after_mean"].max()
+            parts.append(
+                f"{method} {100 * lo:.2f}%" if lo == hi else f"{method} {100 * lo:.2f}–{100 * hi:.2f}%"
+            )
         start = f" (the pretrained backbone: {100 * before.mean():.2f}%)" if not before.empty else ""
-        lines.append(f"Source-task accuracy kept after adaptation{start}, range over configurations: "
-                     f"{'; '.join(parts)}. Frozen-backbone methods keep it by construction except for "
-                     f"what their adapters change; scratch has no source head.")
+        lines.append(
+            f"Source-task accuracy kept after adaptation{start}, range over configurations: "
+            f"{'; '.join(parts)}. Frozen-backbone methods keep it by construction except for "
+            f"what their adapters change; scratch has no source head."
+        )
 
     # Conv placements against proj at the same rank and freeze policy.
-    proj = lora[lora["placement"].eq("proj")].drop_duplicates(["rank", "policy"]).set_index(["rank", "policy"])
-    conv = lora[lora["placement"].isin(CONV_PLACEMENTS)].sort_values("rank", kind="mergesort")
-    for (placement, shape, policy), rows in conv.groupby(["placement", "shape", "policy"], sort=True):
-        pairs = [(c, proj.loc[(c["rank"], policy)]) for _, c in rows.iterrows() if (c["rank"], policy) in proj.index]
-        if not pairs:
-            continue
-        parts = "; ".join(f"r{c['rank']} {fmt_acc(c, '%')} vs {fmt_acc(p, '%')}" for c, p in pairs)
-        ahead = sum(c["acc_mean"] > p["acc_mean"] for c, p in pairs)
+    placed = comp[comp["kind"].eq("placement")]
+    for group, cs in placed.groupby("group", sort=True):
+        placement, shape, policy = group.split(" ")
+        parts = "; ".join(
+            f"r{rows.loc[c['a'], 'rank']} {pct(rows.loc[c['a'], 'acc_mean'])} vs "
+            f"{pct(rows.loc[c['b'], 'acc_mean'])}%: {_versus(c)}"
+            for _, c in cs.iterrows()
+        )
+        ahead = int((cs["diff"] > 0).sum())
         what = f"LoRA on {placement} ({shape}" + (f", policy {policy})" if policy != "lora" else ")")
-        lines.append(f"{what} vs LoRA on proj at equal rank: {parts} — {placement} ahead at {ahead} of "
-                     f"{len(pairs)} rank{'s' if len(pairs) > 1 else ''}.")
+        lines.append(
+            f"{what} vs LoRA on proj at equal rank: {parts} — {placement} ahead at {ahead} of "
+            f"{len(cs)} rank{'s' if len(cs) > 1 else ''}."
+        )
     return lines
 
 
@@ -342,130 +380,282 @@ def _values(s: pd.Series) -> str:
 def _sizes(part: pd.DataFrame) -> str:
     cols = ["metrics.train_images", "metrics.val_images", "metrics.test_images"]
     triples = sorted({tuple(int(v) for v in t) for t in part[cols].dropna().itertuples(index=False)})
-    return ", ".join(f"{a:,} train / {b:,} validation / {c:,} test images" for a, b, c in triples) or "unknown sizes"
+    return (
+        ", ".join(f"{a:,} train / {b:,} validation / {c:,} test images" for a, b, c in triples)
+        or "unknown sizes"
+    )
 
 
 def _what(part: pd.DataFrame) -> str:
     protocol = _values(part["env.protocol"].fillna(part["config.protocol"]))
     notes = "".join(f" ({PROTOCOL_NOTES[p]})" for p in protocol.split(", ") if p in PROTOCOL_NOTES)
+    return (
+        f"profile {_values(part['config.profile'])}; {_values(part['config.source'])} → "
+        f"{_values(part['config.target'])}; protocol **{protocol}**{notes}; adapt on {_sizes(part)}; "
+        f"{_values(part['config.epochs'])} adaptation epochs (batch {_values(part['config.batch_size'])}, "
+        f"patience {_values(part['config.patience'])}), backbone pretrained {_values(part['config.pretrain_epochs'])} "
+        f"epochs"
+    )
+
+
+def _precision(part: pd.DataFrame, rows: pd.DataFrame) -> str:
     per_config = part.groupby("key").size()
     lo, hi = per_config.min(), per_config.max()
-    return (f"profile {_values(part['config.profile'])}; {_values(part['config.source'])} → "
-            f"{_values(part['config.target'])}; protocol **{protocol}**{notes}; adapt on {_sizes(part)}; "
-            f"{_values(part['config.epochs'])} adaptation epochs (batch {_values(part['config.batch_size'])}, "
-            f"patience {_values(part['config.patience'])}), backbone pretrained {_values(part['config.pretrain_epochs'])} "
-            f"epochs; seeds {', '.join(str(s) for s in sorted(part['config.seed'].unique()))} "
-            f"({lo if lo == hi else f'{lo}–{hi}'} per configuration)")
+    seeds = sorted(part["config.seed"].unique())
+    half = median_halfwidth(rows)
+    width = "n/a (no row has two seeds)" if pd.isna(half) else f"± {100 * half:.2f} points"
+    return (
+        f"{len(seeds)} seeds ({', '.join(str(s) for s in seeds)}; {lo if lo == hi else f'{lo}–{hi}'} per "
+        f"configuration), paired across configurations; median 95% CI half-width of test accuracy over "
+        f"the {len(rows)} rows: {width}"
+    )
 
 
-def header(records: list[dict], command: str) -> list[str]:
+def header(records: list[dict], command: str, agg: pd.DataFrame) -> list[str]:
     df = frame(records)
-    for col in ("env.device", "env.cpu", "env.gpu", "env.threads", "env.python", "env.torch", "env.torchvision",
-                "env.optuna", "env.protocol", "run.git_sha", "run.created_at", "config.pretrain_epochs",
-                "metrics.train_images", "metrics.val_images", "metrics.test_images"):
+    for col in (
+        "env.device",
+        "env.cpu",
+        "env.gpu",
+        "env.threads",
+        "env.python",
+        "env.torch",
+        "env.torchvision",
+        "env.optuna",
+        "env.protocol",
+        "run.git_sha",
+        "run.created_at",
+        "config.pretrain_epochs",
+        "metrics.train_images",
+        "metrics.val_images",
+        "metrics.test_images",
+    ):
         if col not in df:
             df[col] = None
     df["setup"] = [setup_of(r) for r in records]
     df["key"] = [config_key(r) for r in records]
     statuses = df["run.status"].value_counts().sort_index()
-    lines = ["# Leaderboard", "",
-             f"Generated from {len(records)} run records ({', '.join(f'{n} {s}' for s, n in statuses.items())}) "
-             f"of {df.groupby(['setup', 'key']).ngroups} configurations; studies: {_values(df['run.study'])}. "
-             "Never edit by hand; regenerate with:",
-             "", "```bash", command, "```", "", "## What, where, when", ""]
-    for _, part in df.groupby("setup", sort=True):
+    lines = [
+        "# Leaderboard",
+        "",
+        f"Generated from {len(records)} run records ({', '.join(f'{n} {s}' for s, n in statuses.items())}) "
+        f"of {df.groupby(['setup', 'key']).ngroups} configurations; studies: {_values(df['run.study'])}. "
+        "Never edit by hand; regenerate with:",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        "## What, where, when",
+        "",
+    ]
+    for setup, part in df.groupby("setup", sort=True):
         lines.append(f"- **What**: {_what(part)}")
+        lines.append(f"- **Seeds**: {_precision(part, agg[agg['setup'].eq(setup)])}")
     gpu = _values(df["env.gpu"]) if df["env.gpu"].notna().any() else "none"
-    lines.append(f"- **Where**: device {_values(df['env.device'])}; CPU {_values(df['env.cpu'])} "
-                 f"({_values(df['env.threads'])} threads); GPU {gpu}; Python {_values(df['env.python'])}, "
-                 f"torch {_values(df['env.torch'])}, torchvision {_values(df['env.torchvision'])}, "
-                 f"optuna {_values(df['env.optuna'])}; git {_values(df['run.git_sha'])}")
+    lines.append(
+        f"- **Where**: device {_values(df['env.device'])}; CPU {_values(df['env.cpu'])} "
+        f"({_values(df['env.threads'])} threads); GPU {gpu}; Python {_values(df['env.python'])}, "
+        f"torch {_values(df['env.torch'])}, torchvision {_values(df['env.torchvision'])}, "
+        f"optuna {_values(df['env.optuna'])}; git {_values(df['run.git_sha'])}"
+    )
     created = df["run.created_at"].dropna().sort_values()
-    lines.append(f"- **When**: {created.iloc[0]} … {created.iloc[-1]}" if len(created) else "- **When**: unknown")
+    lines.append(
+        f"- **When**: {created.iloc[0]} … {created.iloc[-1]}" if len(created) else "- **When**: unknown"
+    )
     return lines
 
 
 def legend(df: pd.DataFrame) -> list[str]:
-    lines = ["Test accuracy: mean over seeds ± the half-width of a 95% t-interval, t(0.975, n−1)·sd/√n, "
-             "n = seeds with a result" + ("; **± n/a: a single seed gives no interval**" if (df["n"] == 1).any() else "") + ".",
-             "% full: trainable parameters relative to full fine-tuning"
-             + (f" ({_count(df['full_params'].iloc[0])})" if not pd.isna(df["full_params"].iloc[0]) else "") + ".",
-             "Pareto ✓: no other configuration has at least its mean accuracy with at most its trainable parameters.",
-             "Baselines in bold. Source acc after: the adapted network under the original source head (forgetting). "
-             "Diverged seeds count in the means (their best epoch before divergence is restored); failed seeds have no metrics."]
+    lines = [
+        "Test accuracy: mean over seeds ± the half-width of a 95% t-interval, t(0.975, n−1)·sd/√n, "
+        "n = seeds with a result"
+        + ("; **± n/a: a single seed gives no interval**" if (df["n"] == 1).any() else "")
+        + ".",
+        "Case-merged: accuracy when the 15 letters EMNIST bymerge merges (c i j k l m o p s u v w x y z) "
+        "count as one class in either case, from the stored confusion matrices; — for targets other than "
+        "byclass.",
+        "Δ vs full / head: mean over the seeds both have of (this row − the reference) in points ± the "
+        "half-width of the paired 95% t-interval (scipy ttest_rel); the reference is the most accurate "
+        "configuration of that method (ref); (n=k): only k seeds pair.",
+        "% full: trainable parameters relative to full fine-tuning"
+        + (f" ({_count(df['full_params'].iloc[0])})" if not pd.isna(df["full_params"].iloc[0]) else "")
+        + ".",
+        "Pareto ✓: no other configuration has at least its mean accuracy with at most its trainable "
+        "parameters.",
+        f"P(front): share of {BOOTSTRAP_REPLICATES:,} paired bootstrap replicates over seeds (one draw of "
+        "seeds per replicate, shared by every configuration; fixed RNG seed) in which the configuration is "
+        "on that front.",
+        "Baselines in bold. Source acc after: the adapted network under the original source head "
+        "(forgetting). Diverged seeds count in the means (their best epoch before divergence is restored); "
+        "failed seeds have no metrics.",
+    ]
     return ["_" + " ".join(lines) + "_"]
 
 
-def chart_section(chart_links: Iterable[str | Path]) -> list[str]:
+def chart_section(chart_links: Iterable[str | Path], csv_link: str | None = None) -> list[str]:
     """One line per chart (its files grouped by name), then the accuracy-vs-parameters PNG inline."""
     by_stem: dict[str, list[str]] = {}
     for link in chart_links:
         by_stem.setdefault(Path(link).stem, []).append(Path(link).as_posix())
+    lines = (
+        ["", "## Data and charts", "", f"- Every column of every table, machine-readable: [CSV]({csv_link})"]
+        if csv_link
+        else ([] if not by_stem else ["", "## Charts", ""])
+    )
     if not by_stem:
-        return []
-    lines = ["", "## Charts", ""]
+        return lines
     for stem, links in by_stem.items():
-        files = " · ".join(f"[{Path(l).suffix.lstrip('.').upper()}]({l})" for l in links)
-        lines.append(f"- {CHART_TITLES.get(stem, stem)}: {files}")
-    missing = [t for stem, t in CHART_TITLES.items() if stem not in by_stem]
+        files = " · ".join(f"[{Path(link).suffix.lstrip('.').upper()}]({link})" for link in links)
+        lines.append(f"- {charts.TITLES.get(stem, stem)}: {files}")
+    missing = [t for stem, t in charts.TITLES.items() if stem not in by_stem]
     if missing:
         lines.append(f"- Not drawn (the records lack what they need): {'; '.join(missing)}")
-    png = [l for l in by_stem.get("acc_vs_params", []) if l.endswith(".png")]
+    png = [link for link in by_stem.get("acc_vs_params", []) if link.endswith(".png")]
     if png:
-        lines += ["", f"![{CHART_TITLES['acc_vs_params']}]({png[0]})"]
+        lines += ["", f"![{charts.TITLES['acc_vs_params']}]({png[0]})"]
     return lines
 
 
-def render_markdown(records: list[dict], command: str, chart_links: Iterable[str | Path] = ()) -> str:
-    """The whole leaderboard. chart_links: chart file paths relative to the output file, in display order."""
+def render_markdown(
+    records: list[dict],
+    command: str,
+    chart_links: Iterable[str | Path] = (),
+    csv_link: str | None = None,
+    agg: pd.DataFrame | None = None,
+) -> str:
+    """The whole leaderboard. chart_links: chart file paths relative to the output file, in display order;
+    csv_link: the CSV's path relative to it; agg: aggregate(records), if already computed."""
     if not records:
         raise LorafitError("no records to put on a leaderboard; run `python -m bench run grid` first")
     records = sorted(records, key=lambda r: (r["run"]["id"], r["run"].get("study") or ""))
-    agg = aggregate(records)
-    lines = header(records, command)
+    agg = aggregate(records) if agg is None else agg
+    lines = header(records, command, agg)
     setups = list(agg["setup"].unique())
     for setup in setups:
         part = agg[agg["setup"].eq(setup)]
         suffix = f" — {setup}" if len(setups) > 1 else ""
-        lines += ["", f"## Results{suffix}", "", table(part), "", *legend(part), "",
-                  f"## Summary{suffix}", ""] + [f"- {s}" for s in summary(part)]
-    lines += chart_section(chart_links)
+        lines += [
+            "",
+            f"## Results{suffix}",
+            "",
+            table(part),
+            "",
+            *legend(part),
+            "",
+            f"## Summary{suffix}",
+            "",
+        ] + [f"- {s}" for s in summary(part)]
+    lines += chart_section(chart_links, csv_link)
     return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs-dir", default="runs", help="where the records are (default ./runs)")
-    parser.add_argument("--output", default="leaderboard.md", help="markdown file to write (default leaderboard.md)")
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="markdown file to write (default RUNS/leaderboard.md); the CSV goes beside it",
+    )
     parser.add_argument("--study", default=None, help="only this study's records (default: every study)")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite an output file generated from other records (another --runs-dir/--study)",
+    )
+
+
+def output_path(args: argparse.Namespace) -> Path:
+    return Path(args.output) if args.output else Path(args.runs_dir) / "leaderboard.md"
 
 
 def command_line(args: argparse.Namespace) -> str:
     """The command that regenerates the file, paths exactly as given."""
-    parts = ["python", "-m", "bench", "leaderboard", "--runs-dir", args.runs_dir, "--output", args.output]
+    parts = [
+        "python",
+        "-m",
+        "bench",
+        "leaderboard",
+        "--runs-dir",
+        args.runs_dir,
+        "--output",
+        str(output_path(args)),
+    ]
     if args.study:
         parts += ["--study", args.study]
     return shlex.join(parts)
 
 
-def main(args: argparse.Namespace) -> int:
-    from bench import charts  # charts imports this module for the aggregation
+def generated_from(text: str) -> tuple[str, str | None] | None:
+    """(runs dir, study) named by a leaderboard's regeneration command; None if the text has none."""
+    if not text.startswith("# Leaderboard"):
+        return None
+    line = next((line for line in text.splitlines() if line.startswith(COMMAND_PREFIX)), None)
+    if line is None:
+        return None
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    try:
+        known, _ = parser.parse_known_args(shlex.split(line)[len(COMMAND_PREFIX.split()) :])
+    except (SystemExit, ValueError):
+        return None
+    return known.runs_dir, known.study
 
+
+def check_overwrite(output: Path, args: argparse.Namespace) -> None:
+    """Refuse (one line) to replace a leaderboard generated from other records, unless --force."""
+    if args.force or not output.exists():
+        return
+    origin = generated_from(output.read_text(errors="replace"))
+    if origin is None:
+        raise LorafitError(
+            f"{output} exists and is not a leaderboard this command wrote; "
+            "pass another --output, or --force to overwrite it"
+        )
+    runs, study = origin
+    same_runs = (
+        os.path.normpath(runs) == os.path.normpath(args.runs_dir)
+        or Path(runs).resolve() == Path(args.runs_dir).resolve()
+    )
+    if not same_runs or study != args.study:
+        was = f"--runs-dir {runs}" + (f" --study {study}" if study else "")
+        now = f"--runs-dir {args.runs_dir}" + (f" --study {args.study}" if args.study else "")
+        raise LorafitError(
+            f"{output} was generated from other records ({was}, not {now}); "
+            "pass another --output, or --force to replace it"
+        )
+
+
+def main(args: argparse.Namespace) -> int:
     runs = Path(args.runs_dir)
     records = load_records(runs, args.study)
     if not records:
         where = runs / "records" / args.study if args.study else runs / "records"
-        raise LorafitError(f"no records under {where}; run `python -m bench run grid` first"
-                           + (" (or check --study)" if args.study else ""))
-    output = Path(args.output)
+        raise LorafitError(
+            f"no records under {where}; run `python -m bench run grid` first"
+            + (" (or check --study)" if args.study else "")
+        )
+    output = output_path(args)
+    csv_path = output.with_suffix(".csv")
+    check_overwrite(output, args)
     chart_dir = charts.default_out(runs, args.study)
+    records = sorted(records, key=lambda r: (r["run"]["id"], r["run"].get("study") or ""))
+    agg = aggregate(records)
     try:
-        chart_paths = charts.render(records, chart_dir)
+        chart_paths = charts.render(records, chart_dir, agg)
         links = [os.path.relpath(p, output.parent) for p in chart_paths]
-        write_atomic(output, render_markdown(records, command_line(args), links))
+        md = render_markdown(
+            records, command_line(args), links, os.path.relpath(csv_path, output.parent), agg
+        )
+        write_atomic(csv_path, render_csv(agg))
+        write_atomic(output, md)
     except OSError as e:
-        raise LorafitError(f"cannot write {e.filename or output} ({e.strerror}); pass a writable --output / --runs-dir") from None
-    n_configs = len({(setup_of(r), config_key(r)) for r in records})
-    print(f"leaderboard: {n_configs} configurations from {len(records)} records -> {output}; "
-          f"{len(chart_paths)} chart files in {chart_dir}")
+        raise LorafitError(
+            f"cannot write {e.filename or output} ({e.strerror}); pass a writable --output / --runs-dir"
+        ) from None
+    print(
+        f"leaderboard: {len(agg)} configurations from {len(records)} records -> {output}, {csv_path}; "
+        f"{len(chart_paths)} chart files in {chart_dir}"
+    )
     return 0

@@ -19,6 +19,7 @@ import pandas as pd
 from lorafit import metrics
 from lorafit.errors import LorafitError
 
+from bench.aggregate import CONV_PLACEMENTS
 from bench.charts import save
 from bench.records import find_record, record_path, write_atomic
 
@@ -79,9 +80,11 @@ def render(record: dict, chart_name: str | None = None) -> str:
     y_true, y_pred = labels_from_confusion(analysis["confusion"])
     summary = metrics.summary(y_true, y_pred)
     rank = f", rank {cfg.get('rank')}" if cfg.get("rank") else ""
+    shape = f", shape {cfg.get('shape')}" if cfg.get("placement") in CONV_PLACEMENTS else ""  # conv only
     lines = [f"# Run {run['id']}", "",
-             f"- Configuration: {cfg.get('name')} — method {cfg.get('method')}, placement {cfg.get('placement')}{rank}, "
-             f"shape {cfg.get('shape')}, policy {cfg.get('policy')}, seed {cfg.get('seed')}, lr {cfg.get('lr')}, "
+             f"- Configuration: {cfg.get('name')} — method {cfg.get('method')}, "
+             f"placement {cfg.get('placement')}{rank}{shape}, "
+             f"policy {cfg.get('policy')}, seed {cfg.get('seed')}, lr {cfg.get('lr')}, "
              f"{cfg.get('epochs')} epochs",
              f"- Data: profile {cfg.get('profile')}, {cfg.get('source')} → {cfg.get('target')}, protocol "
              f"{record.get('env', {}).get('protocol') or cfg.get('protocol')}; {len(y_true):,} test images, {len(classes)} classes",

@@ -54,3 +54,33 @@ def top_confusions(y_true, y_pred, classes, k: int = 15) -> list[dict]:
         pairs.append({"true": classes[t], "pred": classes[p], "count": int(cm[t, p]),
                       "rate": float(cm[t, p] / support[t])})
     return pairs
+
+
+# EMNIST byclass: digits, then upper case, then lower case (62 classes).
+BYCLASS_CLASSES = tuple("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+# The 15 letters whose upper and lower case EMNIST bymerge merges into one class (Cohen et al., 2017).
+BYMERGE_PAIRS = tuple((c, c.upper()) for c in "cijklmopsuvwxyz")
+
+
+def is_byclass(classes) -> bool:
+    """True when the classes are EMNIST byclass's 62 characters, in byclass order."""
+    return tuple(str(c) for c in classes) == BYCLASS_CLASSES
+
+
+def merged_accuracy(confusion, classes, merge=BYMERGE_PAIRS) -> float:
+    """Accuracy when each pair (a, b) in `merge` counts as one class: a prediction of b for a true a
+    (or the reverse) is correct. From a confusion matrix (rows = true class, columns = predicted);
+    pairs naming a class not in `classes` are ignored. NaN for an empty matrix."""
+    cm = np.asarray(confusion, dtype=np.int64)
+    names = [str(c) for c in classes]
+    if cm.shape != (len(names), len(names)):
+        raise ValueError(f"confusion matrix of shape {cm.shape} for {len(names)} classes")
+    group = np.arange(len(names))
+    index = {c: i for i, c in enumerate(names)}
+    for a, b in merge:
+        if a in index and b in index:
+            group[index[a]] = group[index[b]]
+    total = cm.sum()
+    if total == 0:
+        return float("nan")
+    return float(cm[group[:, None] == group[None, :]].sum() / total)

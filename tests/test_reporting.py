@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from grids import REPORT_GRID
 
-from bench import charts, leaderboard, report
+from bench import aggregate as agg, charts, leaderboard, report
 from bench.records import load_records, record_path, write_json
 from lorafit import metrics
 from lorafit.errors import LorafitError
@@ -79,7 +79,7 @@ def row(df, label):
 # ------------------------------------------------------------------------------ aggregation
 def test_mean_and_t_interval_match_a_hand_computation():
     recs = [make_record(seed=s, acc=a) for s, a in enumerate((0.80, 0.82, 0.84))]
-    r = row(leaderboard.aggregate(recs), "lora-proj-r8")
+    r = row(agg.aggregate(recs), "lora-proj-r8")
     sd = math.sqrt(((0.80 - 0.82) ** 2 + 0 + (0.84 - 0.82) ** 2) / 2)  # 0.02
     t_975_2 = 4.302652729749464  # Student t, 2 degrees of freedom, 97.5% quantile (tables: 4.303)
     assert r["n"] == 3 and r["acc_mean"] == pytest.approx(0.82)
@@ -91,14 +91,14 @@ def test_mean_and_t_interval_match_a_hand_computation():
 
 def test_single_seed_has_no_interval_and_says_so():
     recs = [make_record(acc=0.8), make_record("full", "full", "none", 0, "full", acc=0.9, params=100_000)]
-    r = row(leaderboard.aggregate(recs), "lora-proj-r8")
+    r = row(agg.aggregate(recs), "lora-proj-r8")
     assert r["n"] == 1 and math.isnan(r["acc_ci"])
     md = leaderboard.render_markdown(recs, "cmd")
     assert "80.00 ± n/a (n=1)" in md and "a single seed gives no interval" in md
 
 
 def test_relative_size_per_parameter_and_order():
-    df = leaderboard.aggregate(grid_records())
+    df = agg.aggregate(grid_records())
     lora8 = row(df, "lora-proj-r8")
     assert lora8["full_params"] == 100_000 and lora8["pct_full"] == pytest.approx(2.9)
     assert lora8["acc_per_1k"] == pytest.approx(0.78 / 2.9)
@@ -110,20 +110,20 @@ def test_relative_size_per_parameter_and_order():
 
 
 def test_without_full_the_model_size_is_100_percent():
-    df = leaderboard.aggregate([make_record(params=1_000)])
+    df = agg.aggregate([make_record(params=1_000)])
     assert df["pct_full"].iloc[0] == pytest.approx(1.0)  # of total_params 100,000
 
 
 def test_pareto_front_on_a_known_set():
     df = pd.DataFrame({"params": [10, 20, 15, 30, 5, 40, 1, 20],
                        "acc": [0.5, 0.6, 0.4, 0.6, 0.3, 0.9, np.nan, 0.6]})
-    front = leaderboard.pareto_front(df, "params", "acc")
+    front = agg.pareto_front(df, "params", "acc")
     # (15, .4) loses to (10, .5); (30, .6) to (20, .6); NaN is never on it; equal points both stay.
     assert front.tolist() == [True, True, False, False, True, True, False, True]
 
 
 def test_pareto_flag_in_aggregate():
-    df = leaderboard.aggregate(grid_records())
+    df = agg.aggregate(grid_records())
     on_front = set(df.loc[df["pareto"], "label"])
     assert on_front == {"head", "lora-conv2-r8", "lora-proj-r8", "lora-proj-r16", "full"}
 
@@ -149,7 +149,8 @@ def test_markdown_header_table_summary_and_links():
     assert "protocol **resplit**" in md and "not comparable to published byclass-test numbers" in md
     assert "700 train / 100 validation / 200 test images" in md
     assert "2025-12-31T23:00:00+00:00 … 2026-01-01T00:00:00+00:00" in md
-    assert "mnist → emnist-byclass" in md and "git abc123" in md and "seeds 0, 1, 2" in md
+    assert "mnist → emnist-byclass" in md and "git abc123" in md
+    assert "3 seeds (0, 1, 2; 3 per configuration)" in md
     # one row per configuration; the best one first; 78.00 ± t*0.01/sqrt(3) with n
     table = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| #")]
     assert len(table) == 10 and "**full**" in table[0]
@@ -157,9 +158,12 @@ def test_markdown_header_table_summary_and_links():
     assert "Best configuration overall: **full**" in md
     assert "Best under 1% of the full model's trainable parameters: **lora-conv2-r8**" in md
     assert "The seed post's setup (**seed-post-r8**) reaches 75.00 ± 2.48% (n=3)" in md
-    assert "**lora-proj-r8** (2,900), reaches 78.00 ± 2.48% (n=3) (+3.00 points" in md
-    assert "Full fine-tuning of the pretrained model reaches 85.00 ± 2.48% (n=3) against 70.00 ± 2.48% (n=3)" in md
-    assert "LoRA on conv2 (1x1) vs LoRA on proj at equal rank: r8 74.00 ± 2.48% (n=3) vs 78.00 ± 2.48% (n=3)" in md
+    assert "**lora-proj-r8** (2,900), reaches 78.00 ± 2.48% (n=3): +3.00 points (95% CI +3.00 to +3.00" in md
+    assert ("Full fine-tuning of the pretrained model reaches 85.00 ± 2.48% (n=3) against 70.00 ± 2.48% (n=3) "
+            "for the same network trained from scratch: +15.00 points") in md
+    assert "LoRA on conv2 (1x1) vs LoRA on proj at equal rank: r8 74.00 vs 78.00%: -4.00 points" in md
+    # seed vs LoRA, full vs scratch, conv2 r8 and convs kxk r8 vs proj r8
+    assert "paired t-test over 3 seeds, Holm-adjusted over 4 comparisons" in md
     assert "[HTML](../runs/charts/acc_vs_params.html) · [PNG](../runs/charts/acc_vs_params.png)" in md
     assert "![Test accuracy vs trainable parameters](../runs/charts/acc_vs_params.png)" in md
 
@@ -178,7 +182,7 @@ def test_each_setup_gets_its_own_table_and_front():
     smoke = [make_record(protocol="synthetic", seed=s, acc=0.5, params=2_900) for s in range(2)]
     for r in smoke:
         r["config"]["profile"], r["config"]["source"], r["config"]["target"] = "smoke", "glyphs-digits", "glyphs-chars"
-    df = leaderboard.aggregate(local + smoke)
+    df = agg.aggregate(local + smoke)
     assert df["setup"].nunique() == 2
     # the lone smoke row is on its own front and measured against its own model size
     smoke_row = df[df["setup"].str.startswith("smoke")].iloc[0]
@@ -240,7 +244,7 @@ def test_charts_are_offline_html_and_png(tmp_path):
         else:
             assert p.read_bytes()[:8] == PNG_SIGNATURE
     # the per-class data: the best LoRA row vs full, every class in order, means over seeds
-    per_class = charts.per_class_frame(recs, leaderboard.aggregate(recs))
+    per_class = charts.per_class_frame(recs, agg.aggregate(recs))
     assert list(per_class["class"]) == CLASSES * 2
     assert per_class["configuration"].str.startswith("lora-proj-r16").sum() == 4
 
@@ -320,14 +324,150 @@ def test_leaderboard_on_a_smoke_run_is_byte_identical_when_regenerated(smoke_run
         run = lambda: leaderboard.main(_args(leaderboard, argv))
     assert run() == 0
     first = out.read_bytes()
+    csv_first = out.with_suffix(".csv").read_bytes()
+    chart_files = sorted((smoke_runs / "charts").glob("*.*"))
+    charts_first = [p.read_bytes() for p in chart_files]
     assert run() == 0
     assert out.read_bytes() == first
+    assert out.with_suffix(".csv").read_bytes() == csv_first
+    assert [p.read_bytes() for p in chart_files] == charts_first
     md = first.decode()
     assert "lora-proj-r8" in md and "**head**" in md and "protocol **synthetic**" in md and "± n/a (n=1)" in md
     assert shlex.join(["python", "-m", "bench", "leaderboard", *argv]) in md
     links = re.findall(r"\]\(([^)]+)\)", md)
-    assert len(links) == 9  # 4 charts x HTML/PNG, and the inline image
+    assert len(links) == 10  # the CSV, 4 charts x HTML/PNG, and the inline image
+    assert links[0] == "lb.csv"
     for link in links:
         assert (out.parent / link).exists(), link
     assert (smoke_runs / "charts" / "acc_vs_params.png").read_bytes()[:8] == PNG_SIGNATURE
 
+
+# ------------------------------------------------------------------- CSV, overwrite, report shape
+def _byclass(record, merged_right):
+    """Give a record a byclass confusion matrix: 10 correct per class, plus merged_right c→C mistakes."""
+    cm = np.diag([10] * len(metrics.BYCLASS_CLASSES))
+    cm[metrics.BYCLASS_CLASSES.index("c"), metrics.BYCLASS_CLASSES.index("C")] = merged_right
+    record["analysis"] = {"classes": list(metrics.BYCLASS_CLASSES), "confusion": cm.tolist(),
+                          "per_class_acc": [1.0] * len(metrics.BYCLASS_CLASSES)}
+    return 620 + merged_right
+
+
+def _md_rows(md: str) -> list[list[str]]:
+    lines = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| #")]
+    return [[c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in lines]
+
+
+def test_csv_and_markdown_agree():
+    import csv as csvlib
+    import io
+
+    recs = grid_records()
+    for r in recs:
+        if r["config"]["name"] == "full":
+            _byclass(r, merged_right=r["config"]["seed"])
+    df = agg.aggregate(recs)
+    md = leaderboard.render_markdown(recs, "cmd", agg=df)
+    text = leaderboard.render_csv(df)
+    assert text == leaderboard.render_csv(agg.aggregate(list(reversed(recs))))  # deterministic
+    rows = list(csvlib.DictReader(io.StringIO(text)))
+    table = _md_rows(md)
+    head = leaderboard.TABLE_HEAD
+    assert len(rows) == len(table) == 10
+    for c, m in zip(rows, table):
+        cell = dict(zip(head, m))
+        assert cell["#"] == c["position"] and cell["configuration"].strip("*") == c["configuration"]
+        params = c["trainable_params"]
+        assert cell["trainable params (% full)"].startswith(f"{int(params):,} (") if params else cell[
+            "trainable params (% full)"] == "—"
+        if c["test_acc_mean_fraction"]:
+            acc, ci = float(c["test_acc_mean_fraction"]), float(c["test_acc_ci95_halfwidth_fraction"])
+            n = c["seeds_with_result"]
+            assert cell["test acc % ± 95% CI (n)"] == f"{100 * acc:.2f} ± {100 * ci:.2f} (n={n})"
+            per_seed = [float(a) for a in c["test_acc_per_seed_fraction"].split(";")]
+            assert np.mean(per_seed) == pytest.approx(acc) and len(c["seeds"].split(";")) == len(per_seed)
+        merged = c["case_merged_acc_mean_fraction"]
+        assert cell["case-merged acc %"] == (f"{100 * float(merged):.2f}" if merged else "—")
+        for prefix, column in (("vs_full", "Δ vs full, points (paired)"),
+                               ("vs_head", "Δ vs head, points (paired)")):
+            if c["configuration"] == c[f"{prefix}_reference"]:
+                assert cell[column] == "ref"
+            elif c[f"{prefix}_diff_mean_fraction"]:
+                d, lo, hi = (float(c[f"{prefix}_{k}"]) for k in
+                             ("diff_mean_fraction", "diff_ci95_lo_fraction", "diff_ci95_hi_fraction"))
+                assert cell[column] == f"{100 * d:+.2f} ± {50 * (hi - lo):.2f}"
+            else:
+                assert cell[column] == "—"
+        assert cell["Pareto"] == ("✓" if c["pareto"] == "1" else "")
+        p = c["p_front_probability"]
+        assert cell["P(front)"] == (f"{float(p):.2f}" if p else "—")
+    full = next(c for c in rows if c["configuration"] == "full")
+    assert float(full["case_merged_acc_mean_fraction"]) == pytest.approx(1.0)  # c→C mistakes are merged
+    assert next(c for c in rows if c["configuration"] == "head")["case_merged_acc_mean_fraction"] == ""
+
+
+def _write_records(runs: Path, recs, study="grid-local"):
+    for r in recs:
+        r["run"]["study"] = study
+        write_json(record_path(runs, study, r["run"]["id"]), r)
+
+
+def test_default_output_is_in_the_runs_dir_and_other_records_are_not_overwritten(tmp_path, monkeypatch):
+    monkeypatch.setattr(charts, "render", lambda records, out, agg=None: [])  # charts: tested elsewhere
+    runs_a, runs_b = tmp_path / "a", tmp_path / "b"
+    _write_records(runs_a, grid_records())
+    _write_records(runs_b, [make_record(seed=s, acc=0.5 + s / 100) for s in range(2)], study="smoke")
+    assert leaderboard.main(_args(leaderboard, ["--runs-dir", str(runs_a)])) == 0
+    assert (runs_a / "leaderboard.md").exists() and (runs_a / "leaderboard.csv").exists()
+    shared = tmp_path / "lb.md"
+    assert leaderboard.main(_args(leaderboard, ["--runs-dir", str(runs_a), "--output", str(shared)])) == 0
+    before = shared.read_bytes()
+    other_records = r"lb\.md was generated from other records \(--runs-dir .*a, not --runs-dir .*b"
+    with pytest.raises(LorafitError, match=other_records):
+        leaderboard.main(_args(leaderboard, ["--runs-dir", str(runs_b), "--output", str(shared)]))
+    # another study of the same runs dir
+    with pytest.raises(LorafitError, match=r"generated from other records .*--force"):
+        leaderboard.main(_args(leaderboard, ["--runs-dir", str(runs_a), "--study", "grid-local",
+                                             "--output", str(shared)]))
+    assert shared.read_bytes() == before
+    # the same records again: no complaint
+    assert leaderboard.main(_args(leaderboard, ["--runs-dir", str(runs_a), "--output", str(shared)])) == 0
+    forced = ["--runs-dir", str(runs_b), "--output", str(shared), "--force"]
+    assert leaderboard.main(_args(leaderboard, forced)) == 0
+    assert f"--runs-dir {runs_b}" in shared.read_text() and shared.read_bytes() != before
+    other = tmp_path / "notes.md"
+    other.write_text("# My notes\n")
+    with pytest.raises(LorafitError, match="is not a leaderboard this command wrote"):
+        leaderboard.main(_args(leaderboard, ["--runs-dir", str(runs_a), "--output", str(other)]))
+    assert other.read_text() == "# My notes\n"
+
+
+def test_report_shows_shape_only_for_conv_placements():
+    proj = report.render(make_record(placement="proj", shape="1x1"))
+    conv = report.render(make_record("lora-convs", placement="convs", shape="kxk"))
+    assert "placement proj, rank 8, policy lora" in proj and "shape" not in proj.split("\n")[2]
+    assert "placement convs, rank 8, shape kxk, policy lora" in conv
+
+
+def test_chart_labels_baselines_and_front_without_overlaps():
+    df = agg.aggregate(grid_records())
+    spec = charts.acc_vs_params(df).to_dict()
+    layers = spec["layer"]
+    kinds = [json.dumps(layer.get("transform", "")) for layer in layers]
+    adapter = next(i for i, k in enumerate(kinds) if "'adapter'" in k)
+    baseline = next(i for i, k in enumerate(kinds) if "'baseline'" in k)
+    assert adapter < baseline  # baselines drawn over the adapters
+    part = df[df["acc_mean"].notna()]
+    xdom, ydom = charts._domains(part)
+    placed = charts.label_layout(part, part["pareto"] | part["baseline"], xdom, ydom)
+    assert set(placed["label"]) == set(part.loc[part["pareto"] | part["baseline"], "label"])
+    # boxes in pixels, as the layout sees them: none overlaps another
+    lx = np.log(xdom)
+    px = charts.WIDTH * (np.log(placed["label_x"]) - lx[0]) / (lx[1] - lx[0])
+    py = charts.HEIGHT * (ydom[1] - placed["label_y"]) / (ydom[1] - ydom[0])
+    w = placed["label"].str.len() * charts.CHAR_PX
+    left = np.where(placed["align"] == "left", px, px - w)
+    for i in range(len(placed)):
+        for j in range(i):
+            overlap_x = left[i] < left[j] + w.iloc[j] and left[j] < left[i] + w.iloc[i]
+            close = abs(py.iloc[i] - py.iloc[j]) < charts.LINE_PX
+            assert not (overlap_x and close), (placed["label"][i], placed["label"][j])
