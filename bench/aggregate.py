@@ -22,12 +22,12 @@ import pandas as pd
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from lorafit import metrics
+from lorafit import adapters, metrics
+from lorafit.adapters import CONV_PLACEMENTS
 
 from bench.records import frame
 
-BASELINES = ("scratch", "full", "head", "seed")
-CONV_PLACEMENTS = ("conv1", "conv2", "conv3", "convs", "all")  # where an adapter shape means something
+BASELINES = ("scratch", "full", "head", "seed")  # bold in the table: the reference points
 # Metric columns every record may lack (failed runs): reindexed so aggregation never KeyErrors.
 METRICS = (
     "test_acc",
@@ -64,10 +64,13 @@ def setup_of(record: dict) -> str:
 
 
 def family(method: str, placement: str, shape: str, policy: str) -> str:
-    """The colour group in charts: the baseline's name, or LoRA by placement (shape, policy)."""
-    if method != "lora":
-        return "seed post" if method == "seed" else method
-    name = f"lora {placement}"
+    """The colour group in charts: the baseline's name, the seed post, or an adapter method by
+    placement (with its conv shape and freeze policy when they differ from the default)."""
+    if method in adapters.BASELINES:
+        return method
+    if method == "seed":
+        return "seed post"
+    name = f"{method} {placement}"
     if placement in CONV_PLACEMENTS and shape != "1x1":
         name += f" {shape}"
     if policy != "lora":
