@@ -27,6 +27,7 @@ from lorafit.train import pick_device
 def data_names() -> list[str]:
     return list(DATASETS)
 
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_GRID = ROOT / "studies" / "grid.toml"
 
@@ -39,7 +40,9 @@ def _runs_dir(path: str) -> Path:
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise LorafitError(f"runs directory {runs} is not writable ({e.strerror}); pass --runs-dir DIR") from None
+        raise LorafitError(
+            f"runs directory {runs} is not writable ({e.strerror}); pass --runs-dir DIR"
+        ) from None
     return runs
 
 
@@ -52,23 +55,43 @@ def _positive(flag: str):
         if n < 1:
             raise argparse.ArgumentTypeError(f"{flag} must be >= 1, got {n}")
         return n
+
     return parse
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--runs-dir", default="runs", help="where storage, backbones, records, charts go (default ./runs)")
-    p.add_argument("--data-dir", default=None,
-                   help="folder with the official MNIST/EMNIST files (default: $LORAFIT_DATA_DIR, else "
-                        "download with torchvision into the cache)")
-    p.add_argument("--storage", default=None,
-                   help="Optuna storage URL (default sqlite:///RUNS/optuna.db; postgresql://USER@HOST/DB for many machines)")
+    p.add_argument(
+        "--runs-dir", default="runs", help="where storage, backbones, records, charts go (default ./runs)"
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder with the official MNIST/EMNIST files (default: $LORAFIT_DATA_DIR, else "
+        "download with torchvision into the cache)",
+    )
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna storage URL (default sqlite:///RUNS/optuna.db; "
+        "postgresql://USER@HOST/DB for many machines)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
-    p.add_argument("--cache-mb", type=float, default=2048,
-                   help="memory budget for frozen-prefix feature caches (0 disables them)")
-    p.add_argument("--no-progress", action="store_true",
-                   help="no progress bars (they are shown only on a terminal anyway)")
-    p.add_argument("--target", default=None,
-                   help=f"target dataset (default: the profile's); one of {', '.join(data_names())}")
+    p.add_argument(
+        "--cache-mb",
+        type=float,
+        default=2048,
+        help="memory budget for frozen-prefix feature caches (0 disables them)",
+    )
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars (they are shown only on a terminal anyway)",
+    )
+    p.add_argument(
+        "--target",
+        default=None,
+        help=f"target dataset (default: the profile's); one of {', '.join(data_names())}",
+    )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -79,15 +102,21 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m bench", description=__doc__,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run the fixed ablation grid")
     run.add_argument("what", choices=("grid",), help="what to run (the grid)")
     run.add_argument("--profile", default="smoke", help="smoke | local | paper (default smoke)")
     run.add_argument("--grid", default=str(DEFAULT_GRID), help="grid file (default studies/grid.toml)")
-    run.add_argument("--seeds", type=_positive("--seeds"), default=None, help="seeds per configuration (default: the profile's; smoke 1, local 3, paper 3)")
+    run.add_argument(
+        "--seeds",
+        type=_positive("--seeds"),
+        default=None,
+        help="seeds per configuration (default: the profile's; smoke 1, local 3, paper 3)",
+    )
     run.add_argument("--only", default=None, help="run only cells whose name contains this text")
     _common(run)
 
@@ -95,16 +124,30 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("name", nargs="?", help="study name (a file in studies/) or a path to a .toml file")
     study.add_argument("--list", action="store_true", help="list the study files")
     study.add_argument("--best", action="store_true", help="print the best trial(s) as grid entries")
-    study.add_argument("--trials", type=_positive("--trials"), default=None, help="total finished trials wanted (default: the file's)")
+    study.add_argument(
+        "--trials",
+        type=_positive("--trials"),
+        default=None,
+        help="total finished trials wanted (default: the file's)",
+    )
     study.add_argument("--timeout", type=float, default=None, help="stop starting new trials after S seconds")
     study.add_argument("--profile", default=None, help="smoke | local | paper (default: the file's)")
     _common(study)
 
     from bench import charts, leaderboard, perf, report
-    leaderboard.add_arguments(sub.add_parser("leaderboard", help="leaderboard.md (and the charts) from the records"))
+
+    leaderboard.add_arguments(
+        sub.add_parser("leaderboard", help="leaderboard.md (and the charts) from the records")
+    )
     charts.add_arguments(sub.add_parser("charts", help="the charts alone (HTML with inlined JS, and PNG)"))
-    report.add_arguments(sub.add_parser("report", help="per-run analysis: classification report, confusion matrix, top confusions"))
-    perf.add_arguments(sub.add_parser("perf", help="throughput: the suite vs the seed post's pipeline, ratios from one run"))
+    report.add_arguments(
+        sub.add_parser(
+            "report", help="per-run analysis: classification report, confusion matrix, top confusions"
+        )
+    )
+    perf.add_arguments(
+        sub.add_parser("perf", help="throughput: the suite vs the seed post's pipeline, ratios from one run")
+    )
     return parser
 
 
@@ -123,7 +166,10 @@ def _runs_and_storage(args):
 def _data_dir(path: str | None) -> Path | None:
     data_dir = Path(path) if path else None
     if data_dir is not None and not data_dir.is_dir():
-        raise LorafitError(f"--data-dir {data_dir} does not exist; pass the folder that holds the official files, or use --profile smoke")
+        raise LorafitError(
+            f"--data-dir {data_dir} does not exist; pass the folder that holds the official files, "
+            "or use --profile smoke"
+        )
     return data_dir
 
 
@@ -163,17 +209,30 @@ def cmd_run_grid(args) -> int:
     runs, store = _runs_and_storage(args)
     name = f"{Path(args.grid).stem}-{args.profile}"
     # Cells are enqueued, never sampled: the cheap RandomSampler keeps Optuna from modelling them.
-    study = optuna.create_study(study_name=name, storage=store, direction="maximize", load_if_exists=True,
-                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study = optuna.create_study(
+        study_name=name,
+        storage=store,
+        direction="maximize",
+        load_if_exists=True,
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
     study.set_user_attr("kind", "grid")
     n_configs = len({c.digest() for c in cells if c.seed == 0}) or len(cells)
     targets = ", ".join(sorted({f"{c.source} -> {c.target} ({c.protocol})" for c in cells}))
-    print(f"grid {name}: {len(cells)} cells ({n_configs} configurations x {len({c.seed for c in cells})} seeds), "
-          f"profile {args.profile}, {targets}, device {ctx.torch_device}, "
-          f"storage {storage.redact(args.storage or storage.default_url(runs))}", flush=True)
+    print(
+        f"grid {name}: {len(cells)} cells ({n_configs} configurations x "
+        f"{len({c.seed for c in cells})} seeds), "
+        f"profile {args.profile}, {targets}, device {ctx.torch_device}, "
+        f"storage {storage.redact(args.storage or storage.default_url(runs))}",
+        flush=True,
+    )
     status = driver.run_grid(study, cells, ctx, show_progress=not args.no_progress)
     counts = {s: list(status.values()).count(s) for s in sorted(set(status.values()))}
-    print(f"grid {name}: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f"; records in {runs / 'records' / name}")
+    print(
+        f"grid {name}: "
+        + ", ".join(f"{n} {s}" for s, n in counts.items())
+        + f"; records in {runs / 'records' / name}"
+    )
     print(f"next: python -m bench leaderboard --runs-dir {shlex.quote(args.runs_dir)} --study {name}")
     return 0 if set(status.values()) <= {"done"} else 1
 
@@ -203,13 +262,18 @@ def _best_profile(name: str, spec: dict, args, store) -> str:
 
     if args.profile:
         return args.profile
-    ran = sorted(s.study_name.rsplit("-", 1)[1] for s in optuna.get_all_study_summaries(store)
-                 if s.study_name.rsplit("-", 1)[0] == name and s.n_trials > 0)
+    ran = sorted(
+        s.study_name.rsplit("-", 1)[1]
+        for s in optuna.get_all_study_summaries(store)
+        if s.study_name.rsplit("-", 1)[0] == name and s.n_trials > 0
+    )
     default = spec.get("study", {}).get("profile", "smoke")
     if default in ran or not ran:
         if not ran:
-            raise LorafitError(f"study {name} has no trials in this storage yet; run `python -m bench study {name}` "
-                               f"(add --profile smoke to run it offline)")
+            raise LorafitError(
+                f"study {name} has no trials in this storage yet; run `python -m bench study {name}` "
+                f"(add --profile smoke to run it offline)"
+            )
         return default
     if len(ran) == 1:
         return ran[0]
@@ -247,17 +311,31 @@ def cmd_study(args) -> int:
     study = studies.create(name, spec, profile, store)
     total = args.trials or s.get("trials", 20)
     already = studies.finished(study)
-    print(f"study {study.study_name}: {already}/{total} trials finished; profile {profile}, "
-          f"objectives {', '.join(s.get('objectives', ['val_acc']))}, sampler {s.get('sampler', 'tpe')}, "
-          f"pruner {s.get('pruner', 'none')}", flush=True)
+    print(
+        f"study {study.study_name}: {already}/{total} trials finished; profile {profile}, "
+        f"objectives {', '.join(s.get('objectives', ['val_acc']))}, sampler {s.get('sampler', 'tpe')}, "
+        f"pruner {s.get('pruner', 'none')}",
+        flush=True,
+    )
     if already < total:
         objective = studies.objective_for(study, spec, profile, ctx, base=base)
-        study.optimize(objective, n_trials=total - already, timeout=args.timeout,
-                       catch=(RunFailed,), show_progress_bar=not args.no_progress and sys.stderr.isatty(),
-                       callbacks=[optuna.study.MaxTrialsCallback(total, states=(optuna.trial.TrialState.COMPLETE,
-                                                                                optuna.trial.TrialState.PRUNED))])
+        study.optimize(
+            objective,
+            n_trials=total - already,
+            timeout=args.timeout,
+            catch=(RunFailed,),
+            show_progress_bar=not args.no_progress and sys.stderr.isatty(),
+            callbacks=[
+                optuna.study.MaxTrialsCallback(
+                    total, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+                )
+            ],
+        )
     states = [t.state.name for t in study.get_trials(deepcopy=False)]
-    print(f"study {study.study_name}: " + ", ".join(f"{states.count(k)} {k.lower()}" for k in sorted(set(states))))
+    print(
+        f"study {study.study_name}: "
+        + ", ".join(f"{states.count(k)} {k.lower()}" for k in sorted(set(states)))
+    )
     if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
         print(studies.best_as_grid(name, spec, study, profile))
     return 0

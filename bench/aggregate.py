@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import json
 import warnings
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
+from bench.records import frame
 from lorafit import adapters, metrics
 from lorafit.adapters import CONV_PLACEMENTS
-
-from bench.records import frame
 
 BASELINES = ("scratch", "full", "head", "seed")  # bold in the table: the reference points
 # Metric columns every record may lack (failed runs): reindexed so aggregation never KeyErrors.
@@ -295,7 +294,7 @@ def aggregate(records: Iterable[dict], replicates: int = BOOTSTRAP_REPLICATES) -
         out[f"{prefix}_ref"] = None
         for stat in ("n", "diff", "lo", "hi", "p"):
             out[f"{prefix}_{stat}"] = np.nan
-    for setup, idx in out.groupby("setup", sort=True).groups.items():
+    for idx in out.groupby("setup", sort=True).groups.values():
         part = out.loc[idx]
         out.loc[idx, "full_params"] = full_reference(part)
         out.loc[idx, "pareto"] = pareto_front(part, "trainable_params", "acc_mean")

@@ -16,14 +16,13 @@ import torch
 from filelock import FileLock
 from tqdm import tqdm
 
+from bench.context import Context
+from bench.records import write_json
 from lorafit.config import RunConfig
 from lorafit.errors import LorafitError
 from lorafit.io import write_atomic
 from lorafit.model import SeedCNN
 from lorafit.train import accuracy, fit
-
-from bench.context import Context
-from bench.records import write_json
 
 
 def backbone_digest(cfg: RunConfig, ctx: Context) -> str:
@@ -33,7 +32,9 @@ def backbone_digest(cfg: RunConfig, ctx: Context) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def pretrained_backbone(cfg: RunConfig, ctx: Context, show_progress: bool | None = None) -> tuple[SeedCNN, dict]:
+def pretrained_backbone(
+    cfg: RunConfig, ctx: Context, show_progress: bool | None = None
+) -> tuple[SeedCNN, dict]:
     """The source-task model for cfg and its info (trained here, or loaded from runs/backbones/).
 
     Pretraining has its own progress bar (shown only on a terminal unless `show_progress` says
@@ -52,10 +53,18 @@ def pretrained_backbone(cfg: RunConfig, ctx: Context, show_progress: bool | None
             ctx.backbones[digest] = model, json.loads(info_path.read_text())
             return ctx.backbones[digest]
         pre = cfg.pretraining()
-        ctx.log(f"pretraining backbone {digest} on {cfg.source} ({len(src.train)} images, "
-                f"{pre.epochs} epochs, seed {cfg.seed})")
-        bar = tqdm(total=pre.epochs, desc=f"  pretraining {digest}", unit="ep", leave=False, dynamic_ncols=True,
-                   disable=not sys.stderr.isatty() if show_progress is None else not show_progress)
+        ctx.log(
+            f"pretraining backbone {digest} on {cfg.source} ({len(src.train)} images, "
+            f"{pre.epochs} epochs, seed {cfg.seed})"
+        )
+        bar = tqdm(
+            total=pre.epochs,
+            desc=f"  pretraining {digest}",
+            unit="ep",
+            leave=False,
+            dynamic_ncols=True,
+            disable=not sys.stderr.isatty() if show_progress is None else not show_progress,
+        )
 
         def on_epoch(epoch: int, val_acc: float) -> None:
             bar.update(1)
@@ -70,15 +79,24 @@ def pretrained_backbone(cfg: RunConfig, ctx: Context, show_progress: bool | None
         if result.status != "complete":
             raise LorafitError(f"backbone pretraining diverged: {result.error}")
         model.cpu()
-        info = {"digest": digest, "settings": cfg.pretrain_dict(), "protocol": src.protocol,
-                "source_test_acc": accuracy(model, src.test, device=ctx.torch_device),
-                "source_val_acc": result.best_val_acc, "train_s": result.train_s,
-                "images_per_s": result.images_per_s, "curve": result.curve, "files": src.files}
+        info = {
+            "digest": digest,
+            "settings": cfg.pretrain_dict(),
+            "protocol": src.protocol,
+            "source_test_acc": accuracy(model, src.test, device=ctx.torch_device),
+            "source_val_acc": result.best_val_acc,
+            "train_s": result.train_s,
+            "images_per_s": result.images_per_s,
+            "curve": result.curve,
+            "files": src.files,
+        }
         buffer = io.BytesIO()
         torch.save(model.state_dict(), buffer)
         write_atomic(weights, buffer.getvalue())
         write_json(info_path, info)
-        ctx.log(f"backbone {digest}: {cfg.source} test accuracy {info['source_test_acc']:.4f} "
-                f"({result.train_s:.1f} s)")
+        ctx.log(
+            f"backbone {digest}: {cfg.source} test accuracy {info['source_test_acc']:.4f} "
+            f"({result.train_s:.1f} s)"
+        )
         ctx.backbones[digest] = model, info
         return model, info

@@ -16,10 +16,9 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from lorafit.errors import LorafitError
-
 from bench.aggregate import aggregate, config_key, setup_of
 from bench.records import load_records, write_atomic
+from lorafit.errors import LorafitError
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +31,34 @@ TITLES = {
 
 CI_NOTE = "mean over seeds, bars: 95% t-interval (clipped to 0–100%)"
 # Fixed colours, so a family looks the same in every chart whatever else is present.
-COLORS = {"full": "#4c4c4c", "scratch": "#9c9c9c", "head": "#9c755f", "seed post": "#e15759",
-          "lora proj": "#4e79a7", "lora conv1": "#f28e2b", "lora conv2": "#59a14f", "lora conv3": "#76b7b2",
-          "lora convs": "#edc948", "lora convs kxk": "#b07aa1", "lora all": "#ff9da7", "lora all kxk": "#d37295"}
-SPARE_COLORS = ["#a0cbe8", "#ffbe7d", "#8cd17d", "#86bcb6", "#f1ce63", "#d4a6c8", "#fabfd2", "#d7b5a6",
-                "#79706e", "#b6992d", "#499894", "#bab0ac"]
+COLORS = {
+    "full": "#4c4c4c",
+    "scratch": "#9c9c9c",
+    "head": "#9c755f",
+    "seed post": "#e15759",
+    "lora proj": "#4e79a7",
+    "lora conv1": "#f28e2b",
+    "lora conv2": "#59a14f",
+    "lora conv3": "#76b7b2",
+    "lora convs": "#edc948",
+    "lora convs kxk": "#b07aa1",
+    "lora all": "#ff9da7",
+    "lora all kxk": "#d37295",
+}
+SPARE_COLORS = [
+    "#a0cbe8",
+    "#ffbe7d",
+    "#8cd17d",
+    "#86bcb6",
+    "#f1ce63",
+    "#d4a6c8",
+    "#fabfd2",
+    "#d7b5a6",
+    "#79706e",
+    "#b6992d",
+    "#499894",
+    "#bab0ac",
+]
 
 
 def default_out(runs_dir: Path, study: str | None = None) -> Path:
@@ -48,7 +70,9 @@ def save(chart: alt.TopLevelMixin, out_dir: Path, stem: str) -> list[Path]:
     """stem.html (JS inlined) and stem.png, written atomically."""
     html = chart.to_html(inline=True)
     if "cdn.jsdelivr" in html:  # a guard: the page must open offline (inlining is done by vl-convert)
-        raise LorafitError("altair wrote an HTML chart that loads JavaScript from a CDN; install vl-convert-python")
+        raise LorafitError(
+            "altair wrote an HTML chart that loads JavaScript from a CDN; install vl-convert-python"
+        )
     png = io.BytesIO()
     chart.save(png, format="png", scale_factor=2)
     paths = [out_dir / f"{stem}.html", out_dir / f"{stem}.png"]
@@ -70,12 +94,19 @@ def _clipped(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(acc_lo=df["acc_lo"].clip(0, 1), acc_hi=df["acc_hi"].clip(0, 1))
 
 
-def _titled(chart: alt.TopLevelMixin, df: pd.DataFrame, title: str, subtitle: str | list[str],
-            independent_y: bool = False) -> alt.TopLevelMixin:
+def _titled(
+    chart: alt.TopLevelMixin,
+    df: pd.DataFrame,
+    title: str,
+    subtitle: str | list[str],
+    independent_y: bool = False,
+) -> alt.TopLevelMixin:
     """One panel per setup (profile/data) when the records mix several; a title either way.
     subtitle: one line, or a list of lines (the setup then gets a line of its own)."""
     if df["setup"].nunique() > 1:
-        chart = chart.facet(row=alt.Row("setup:N", title=None, header=alt.Header(labelAngle=0, labelAlign="left")))
+        chart = chart.facet(
+            row=alt.Row("setup:N", title=None, header=alt.Header(labelAngle=0, labelAlign="left"))
+        )
         if independent_y:
             chart = chart.resolve_scale(y="independent")
     elif isinstance(subtitle, list):
@@ -98,8 +129,9 @@ def _domains(df: pd.DataFrame) -> tuple[tuple[float, float], tuple[float, float]
     return (float(x.min()) / 1.6, float(x.max()) * 1.15), (float(y.min()) - pad, float(y.max()) + pad)
 
 
-def label_layout(df: pd.DataFrame, labelled: pd.Series, xdom: tuple[float, float],
-                 ydom: tuple[float, float]) -> pd.DataFrame:
+def label_layout(
+    df: pd.DataFrame, labelled: pd.Series, xdom: tuple[float, float], ydom: tuple[float, float]
+) -> pd.DataFrame:
     """Where each labelled point's text goes so that no two labels and no label and point overlap.
 
     Greedy, in a fixed order (baselines first, then by parameters): the first free spot among right
@@ -129,8 +161,9 @@ def label_layout(df: pd.DataFrame, labelled: pd.Series, xdom: tuple[float, float
                 left = x + 8 if side > 0 else x - 8 - w
                 box = (left, y + dy - LINE_PX / 2, left + w, y + dy + LINE_PX / 2)
                 inside = box[0] >= 0 and box[2] <= WIDTH + 60 and box[1] >= 0 and box[3] <= HEIGHT
-                if inside and not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3]
-                                      for b in boxes):
+                if inside and not any(
+                    box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in boxes
+                ):
                     chosen = (side, dy, box)
                     break
             if chosen:
@@ -138,126 +171,252 @@ def label_layout(df: pd.DataFrame, labelled: pd.Series, xdom: tuple[float, float
         side, dy, box = chosen or (1, 0, (x + 8, y - LINE_PX / 2, x + 8 + w, y + LINE_PX / 2))
         boxes.append(box)
         anchor = box[0] if side > 0 else box[2]
-        rows.append({"setup": r["setup"], "label": r["label"], "trainable_params": r["trainable_params"],
-                     "acc_mean": r["acc_mean"], "align": "left" if side > 0 else "right",
-                     "label_x": float(np.exp(lx0 + (anchor - 1 * side) / WIDTH * (lx1 - lx0))),
-                     "label_y": float(ydom[1] - (y + dy) / HEIGHT * (ydom[1] - ydom[0])),
-                     "leader": dy != 0})
-    return pd.DataFrame(rows, columns=["setup", "label", "trainable_params", "acc_mean", "align", "label_x",
-                                       "label_y", "leader"])
+        rows.append(
+            {
+                "setup": r["setup"],
+                "label": r["label"],
+                "trainable_params": r["trainable_params"],
+                "acc_mean": r["acc_mean"],
+                "align": "left" if side > 0 else "right",
+                "label_x": float(np.exp(lx0 + (anchor - 1 * side) / WIDTH * (lx1 - lx0))),
+                "label_y": float(ydom[1] - (y + dy) / HEIGHT * (ydom[1] - ydom[0])),
+                "leader": dy != 0,
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=["setup", "label", "trainable_params", "acc_mean", "align", "label_x", "label_y", "leader"],
+    )
 
 
 def acc_vs_params(agg: pd.DataFrame) -> alt.TopLevelMixin:
     """Accuracy against parameters: interval bars, the Pareto front, points filled by P(front),
     baselines on top; the baselines and the front's members labelled without overlaps."""
     df = agg[agg["acc_mean"].notna() & agg["trainable_params"].notna()].sort_values(
-        ["setup", "trainable_params", "label"])
-    df = _clipped(df[["setup", "label", "family", "method", "rank", "trainable_params", "pct_full", "n",
-                      "acc_mean", "acc_lo", "acc_hi", "pareto", "p_front", "baseline"]])
+        ["setup", "trainable_params", "label"]
+    )
+    df = _clipped(
+        df[
+            [
+                "setup",
+                "label",
+                "family",
+                "method",
+                "rank",
+                "trainable_params",
+                "pct_full",
+                "n",
+                "acc_mean",
+                "acc_lo",
+                "acc_hi",
+                "pareto",
+                "p_front",
+                "baseline",
+            ]
+        ]
+    )
     df["kind"] = df["baseline"].map({True: "baseline", False: "adapter"})
     xdom, ydom = _domains(df)
-    placed = pd.concat([label_layout(part, part["pareto"] | part["baseline"], xdom, ydom)
-                        for _, part in df.groupby("setup", sort=True)], ignore_index=True)
+    placed = pd.concat(
+        [
+            label_layout(part, part["pareto"] | part["baseline"], xdom, ydom)
+            for _, part in df.groupby("setup", sort=True)
+        ],
+        ignore_index=True,
+    )
     # One data set for every layer (a faceted chart needs it at the top level).
-    df = df.merge(placed[["setup", "label", "align", "label_x", "label_y", "leader"]], how="left",
-                  on=["setup", "label"])
+    df = df.merge(
+        placed[["setup", "label", "align", "label_x", "label_y", "leader"]], how="left", on=["setup", "label"]
+    )
     df["leader"] = df["leader"].fillna(False).astype(bool)
-    x = alt.X("trainable_params:Q", scale=alt.Scale(type="log", domain=list(xdom), nice=False),
-              axis=alt.Axis(format="~s"), title="trainable parameters (log scale)")
-    y = alt.Y("acc_mean:Q", title="test accuracy", axis=alt.Axis(format=".0%"),
-              scale=alt.Scale(domain=list(ydom), nice=False, zero=False))
+    x = alt.X(
+        "trainable_params:Q",
+        scale=alt.Scale(type="log", domain=list(xdom), nice=False),
+        axis=alt.Axis(format="~s"),
+        title="trainable parameters (log scale)",
+    )
+    y = alt.Y(
+        "acc_mean:Q",
+        title="test accuracy",
+        axis=alt.Axis(format=".0%"),
+        scale=alt.Scale(domain=list(ydom), nice=False, zero=False),
+    )
     colors = color(df["family"])
     strokes = alt.Stroke("family:N", title=colors.to_dict()["title"], scale=colors.to_dict()["scale"])
     base = alt.Chart().encode(x=x)
-    bars = base.transform_filter("isValid(datum.acc_lo)").mark_rule(opacity=0.6).encode(
-        y="acc_lo:Q", y2="acc_hi:Q", color=colors)
-    front = base.transform_filter("datum.pareto").mark_line(color="black", strokeDash=[5, 3]).encode(
-        y="acc_mean:Q", order="trainable_params:Q")
-    tooltip = ["label", "family", alt.Tooltip("trainable_params:Q", format=","),
-               alt.Tooltip("acc_mean:Q", format=".2%"), alt.Tooltip("acc_lo:Q", format=".2%"),
-               alt.Tooltip("acc_hi:Q", format=".2%"), "n", "pareto", alt.Tooltip("p_front:Q", format=".2f",
-                                                                                  title="P(front)")]
+    bars = (
+        base.transform_filter("isValid(datum.acc_lo)")
+        .mark_rule(opacity=0.6)
+        .encode(y="acc_lo:Q", y2="acc_hi:Q", color=colors)
+    )
+    front = (
+        base.transform_filter("datum.pareto")
+        .mark_line(color="black", strokeDash=[5, 3])
+        .encode(y="acc_mean:Q", order="trainable_params:Q")
+    )
+    tooltip = [
+        "label",
+        "family",
+        alt.Tooltip("trainable_params:Q", format=","),
+        alt.Tooltip("acc_mean:Q", format=".2%"),
+        alt.Tooltip("acc_lo:Q", format=".2%"),
+        alt.Tooltip("acc_hi:Q", format=".2%"),
+        "n",
+        "pareto",
+        alt.Tooltip("p_front:Q", format=".2f", title="P(front)"),
+    ]
     p_scale = alt.Scale(domain=[0, 1], range=[0.12, 1])
     fill = alt.FillOpacity("p_front:Q", scale=p_scale, legend=None)
     # Vega-Lite draws no legend for fillOpacity: an empty layer with the same scale on opacity draws it.
-    p_legend = base.transform_filter("false").mark_point(filled=True, size=70, color="#4e79a7").encode(
-        y=y, opacity=alt.Opacity("p_front:Q", title="P(on front)", scale=p_scale,
-                                 legend=alt.Legend(values=[0, 0.5, 1], format=".1f")))
-    shape = alt.Shape("kind:N", title=None,
-                      scale=alt.Scale(domain=["adapter", "baseline"], range=["circle", "square"]))
+    p_legend = (
+        base.transform_filter("false")
+        .mark_point(filled=True, size=70, color="#4e79a7")
+        .encode(
+            y=y,
+            opacity=alt.Opacity(
+                "p_front:Q",
+                title="P(on front)",
+                scale=p_scale,
+                legend=alt.Legend(values=[0, 0.5, 1], format=".1f"),
+            ),
+        )
+    )
+    shape = alt.Shape(
+        "kind:N", title=None, scale=alt.Scale(domain=["adapter", "baseline"], range=["circle", "square"])
+    )
 
     def points(kind: str, size: int) -> alt.Chart:
-        return base.transform_filter(f"datum.kind == '{kind}'").mark_point(
-            filled=True, size=size, strokeWidth=1.6, opacity=1).encode(
-            y=y, color=colors, stroke=strokes, fillOpacity=fill, shape=shape, tooltip=tooltip)
+        return (
+            base.transform_filter(f"datum.kind == '{kind}'")
+            .mark_point(filled=True, size=size, strokeWidth=1.6, opacity=1)
+            .encode(y=y, color=colors, stroke=strokes, fillOpacity=fill, shape=shape, tooltip=tooltip)
+        )
 
     labels = alt.Chart().transform_filter("isValid(datum.label_x)")
-    leaders = labels.transform_filter("datum.leader").mark_rule(color="#555", strokeWidth=0.8).encode(
-        x="trainable_params:Q", y="acc_mean:Q", x2="label_x:Q", y2="label_y:Q")
-    texts = [labels.transform_filter(f"datum.align == '{a}'").mark_text(
-        align=a, baseline="middle", fontSize=LABEL_FONT).encode(
-        x="label_x:Q", y="label_y:Q", text="label:N") for a in ("left", "right")]
+    leaders = (
+        labels.transform_filter("datum.leader")
+        .mark_rule(color="#555", strokeWidth=0.8)
+        .encode(x="trainable_params:Q", y="acc_mean:Q", x2="label_x:Q", y2="label_y:Q")
+    )
+    texts = [
+        labels.transform_filter(f"datum.align == '{a}'")
+        .mark_text(align=a, baseline="middle", fontSize=LABEL_FONT)
+        .encode(x="label_x:Q", y="label_y:Q", text="label:N")
+        for a in ("left", "right")
+    ]
     # Draw order: bars, front, adapters, baselines (never hidden under an adapter), leaders, labels.
-    chart = alt.layer(bars, front, points("adapter", 70), points("baseline", 110), leaders, *texts, p_legend,
-                      data=df).properties(width=WIDTH, height=HEIGHT)
-    return _titled(chart, df, TITLES["acc_vs_params"],
-                   [f"{CI_NOTE}; dashed line: Pareto front of the means",
-                    "fill: probability of being on the front when seeds are resampled (paired bootstrap)"])
+    chart = alt.layer(
+        bars, front, points("adapter", 70), points("baseline", 110), leaders, *texts, p_legend, data=df
+    ).properties(width=WIDTH, height=HEIGHT)
+    return _titled(
+        chart,
+        df,
+        TITLES["acc_vs_params"],
+        [
+            f"{CI_NOTE}; dashed line: Pareto front of the means",
+            "fill: probability of being on the front when seeds are resampled (paired bootstrap)",
+        ],
+    )
 
 
 def acc_per_param(agg: pd.DataFrame) -> alt.TopLevelMixin:
-    df = agg[agg["acc_per_1k"].notna()].sort_values(["setup", "acc_per_1k", "label"], ascending=[True, False, True])
+    df = agg[agg["acc_per_1k"].notna()].sort_values(
+        ["setup", "acc_per_1k", "label"], ascending=[True, False, True]
+    )
     df = df[["setup", "label", "family", "trainable_params", "acc_mean", "acc_per_1k"]].assign(
-        points_per_1k=lambda d: 100 * d["acc_per_1k"])
-    chart = alt.Chart(df).mark_bar().encode(
-        x=alt.X("points_per_1k:Q", title="test accuracy (% points) per 1,000 trainable parameters"),
-        y=alt.Y("label:N", sort=list(dict.fromkeys(df["label"])), title=None),
-        color=color(df["family"]),
-        tooltip=["label", alt.Tooltip("trainable_params:Q", format=","), alt.Tooltip("acc_mean:Q", format=".2%"),
-                 alt.Tooltip("points_per_1k:Q", format=".3f")],
-    ).properties(width=520)
-    return _titled(chart, df, TITLES["acc_per_param"], "mean test accuracy / (trainable parameters / 1000)",
-                   independent_y=True)
+        points_per_1k=lambda d: 100 * d["acc_per_1k"]
+    )
+    chart = (
+        alt.Chart(df)
+        .mark_bar()
+        .encode(
+            x=alt.X("points_per_1k:Q", title="test accuracy (% points) per 1,000 trainable parameters"),
+            y=alt.Y("label:N", sort=list(dict.fromkeys(df["label"])), title=None),
+            color=color(df["family"]),
+            tooltip=[
+                "label",
+                alt.Tooltip("trainable_params:Q", format=","),
+                alt.Tooltip("acc_mean:Q", format=".2%"),
+                alt.Tooltip("points_per_1k:Q", format=".3f"),
+            ],
+        )
+        .properties(width=520)
+    )
+    return _titled(
+        chart,
+        df,
+        TITLES["acc_per_param"],
+        "mean test accuracy / (trainable parameters / 1000)",
+        independent_y=True,
+    )
 
 
 def rank_sweep(agg: pd.DataFrame) -> alt.TopLevelMixin | None:
     df = agg[agg["method"].eq("lora") & agg["rank"].gt(0) & agg["acc_mean"].notna()]
     if df.empty:
         return None
-    df = _clipped(df.sort_values(["setup", "family", "rank"])[["setup", "label", "family", "rank", "trainable_params",
-                                                                 "n", "acc_mean", "acc_lo", "acc_hi"]])
+    df = _clipped(
+        df.sort_values(["setup", "family", "rank"])[
+            ["setup", "label", "family", "rank", "trainable_params", "n", "acc_mean", "acc_lo", "acc_hi"]
+        ]
+    )
     # Dodge the series a little along the (log) rank axis so their interval bars do not hide each other.
     families = sorted(df["family"].unique())
     offset = df["family"].map({f: i - (len(families) - 1) / 2 for i, f in enumerate(families)})
     df["rank_x"] = df["rank"] * 2.0 ** (0.04 * offset)
     ranks = sorted(df["rank"].unique())
-    x = alt.X("rank_x:Q", scale=alt.Scale(type="log", base=2, domain=[ranks[0] / 1.3, ranks[-1] * 1.3]),
-              axis=alt.Axis(values=ranks, format="d"), title="LoRA rank (series dodged slightly)")
+    x = alt.X(
+        "rank_x:Q",
+        scale=alt.Scale(type="log", base=2, domain=[ranks[0] / 1.3, ranks[-1] * 1.3]),
+        axis=alt.Axis(values=ranks, format="d"),
+        title="LoRA rank (series dodged slightly)",
+    )
     base = alt.Chart().encode(x=x, color=color(df["family"], "placement"))
-    bars = base.transform_filter("isValid(datum.acc_lo)").mark_rule(opacity=0.6).encode(y="acc_lo:Q", y2="acc_hi:Q")
+    bars = (
+        base.transform_filter("isValid(datum.acc_lo)")
+        .mark_rule(opacity=0.6)
+        .encode(y="acc_lo:Q", y2="acc_hi:Q")
+    )
     lines = base.mark_line(point=alt.OverlayMarkDef(filled=True, size=60)).encode(
-        y=alt.Y("acc_mean:Q", title="test accuracy", axis=alt.Axis(format=".0%"), scale=alt.Scale(zero=False)),
-        tooltip=["label", "rank", alt.Tooltip("trainable_params:Q", format=","), alt.Tooltip("acc_mean:Q", format=".2%"), "n"])
+        y=alt.Y(
+            "acc_mean:Q", title="test accuracy", axis=alt.Axis(format=".0%"), scale=alt.Scale(zero=False)
+        ),
+        tooltip=[
+            "label",
+            "rank",
+            alt.Tooltip("trainable_params:Q", format=","),
+            alt.Tooltip("acc_mean:Q", format=".2%"),
+            "n",
+        ],
+    )
     chart = alt.layer(bars, lines, data=df).properties(width=560, height=360)
     return _titled(chart, df, TITLES["rank_sweep"], CI_NOTE)
 
 
 def per_class_frame(records: list[dict], agg: pd.DataFrame) -> pd.DataFrame:
-    """Long table (setup, configuration, class, accuracy) for the best LoRA row and the full row of each setup."""
+    """Long table (setup, configuration, class, accuracy) for the best LoRA row and the full row of
+    each setup."""
     rows = []
     for setup, part in agg[agg["acc_mean"].notna()].groupby("setup", sort=True):
         picks = [part[part["method"].eq(m)] for m in ("lora", "full")]
         for pick in (p.iloc[0] for p in picks if not p.empty):  # agg is sorted by accuracy
-            runs = [r for r in records if setup_of(r) == setup and config_key(r) == pick["key"]
-                    and r.get("analysis", {}).get("per_class_acc")]
+            runs = [
+                r
+                for r in records
+                if setup_of(r) == setup
+                and config_key(r) == pick["key"]
+                and r.get("analysis", {}).get("per_class_acc")
+            ]
             if not runs:
                 continue
             classes = runs[0]["analysis"]["classes"]
             # Mean over seeds per class; pandas skips the NaN of a class absent from a test split.
             means = pd.DataFrame([r["analysis"]["per_class_acc"] for r in runs], dtype=float).mean(axis=0)
             who = f"{pick['label']} ({fmt_pct(pick['acc_mean'])} overall, n={len(runs)})"
-            rows += [{"setup": setup, "configuration": who, "class": c, "class_index": i, "accuracy": means[i]}
-                     for i, c in enumerate(classes)]
+            rows += [
+                {"setup": setup, "configuration": who, "class": c, "class_index": i, "accuracy": means[i]}
+                for i, c in enumerate(classes)
+            ]
     return pd.DataFrame(rows)
 
 
@@ -270,13 +429,23 @@ def per_class(records: list[dict], agg: pd.DataFrame) -> alt.TopLevelMixin | Non
     if df.empty or not agg["method"].eq("lora").any():
         return None
     order = list(dict.fromkeys(df.sort_values("class_index")["class"]))
-    chart = alt.Chart(df).mark_bar().encode(
-        x=alt.X("class:N", sort=order, title="class", axis=alt.Axis(labelAngle=0)),
-        xOffset=alt.XOffset("configuration:N"),
-        y=alt.Y("accuracy:Q", title="test accuracy (recall)", axis=alt.Axis(format=".0%"), scale=alt.Scale(domain=[0, 1])),
-        color=alt.Color("configuration:N", title=None, legend=alt.Legend(orient="top")),
-        tooltip=["class", "configuration", alt.Tooltip("accuracy:Q", format=".1%")],
-    ).properties(width=max(16 * len(order), 300), height=260)
+    chart = (
+        alt.Chart(df)
+        .mark_bar()
+        .encode(
+            x=alt.X("class:N", sort=order, title="class", axis=alt.Axis(labelAngle=0)),
+            xOffset=alt.XOffset("configuration:N"),
+            y=alt.Y(
+                "accuracy:Q",
+                title="test accuracy (recall)",
+                axis=alt.Axis(format=".0%"),
+                scale=alt.Scale(domain=[0, 1]),
+            ),
+            color=alt.Color("configuration:N", title=None, legend=alt.Legend(orient="top")),
+            tooltip=["class", "configuration", alt.Tooltip("accuracy:Q", format=".1%")],
+        )
+        .properties(width=max(16 * len(order), 300), height=260)
+    )
     return _titled(chart, df, TITLES["per_class"], "mean over seeds of each class's recall")
 
 
@@ -289,12 +458,18 @@ def render(records: list[dict], out_dir: Path, agg: pd.DataFrame | None = None) 
     agg = aggregate(records) if agg is None else agg
     out_dir = Path(out_dir)
     written = []
-    charts = {"acc_vs_params": acc_vs_params(agg) if agg["acc_mean"].notna().any() else None,
-              "acc_per_param": acc_per_param(agg) if agg["acc_per_1k"].notna().any() else None,
-              "rank_sweep": rank_sweep(agg),
-              "per_class": per_class(records, agg)}
-    reasons = {"acc_vs_params": "no configuration has a test accuracy", "acc_per_param": "no configuration has a test accuracy",
-               "rank_sweep": "no LoRA configuration with a result", "per_class": "no LoRA configuration with per-class analysis"}
+    charts = {
+        "acc_vs_params": acc_vs_params(agg) if agg["acc_mean"].notna().any() else None,
+        "acc_per_param": acc_per_param(agg) if agg["acc_per_1k"].notna().any() else None,
+        "rank_sweep": rank_sweep(agg),
+        "per_class": per_class(records, agg),
+    }
+    reasons = {
+        "acc_vs_params": "no configuration has a test accuracy",
+        "acc_per_param": "no configuration has a test accuracy",
+        "rank_sweep": "no LoRA configuration with a result",
+        "per_class": "no LoRA configuration with per-class analysis",
+    }
     for stem, chart in charts.items():
         if chart is None:
             log.warning("chart %s skipped: %s", stem, reasons[stem])
@@ -307,7 +482,11 @@ def render(records: list[dict], out_dir: Path, agg: pd.DataFrame | None = None) 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs-dir", default="runs", help="where the records are (default ./runs)")
     parser.add_argument("--study", default=None, help="only this study's records (default: every study)")
-    parser.add_argument("--out", default=None, help="folder for the chart files (default RUNS/charts, RUNS/charts/STUDY with --study)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="folder for the chart files (default RUNS/charts, RUNS/charts/STUDY with --study)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:

@@ -8,9 +8,9 @@ pretrained backbones, which the Context owns so that two contexts never share st
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -63,12 +63,16 @@ class Context:
         if key not in self.splits:
             if len(self.splits) >= 8:  # a grid touches two or three; keep memory bounded
                 self.splits.pop(next(iter(self.splits)))
-            self.splits[key] = data.load(name, data_dir=self.data_dir, protocol=protocol, seed=seed, sizes=sizes)
+            self.splits[key] = data.load(
+                name, data_dir=self.data_dir, protocol=protocol, seed=seed, sizes=sizes
+            )
         return self.splits[key]
 
     def target(self, cfg: RunConfig) -> data.Splits:
         """The adaptation data of `cfg` (cfg.protocol was resolved once, when the run was set up)."""
-        return self._load(cfg.target, cfg.protocol, cfg.data_seed, (cfg.train_size, cfg.val_size, cfg.test_size))
+        return self._load(
+            cfg.target, cfg.protocol, cfg.data_seed, (cfg.train_size, cfg.val_size, cfg.test_size)
+        )
 
     def source(self, cfg: RunConfig) -> data.Splits:
         """The pretraining data of `cfg`'s backbone."""

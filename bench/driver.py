@@ -14,19 +14,19 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+
 import optuna
 from optuna.trial import TrialState
 from tqdm import tqdm
-
-from lorafit.config import RunConfig
-from lorafit.errors import LorafitError
 
 from bench.backbone import pretrained_backbone
 from bench.context import Context
 from bench.runner import run_cell
 from bench.trials import RECORDED, RunFailed, finish_trial
+from lorafit.config import RunConfig
+from lorafit.errors import LorafitError
 
-ABORTED = "aborted"     # user attribute: stopped by the user (Ctrl-C) or by a user error
+ABORTED = "aborted"  # user attribute: stopped by the user (Ctrl-C) or by a user error
 POLL_S = 2.0
 
 
@@ -39,8 +39,10 @@ def _cell_trials(study: optuna.Study) -> dict[str, list[optuna.trial.FrozenTrial
 
 
 def _done(trials) -> bool:
-    return any(t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and t.user_attrs.get(RECORDED))
-               for t in trials)
+    return any(
+        t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and t.user_attrs.get(RECORDED))
+        for t in trials
+    )
 
 
 def _live(trials) -> bool:
@@ -76,15 +78,22 @@ def enqueue_missing(study: optuna.Study, cells: list[RunConfig]) -> int:
 
 def _owner(study: optuna.Study, cell_id: str, number: int) -> int | None:
     """The trial number that owns cell_id among live/finished non-crashed trials."""
-    candidates = [t.number for t in _cell_trials(study).get(cell_id, [])
-                  if t.number != number and (t.state in (TrialState.WAITING, TrialState.RUNNING,
-                                                         TrialState.COMPLETE)
-                                             or t.user_attrs.get(RECORDED))]
+    candidates = [
+        t.number
+        for t in _cell_trials(study).get(cell_id, [])
+        if t.number != number
+        and (
+            t.state in (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)
+            or t.user_attrs.get(RECORDED)
+        )
+    ]
     lower = [c for c in candidates if c < number]
     return min(lower) if lower else None
 
 
-def run_grid(study: optuna.Study, cells: list[RunConfig], ctx: Context, show_progress: bool = True) -> dict[str, str]:
+def run_grid(
+    study: optuna.Study, cells: list[RunConfig], ctx: Context, show_progress: bool = True
+) -> dict[str, str]:
     """Work on the grid until every cell is done (or gave up); return the final status per cell.
 
     Progress bars go to a terminal only (tqdm's own rule, disable=None); in a file or CI log only
@@ -93,8 +102,14 @@ def run_grid(study: optuna.Study, cells: list[RunConfig], ctx: Context, show_pro
     by_id = {c.cell_id: c for c in cells}
     status = grid_status(study, cells)
     bars_off = None if show_progress else True
-    bar = tqdm(total=len(cells), initial=sum(s == "done" for s in status.values()), desc="cells",
-               unit="cell", disable=bars_off, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(cells),
+        initial=sum(s == "done" for s in status.values()),
+        desc="cells",
+        unit="cell",
+        disable=bars_off,
+        dynamic_ncols=True,
+    )
 
     def objective(trial: optuna.Trial) -> float:
         cell_id = trial.user_attrs.get("cell_id")
@@ -110,8 +125,14 @@ def run_grid(study: optuna.Study, cells: list[RunConfig], ctx: Context, show_pro
             if cfg.method != "scratch":
                 # its own bar, so its time stays out of the cell's epochs
                 pretrained_backbone(cfg, ctx, show_progress=None if show_progress else False)
-            epochs = tqdm(total=cfg.epochs, desc=f"  {cfg.cell_id}", unit="ep", leave=False,
-                          disable=bars_off, dynamic_ncols=True)
+            epochs = tqdm(
+                total=cfg.epochs,
+                desc=f"  {cfg.cell_id}",
+                unit="ep",
+                leave=False,
+                disable=bars_off,
+                dynamic_ncols=True,
+            )
 
             def on_epoch(epoch: int, val_acc: float) -> None:
                 epochs.update(1)

@@ -17,12 +17,11 @@ import itertools
 import tomllib
 from pathlib import Path
 
+from bench.profiles import PROFILES, config_defaults
+from bench.profiles import profile as profile_table
 from lorafit import adapters
 from lorafit.config import CELL_FIELDS, RunConfig, cell_config
 from lorafit.errors import LorafitError
-
-from bench.profiles import PROFILES, config_defaults
-from bench.profiles import profile as profile_table
 
 DATA_KEYS = ("source", "target")
 
@@ -54,13 +53,16 @@ def _rates(path: Path, doc: dict, profile: str) -> dict[str, float]:
     for table in per_profile.values():
         bad += sorted(set(table) - set(methods))
     if bad:
-        raise LorafitError(f"{path}: [lr] has unknown method(s) or profile(s) {', '.join(bad)}; "
-                           f"methods are {', '.join(methods)}, profiles {', '.join(PROFILES)}")
+        raise LorafitError(
+            f"{path}: [lr] has unknown method(s) or profile(s) {', '.join(bad)}; "
+            f"methods are {', '.join(methods)}, profiles {', '.join(PROFILES)}"
+        )
     return {**lrs, **per_profile.get(profile, {})}
 
 
-def load_grid(path: str | Path, profile: str, seeds: int | None = None,
-              overrides: dict | None = None) -> list[RunConfig]:
+def load_grid(
+    path: str | Path, profile: str, seeds: int | None = None, overrides: dict | None = None
+) -> list[RunConfig]:
     """All cells of the grid file for `profile`, seeds 0..seeds-1 each (default: the profile's
     number of seeds); duplicates removed. `overrides` (e.g. --target) replace the profile's and
     the [data] section's defaults; a cell's own fields win over all of them."""
@@ -68,10 +70,14 @@ def load_grid(path: str | Path, profile: str, seeds: int | None = None,
     doc = read_toml(path)
     unknown = sorted(set(doc) - {"data", "lr", "cell"})
     if unknown:
-        raise LorafitError(f"{path}: unknown section(s) {', '.join(unknown)}; expected [data], [lr] and [[cell]]")
+        raise LorafitError(
+            f"{path}: unknown section(s) {', '.join(unknown)}; expected [data], [lr] and [[cell]]"
+        )
     bad = sorted(set(doc.get("data", {})) - set(DATA_KEYS))
     if bad:
-        raise LorafitError(f"{path}: [data] has unknown key(s) {', '.join(bad)}; allowed: {', '.join(DATA_KEYS)}")
+        raise LorafitError(
+            f"{path}: [data] has unknown key(s) {', '.join(bad)}; allowed: {', '.join(DATA_KEYS)}"
+        )
     lrs = _rates(path, doc, profile)
     n_seeds = seeds if seeds is not None else profile_table(profile)["seeds"]
     if not isinstance(n_seeds, int) or n_seeds < 1:
@@ -84,14 +90,18 @@ def load_grid(path: str | Path, profile: str, seeds: int | None = None,
     for cell in cells:
         bad = sorted(set(cell) - set(CELL_FIELDS))
         if bad:
-            raise LorafitError(f"{path}: cell {cell.get('name')!r} has unknown key(s) {', '.join(bad)}; "
-                               f"allowed: {', '.join(CELL_FIELDS)}")
+            raise LorafitError(
+                f"{path}: cell {cell.get('name')!r} has unknown key(s) {', '.join(bad)}; "
+                f"allowed: {', '.join(CELL_FIELDS)}"
+            )
         if "name" not in cell or "method" not in cell:
             raise LorafitError(f"{path}: every [[cell]] needs a name and a method")
         for entry in _expand(cell):
             if "lr" not in entry:
                 if entry["method"] not in lrs:
-                    raise LorafitError(f"{path}: no learning rate for method {entry['method']!r}: add it to [lr]")
+                    raise LorafitError(
+                        f"{path}: no learning rate for method {entry['method']!r}: add it to [lr]"
+                    )
                 entry["lr"] = lrs[entry["method"]]
             for seed in range(n_seeds):
                 try:

@@ -16,12 +16,10 @@ import csv
 import io
 import os
 import shlex
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import pandas as pd
-
-from lorafit.errors import LorafitError
 
 from bench import charts
 from bench.aggregate import (
@@ -34,11 +32,14 @@ from bench.aggregate import (
     setup_of,
 )
 from bench.records import frame, load_records, write_atomic
+from lorafit.errors import LorafitError
 
 PROTOCOL_NOTES = {
-    "resplit": "EMNIST byclass test split re-partitioned 70/10/20 — not comparable to published byclass-test numbers",
+    "resplit": "EMNIST byclass test split re-partitioned 70/10/20 — "
+    "not comparable to published byclass-test numbers",
     "official": "official EMNIST byclass train/test splits (validation carved from train)",
-    "synthetic": "synthetic offline glyphs — a smoke test of the pipeline; the numbers say nothing about MNIST/EMNIST",
+    "synthetic": "synthetic offline glyphs — a smoke test of the pipeline; "
+    "the numbers say nothing about MNIST/EMNIST",
 }
 COMMAND_PREFIX = "python -m bench leaderboard"
 
@@ -49,7 +50,8 @@ def pct(x: float, digits: int = 2) -> str:
 
 
 def fmt_acc(row: pd.Series, unit: str = "") -> str:
-    """'41.25 ± 3.10 (n=3)' in percent (unit '%': '41.25 ± 3.10% (n=3)'); one seed has no interval ('± n/a')."""
+    """'41.25 ± 3.10 (n=3)' in percent (unit '%': '41.25 ± 3.10% (n=3)'); one seed has no
+    interval ('± n/a')."""
     if pd.isna(row["acc_mean"]):
         return "—"
     if pd.isna(row["acc_ci"]):
@@ -301,7 +303,8 @@ def summary(df: pd.DataFrame) -> list[str]:
             continue
         if under.empty:
             lines.append(
-                f"Best under {share}% of the full model's trainable parameters (< {full_n * share / 100:,.0f}): "
+                f"Best under {share}% of the full model's trainable parameters "
+                f"(< {full_n * share / 100:,.0f}): "
                 f"none of the configurations is that small."
             )
         else:
@@ -393,7 +396,8 @@ def _what(part: pd.DataFrame) -> str:
         f"profile {_values(part['config.profile'])}; {_values(part['config.source'])} → "
         f"{_values(part['config.target'])}; protocol **{protocol}**{notes}; adapt on {_sizes(part)}; "
         f"{_values(part['config.epochs'])} adaptation epochs (batch {_values(part['config.batch_size'])}, "
-        f"patience {_values(part['config.patience'])}), backbone pretrained {_values(part['config.pretrain_epochs'])} "
+        f"patience {_values(part['config.patience'])}), backbone pretrained "
+        f"{_values(part['config.pretrain_epochs'])} "
         f"epochs"
     )
 

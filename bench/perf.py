@@ -37,7 +37,7 @@ BATCH = 128
 class Workload:
     images: torch.Tensor  # uint8 [N,1,28,28]
     labels: torch.Tensor
-    root: Path            # holds MNIST/raw/* with the same images, for torchvision
+    root: Path  # holds MNIST/raw/* with the same images, for torchvision
 
     @property
     def split(self) -> Split:
@@ -123,8 +123,9 @@ def seed_eval(model: SeedCNN, w: Workload, batch_size: int = 1000) -> float:
 
 
 # ---------------------------------------------------------------------------- the suite's way
-def suite_train_epoch(model: SeedCNN, w: Workload, batch_size: int = BATCH, lr: float = 1e-3,
-                      cache: FeatureCache | None = None) -> float:
+def suite_train_epoch(
+    model: SeedCNN, w: Workload, batch_size: int = BATCH, lr: float = 1e-3, cache: FeatureCache | None = None
+) -> float:
     """One epoch with lorafit.train.fit (validation on 256 images); returns images/s over the
     whole call, so cache building is included."""
     val = Split(w.images[:256], w.labels[:256])
@@ -195,14 +196,17 @@ def measured_peak_flops(bf16: bool, seconds: float = 1.0) -> float:
 def run_all(n: int = N_IMAGES, batch_size: int = BATCH, log=print) -> dict[str, float]:
     """Every workload once after a short warm-up, in one process; returns images/s by name."""
     with tempfile.TemporaryDirectory(prefix="lorafit-perf-") as tmp:
-        return _run_all(make_workload(n, Path(tmp) / "main"), make_workload(1024, Path(tmp) / "warm-up"),
-                        batch_size, log)
+        return _run_all(
+            make_workload(n, Path(tmp) / "main"), make_workload(1024, Path(tmp) / "warm-up"), batch_size, log
+        )
 
 
 def _run_all(w: Workload, small: Workload, batch_size: int, log) -> dict[str, float]:
     base = backbone()
-    for fn in (lambda: seed_train_epoch(full_model(base), small, batch_size),
-               lambda: suite_train_epoch(full_model(base), small, batch_size)):
+    for fn in (
+        lambda: seed_train_epoch(full_model(base), small, batch_size),
+        lambda: suite_train_epoch(full_model(base), small, batch_size),
+    ):
         fn()  # warm-up: allocator, oneDNN primitives, file cache
     results = {}
     warm = FeatureCache(2048)  # filled once here: what every later epoch and cell of this backbone reuses
@@ -211,8 +215,14 @@ def _run_all(w: Workload, small: Workload, batch_size: int, log) -> dict[str, fl
         ("seed_pipeline_full", lambda: seed_train_epoch(full_model(base), w, batch_size)),
         ("lorafit_full", lambda: suite_train_epoch(full_model(base), w, batch_size)),
         ("seed_pipeline_lora_proj", lambda: seed_train_epoch(lora_proj_model(base), w, batch_size)),
-        ("lorafit_lora_proj", lambda: suite_train_epoch(lora_proj_model(base), w, batch_size, cache=FeatureCache(2048))),
-        ("lorafit_lora_proj_warm", lambda: suite_train_epoch(lora_proj_model(base), w, batch_size, cache=warm)),
+        (
+            "lorafit_lora_proj",
+            lambda: suite_train_epoch(lora_proj_model(base), w, batch_size, cache=FeatureCache(2048)),
+        ),
+        (
+            "lorafit_lora_proj_warm",
+            lambda: suite_train_epoch(lora_proj_model(base), w, batch_size, cache=warm),
+        ),
         ("seed_pipeline_eval", lambda: seed_eval(base, w)),
         ("lorafit_eval", lambda: suite_eval(base, w)),
     ]:
@@ -241,14 +251,20 @@ def report(results: dict[str, float]) -> str:
     flops = train_flops_per_image(backbone())
     peak = measured_peak_flops(bf16)
     achieved = results["lorafit_full"] * flops
+
+    def ratio(what: str, num: str, den: str, digits: int = 2, unit: str = "x") -> str:
+        return f"{what + ':':<49}{results[num] / results[den]:.{digits}f}{unit}"
+
     lines = [
-        f"full fine-tuning, lorafit / seed pipeline:       {results['lorafit_full'] / results['seed_pipeline_full']:.2f}x",
-        f"LoRA r8 on proj, lorafit / seed pipeline:        {results['lorafit_lora_proj'] / results['seed_pipeline_lora_proj']:.2f}x",
-        f"LoRA r8 on proj, warm cache / seed pipeline:     {results['lorafit_lora_proj_warm'] / results['seed_pipeline_lora_proj']:.2f}x",
-        f"LoRA r8 on proj, warm cache / seed full:         {results['lorafit_lora_proj_warm'] / results['seed_pipeline_full']:.2f}x",
-        f"evaluation, lorafit / seed pipeline:             {results['lorafit_eval'] / results['seed_pipeline_eval']:.2f}x",
-        f"inference, merged LoRA / base model:             {results['infer_lora_merged'] / results['infer_base']:.3f}",
-        f"inference, unmerged LoRA / base model:           {results['infer_lora_unmerged'] / results['infer_base']:.3f}",
+        ratio("full fine-tuning, lorafit / seed pipeline", "lorafit_full", "seed_pipeline_full"),
+        ratio("LoRA r8 on proj, lorafit / seed pipeline", "lorafit_lora_proj", "seed_pipeline_lora_proj"),
+        ratio(
+            "LoRA r8 on proj, warm cache / seed pipeline", "lorafit_lora_proj_warm", "seed_pipeline_lora_proj"
+        ),
+        ratio("LoRA r8 on proj, warm cache / seed full", "lorafit_lora_proj_warm", "seed_pipeline_full"),
+        ratio("evaluation, lorafit / seed pipeline", "lorafit_eval", "seed_pipeline_eval"),
+        ratio("inference, merged LoRA / base model", "infer_lora_merged", "infer_base", 3, ""),
+        ratio("inference, unmerged LoRA / base model", "infer_lora_unmerged", "infer_base", 3, ""),
         f"training FLOPs per image (3 x forward):          {flops / 1e6:.1f} MFLOP",
         f"achieved in lorafit_full:                        {achieved / 1e9:.1f} GFLOP/s",
         f"measured {'bf16' if bf16 else 'fp32'} matmul (4096^2):               {peak / 1e9:.1f} GFLOP/s "
@@ -266,6 +282,7 @@ def _at_least(minimum: int):
         if n < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {n}")
         return n
+
     return parse
 
 
@@ -275,8 +292,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    print(f"device {pick_device(None)}, torch threads {torch.get_num_threads()}, "
-          f"bf16 {bf16_supported(pick_device(None))}, {args.images} images, batch {args.batch_size}")
+    print(
+        f"device {pick_device(None)}, torch threads {torch.get_num_threads()}, "
+        f"bf16 {bf16_supported(pick_device(None))}, {args.images} images, batch {args.batch_size}"
+    )
     results = run_all(args.images, args.batch_size)
     print(report(results))
     return 0

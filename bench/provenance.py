@@ -18,12 +18,18 @@ def env_info(device: torch.device, splits: data.Splits, src: data.Splits | None)
     import torchvision
 
     return {
-        "python": platform.python_version(), "torch": torch.__version__,
-        "torchvision": torchvision.__version__, "optuna": optuna.__version__,
-        "device": device.type, "cpu": cpu_name(), "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "optuna": optuna.__version__,
+        "device": device.type,
+        "cpu": cpu_name(),
+        "threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "bf16": bf16_supported(device), "protocol": splits.protocol,
-        "target_files": dict(splits.files), "source_files": dict(src.files) if src else {},
+        "bf16": bf16_supported(device),
+        "protocol": splits.protocol,
+        "target_files": dict(splits.files),
+        "source_files": dict(src.files) if src else {},
     }
 
 
@@ -41,12 +47,18 @@ def git_sha() -> str | None:
     """HEAD of the checkout the code runs from, with "-dirty" when tracked files were modified."""
     here = Path(__file__).resolve().parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=here).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=here
+        ).stdout.strip()
         if not sha:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "lorafit", "bench"],
-                               capture_output=True, text=True, timeout=5, cwd=here.parent).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "lorafit", "bench"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=here.parent,
+        ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None

@@ -1,14 +1,15 @@
 """Result records: one JSON file per finished cell or trial (complete, failed or diverged).
 
-    run      id, study, trial, created_at, git_sha (+"-dirty" if lorafit/bench were modified), status (complete|failed|diverged), error
-    config   the RunConfig as a dict
-    metrics  test_acc, test_balanced_acc, test_macro_f1, val_acc, source_acc_before/after,
-             trainable_params, total_params, adapter_bytes (bytes of the trained tensors, i.e. what
-             a task must store beside the shared backbone: adapters + head for LoRA, the whole
-             model for full/scratch), train_s, images_per_s, peak_mem_mb
-    curve    [{epoch, train_loss, val_acc, seconds, images_per_s}]
-    analysis classes, per_class_acc, confusion (rows = true class)
-    env      python, torch, torchvision, optuna, device, cpu, gpu, bf16, threads, protocol, data files
+run      id, study, trial, created_at, git_sha (+"-dirty" if lorafit/bench were modified),
+         status (complete|failed|diverged), error
+config   the RunConfig as a dict
+metrics  test_acc, test_balanced_acc, test_macro_f1, val_acc, source_acc_before/after,
+         trainable_params, total_params, adapter_bytes (bytes of the trained tensors, i.e. what
+         a task must store beside the shared backbone: adapters + head for LoRA, the whole
+         model for full/scratch), train_s, images_per_s, peak_mem_mb
+curve    [{epoch, train_loss, val_acc, seconds, images_per_s}]
+analysis classes, per_class_acc, confusion (rows = true class)
+env      python, torch, torchvision, optuna, device, cpu, gpu, bf16, threads, protocol, data files
 """
 
 from __future__ import annotations
@@ -61,11 +62,15 @@ def load_records(runs_dir: Path, study: str | None = None) -> list[dict]:
 
 
 def find_record(runs_dir: Path, run_id: str) -> dict:
-    matches = [r for r in load_records(runs_dir) if r["run"]["id"] == run_id or r["run"]["id"].startswith(run_id)]
+    matches = [
+        r for r in load_records(runs_dir) if r["run"]["id"] == run_id or r["run"]["id"].startswith(run_id)
+    ]
     if not matches:
         raise LorafitError(f"no record with id {run_id!r} under {runs_dir / 'records'}")
     if len({m["run"]["id"] for m in matches}) > 1:
-        raise LorafitError(f"run id {run_id!r} is ambiguous: {', '.join(sorted(m['run']['id'] for m in matches)[:5])}")
+        raise LorafitError(
+            f"run id {run_id!r} is ambiguous: {', '.join(sorted(m['run']['id'] for m in matches)[:5])}"
+        )
     return matches[0]
 
 

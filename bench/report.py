@@ -16,12 +16,11 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from lorafit import metrics
-from lorafit.errors import LorafitError
-
 from bench.aggregate import CONV_PLACEMENTS
 from bench.charts import save
 from bench.records import find_record, record_path, write_atomic
+from lorafit import metrics
+from lorafit.errors import LorafitError
 
 TOP_K = 15
 
@@ -30,7 +29,10 @@ def labels_from_confusion(confusion: list[list[int]] | np.ndarray) -> tuple[np.n
     """(y_true, y_pred) with exactly the given confusion matrix (rows = true class)."""
     cm = np.asarray(confusion, dtype=np.int64)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or (cm < 0).any():
-        raise LorafitError(f"stored confusion matrix has shape {cm.shape}; expected a square matrix of counts — re-run the cell")
+        raise LorafitError(
+            f"stored confusion matrix has shape {cm.shape}; expected a square matrix of counts — "
+            "re-run the cell"
+        )
     k = cm.shape[0]
     y_true = np.repeat(np.repeat(np.arange(k), k), cm.ravel())
     y_pred = np.repeat(np.tile(np.arange(k), k), cm.ravel())
@@ -52,18 +54,44 @@ def heatmap(cm: np.ndarray, classes: list[str], title: str) -> alt.Chart:
     with np.errstate(invalid="ignore", divide="ignore"):
         rate = np.where(support > 0, cm / np.maximum(support, 1), np.nan)
     k = len(classes)
-    df = pd.DataFrame({"true": np.repeat(classes, k), "predicted": np.tile(classes, k),
-                       "count": cm.ravel(), "rate": rate.ravel()})
+    df = pd.DataFrame(
+        {
+            "true": np.repeat(classes, k),
+            "predicted": np.tile(classes, k),
+            "count": cm.ravel(),
+            "rate": rate.ravel(),
+        }
+    )
     df = df[df["count"] > 0]  # empty cells stay white; the explicit domains keep every class on both axes
     size = max(8, min(14, 900 // max(k, 1)))
-    return alt.Chart(df).mark_rect().encode(
-        x=alt.X("predicted:N", sort=list(classes), scale=alt.Scale(domain=list(classes)), title="predicted class",
-                axis=alt.Axis(labelAngle=0, orient="top")),
-        y=alt.Y("true:N", sort=list(classes), scale=alt.Scale(domain=list(classes)), title="true class"),
-        color=alt.Color("rate:Q", title="share of true class", scale=alt.Scale(scheme="blues", domain=[0, 1]),
-                        legend=alt.Legend(format=".0%")),
-        tooltip=["true", "predicted", "count", alt.Tooltip("rate:Q", format=".1%")],
-    ).properties(width=size * k, height=size * k, title=alt.Title(title, subtitle="rows: true class; colour: share of that class's test images; white: none"))
+    return (
+        alt.Chart(df)
+        .mark_rect()
+        .encode(
+            x=alt.X(
+                "predicted:N",
+                sort=list(classes),
+                scale=alt.Scale(domain=list(classes)),
+                title="predicted class",
+                axis=alt.Axis(labelAngle=0, orient="top"),
+            ),
+            y=alt.Y("true:N", sort=list(classes), scale=alt.Scale(domain=list(classes)), title="true class"),
+            color=alt.Color(
+                "rate:Q",
+                title="share of true class",
+                scale=alt.Scale(scheme="blues", domain=[0, 1]),
+                legend=alt.Legend(format=".0%"),
+            ),
+            tooltip=["true", "predicted", "count", alt.Tooltip("rate:Q", format=".1%")],
+        )
+        .properties(
+            width=size * k,
+            height=size * k,
+            title=alt.Title(
+                title, subtitle="rows: true class; colour: share of that class's test images; white: none"
+            ),
+        )
+    )
 
 
 def _fmt(x, digits: int = 2) -> str:
@@ -72,7 +100,12 @@ def _fmt(x, digits: int = 2) -> str:
 
 def render(record: dict, chart_name: str | None = None) -> str:
     """The report as markdown (chart_name: the confusion chart files' common stem, for the links)."""
-    run, cfg, m, analysis = record["run"], record.get("config", {}), record.get("metrics", {}), record.get("analysis") or {}
+    run, cfg, m, analysis = (
+        record["run"],
+        record.get("config", {}),
+        record.get("metrics", {}),
+        record.get("analysis") or {},
+    )
     if not analysis.get("confusion"):
         why = f"it {run.get('status', 'failed')}" + (f" ({run['error']})" if run.get("error") else "")
         raise LorafitError(f"run {run['id']} has no analysis to report because {why}; re-run its cell")
@@ -81,32 +114,55 @@ def render(record: dict, chart_name: str | None = None) -> str:
     summary = metrics.summary(y_true, y_pred)
     rank = f", rank {cfg.get('rank')}" if cfg.get("rank") else ""
     shape = f", shape {cfg.get('shape')}" if cfg.get("placement") in CONV_PLACEMENTS else ""  # conv only
-    lines = [f"# Run {run['id']}", "",
-             f"- Configuration: {cfg.get('name')} — method {cfg.get('method')}, "
-             f"placement {cfg.get('placement')}{rank}{shape}, "
-             f"policy {cfg.get('policy')}, seed {cfg.get('seed')}, lr {cfg.get('lr')}, "
-             f"{cfg.get('epochs')} epochs",
-             f"- Data: profile {cfg.get('profile')}, {cfg.get('source')} → {cfg.get('target')}, protocol "
-             f"{record.get('env', {}).get('protocol') or cfg.get('protocol')}; {len(y_true):,} test images, {len(classes)} classes",
-             f"- Status: {run.get('status')}" + (f" ({run['error']})" if run.get("error") else "")
-             + f"; study {run.get('study')}, created {run.get('created_at')}, git {run.get('git_sha')}",
-             f"- Test accuracy {_fmt(summary['acc'])}, balanced accuracy {_fmt(summary['balanced_acc'])}, "
-             f"macro-F1 {_fmt(summary['macro_f1'])}; source accuracy {_fmt(m.get('source_acc_before'))} before, "
-             f"{_fmt(m.get('source_acc_after'))} after adaptation"
-             + (f"; {int(m['trainable_params']):,} trainable of {int(m['total_params']):,} parameters"
-                if m.get("trainable_params") is not None and m.get("total_params") is not None else ""),
-             "", "## Classification report", "", "```", metrics.report(y_true, y_pred, classes).rstrip(), "```",
-             "", f"## The {TOP_K} most confused pairs", ""]
+    lines = [
+        f"# Run {run['id']}",
+        "",
+        f"- Configuration: {cfg.get('name')} — method {cfg.get('method')}, "
+        f"placement {cfg.get('placement')}{rank}{shape}, "
+        f"policy {cfg.get('policy')}, seed {cfg.get('seed')}, lr {cfg.get('lr')}, "
+        f"{cfg.get('epochs')} epochs",
+        f"- Data: profile {cfg.get('profile')}, {cfg.get('source')} → {cfg.get('target')}, protocol "
+        f"{record.get('env', {}).get('protocol') or cfg.get('protocol')}; {len(y_true):,} test images, "
+        f"{len(classes)} classes",
+        f"- Status: {run.get('status')}"
+        + (f" ({run['error']})" if run.get("error") else "")
+        + f"; study {run.get('study')}, created {run.get('created_at')}, git {run.get('git_sha')}",
+        f"- Test accuracy {_fmt(summary['acc'])}, balanced accuracy {_fmt(summary['balanced_acc'])}, "
+        f"macro-F1 {_fmt(summary['macro_f1'])}; source accuracy {_fmt(m.get('source_acc_before'))} before, "
+        f"{_fmt(m.get('source_acc_after'))} after adaptation"
+        + (
+            f"; {int(m['trainable_params']):,} trainable of {int(m['total_params']):,} parameters"
+            if m.get("trainable_params") is not None and m.get("total_params") is not None
+            else ""
+        ),
+        "",
+        "## Classification report",
+        "",
+        "```",
+        metrics.report(y_true, y_pred, classes).rstrip(),
+        "```",
+        "",
+        f"## The {TOP_K} most confused pairs",
+        "",
+    ]
     pairs = metrics.top_confusions(y_true, y_pred, classes, k=TOP_K)
     if pairs:
         lines += ["| # | true | predicted | count | share of true class |", "|--:|:-:|:-:|--:|--:|"]
-        lines += [f"| {i} | {p['true']} | {p['pred']} | {p['count']} | {100 * p['rate']:.1f}% |"
-                  for i, p in enumerate(pairs, start=1)]
+        lines += [
+            f"| {i} | {p['true']} | {p['pred']} | {p['count']} | {100 * p['rate']:.1f}% |"
+            for i, p in enumerate(pairs, start=1)
+        ]
     else:
         lines.append("No mistakes: every test image was classified correctly.")
     if chart_name:
-        lines += ["", "## Confusion matrix", "",
-                  f"[HTML]({chart_name}.html) · [PNG]({chart_name}.png)", "", f"![confusion matrix]({chart_name}.png)"]
+        lines += [
+            "",
+            "## Confusion matrix",
+            "",
+            f"[HTML]({chart_name}.html) · [PNG]({chart_name}.png)",
+            "",
+            f"![confusion matrix]({chart_name}.png)",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -136,7 +192,9 @@ def main(args: argparse.Namespace) -> int:
     try:
         files = write(record, path)
     except OSError as e:
-        raise LorafitError(f"cannot write the report next to {path} ({e.strerror}); check the folder's permissions") from None
+        raise LorafitError(
+            f"cannot write the report next to {path} ({e.strerror}); check the folder's permissions"
+        ) from None
     print(files[0].read_text(), end="")
     print(f"\nwritten: {', '.join(str(f) for f in files)}")
     return 0

@@ -6,20 +6,19 @@ import copy
 import datetime as dt
 import time
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 import torch
-
-from lorafit import adapters, data, freeze, metrics
-from lorafit.config import RunConfig
-from lorafit.errors import LorafitError
-from lorafit.model import SeedCNN, replace_head
-from lorafit.train import accuracy, fit, predict
 
 from bench.backbone import pretrained_backbone
 from bench.context import Context
 from bench.provenance import env_info, git_sha
 from bench.records import record_path, write_json
+from lorafit import adapters, data, freeze, metrics
+from lorafit.config import RunConfig
+from lorafit.errors import LorafitError
+from lorafit.model import SeedCNN, replace_head
+from lorafit.train import accuracy, fit, predict
 
 
 def build_model(cfg: RunConfig, backbone: SeedCNN | None, num_classes: int) -> SeedCNN:
@@ -40,13 +39,25 @@ class _Stop(Exception):
     """Internal: end run_cell early with what the record already holds."""
 
 
-def run_cell(cfg: RunConfig, ctx: Context, study: str, trial: int | None = None,
-             on_epoch: Callable[[int, float], None] | None = None, run_id: str | None = None) -> dict:
+def run_cell(
+    cfg: RunConfig,
+    ctx: Context,
+    study: str,
+    trial: int | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
+    run_id: str | None = None,
+) -> dict:
     """Run one configuration and write its record. Failures become a record, not a crash, except
     user errors (LorafitError) and exceptions raised by `on_epoch` (e.g. pruning), which propagate."""
-    run = {"id": run_id or cfg.cell_id, "study": study, "trial": trial,
-           "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-           "git_sha": git_sha(), "status": "complete", "error": None}
+    run = {
+        "id": run_id or cfg.cell_id,
+        "study": study,
+        "trial": trial,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "git_sha": git_sha(),
+        "status": "complete",
+        "error": None,
+    }
     record = {"run": run, "config": cfg.to_dict(), "metrics": {}, "curve": [], "analysis": {}, "env": {}}
     t0 = time.perf_counter()
     splits, src = ctx.target(cfg), ctx.source(cfg)
@@ -67,15 +78,23 @@ def run_cell(cfg: RunConfig, ctx: Context, study: str, trial: int | None = None,
         backbone, info = (None, {}) if cfg.method == "scratch" else pretrained_backbone(cfg, ctx)
         model = build_model(cfg, backbone, splits.num_classes)
         trainable, total = freeze.count_parameters(model)
-        result = fit(model, splits.train, splits.val, cfg, device=device, cache=ctx.features, on_epoch=_on_epoch)
+        result = fit(
+            model, splits.train, splits.val, cfg, device=device, cache=ctx.features, on_epoch=_on_epoch
+        )
         record["curve"] = result.curve
         if result.best_epoch == 0:  # diverged in its first epoch: no trained weights to evaluate
             run["status"], run["error"] = result.status, result.error
-            record["metrics"] = {"trainable_params": trainable, "total_params": total,
-                                 "train_s": result.train_s, "source_acc_before": info.get("source_test_acc")}
+            record["metrics"] = {
+                "trainable_params": trainable,
+                "total_params": total,
+                "train_s": result.train_s,
+                "source_acc_before": info.get("source_test_acc"),
+            }
             raise _Stop
         preds = predict(model, splits.test, device=device, cache=ctx.features)
-        record["metrics"] = _evaluate(model, backbone, preds, splits, src, ctx, info, result, trainable, total)
+        record["metrics"] = _evaluate(
+            model, backbone, preds, splits, src, ctx, info, result, trainable, total
+        )
         record["analysis"] = _analysis(splits, preds)
         if result.status != "complete":
             run["status"], run["error"] = result.status, result.error
@@ -94,19 +113,40 @@ def run_cell(cfg: RunConfig, ctx: Context, study: str, trial: int | None = None,
     return record
 
 
-def _evaluate(model: SeedCNN, backbone: SeedCNN | None, preds: torch.Tensor, splits: data.Splits,
-              src: data.Splits, ctx: Context, info: dict, result, trainable: int, total: int) -> dict:
+def _evaluate(
+    model: SeedCNN,
+    backbone: SeedCNN | None,
+    preds: torch.Tensor,
+    splits: data.Splits,
+    src: data.Splits,
+    ctx: Context,
+    info: dict,
+    result,
+    trainable: int,
+    total: int,
+) -> dict:
     device = ctx.torch_device
     summary = metrics.summary(splits.test.labels, preds)
-    m = {"test_acc": summary["acc"], "test_balanced_acc": summary["balanced_acc"],
-         "test_macro_f1": summary["macro_f1"], "val_acc": result.best_val_acc,
-         "best_epoch": result.best_epoch, "trainable_params": trainable, "total_params": total,
-         "adapter_bytes": sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad),
-         "train_s": result.train_s, "images_per_s": result.images_per_s,
-         "peak_mem_mb": result.peak_mem_mb, "cached_stages": ",".join(result.cached_stages),
-         "source_acc_before": info.get("source_test_acc"), "source_acc_after": None,
-         "train_images": len(splits.train), "val_images": len(splits.val),
-         "test_images": len(splits.test), "backbone": info.get("digest")}
+    m = {
+        "test_acc": summary["acc"],
+        "test_balanced_acc": summary["balanced_acc"],
+        "test_macro_f1": summary["macro_f1"],
+        "val_acc": result.best_val_acc,
+        "best_epoch": result.best_epoch,
+        "trainable_params": trainable,
+        "total_params": total,
+        "adapter_bytes": sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad),
+        "train_s": result.train_s,
+        "images_per_s": result.images_per_s,
+        "peak_mem_mb": result.peak_mem_mb,
+        "cached_stages": ",".join(result.cached_stages),
+        "source_acc_before": info.get("source_test_acc"),
+        "source_acc_after": None,
+        "train_images": len(splits.train),
+        "val_images": len(splits.val),
+        "test_images": len(splits.test),
+        "backbone": info.get("digest"),
+    }
     if backbone is not None:
         # Forgetting: the adapted network (adapters active) under the original source head.
         probe = copy.deepcopy(model)
@@ -117,6 +157,8 @@ def _evaluate(model: SeedCNN, backbone: SeedCNN | None, preds: torch.Tensor, spl
 
 def _analysis(splits: data.Splits, preds: torch.Tensor) -> dict:
     n = splits.num_classes
-    return {"classes": list(splits.classes),
-            "per_class_acc": metrics.per_class_accuracy(splits.test.labels, preds, n),
-            "confusion": metrics.confusion(splits.test.labels, preds, n).tolist()}
+    return {
+        "classes": list(splits.classes),
+        "per_class_acc": metrics.per_class_accuracy(splits.test.labels, preds, n),
+        "confusion": metrics.confusion(splits.test.labels, preds, n).tolist(),
+    }

@@ -20,7 +20,6 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from lorafit.errors import LorafitError
 
 
-
 def _heartbeat_settings() -> tuple[int, int]:
     """Seconds between heartbeats, and how long without one before a running trial counts as
     crashed: $LORAFIT_HEARTBEAT_S (default 10) and $LORAFIT_GRACE_S (default 3 heartbeats)."""
@@ -42,7 +41,9 @@ def open_storage(url: str | None, runs_dir: Path) -> RDBStorage:
     """The storage for `url` (default: SQLite under runs_dir). Unreachable -> one-line error."""
     url = url or default_url(runs_dir)
     if not url.startswith(("sqlite:///", "postgresql", "mysql")):
-        raise LorafitError(f"unsupported storage URL {url!r}; use sqlite:///PATH or postgresql://USER@HOST/DB")
+        raise LorafitError(
+            f"unsupported storage URL {url!r}; use sqlite:///PATH or postgresql://USER@HOST/DB"
+        )
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     if url.startswith("postgresql"):
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
@@ -51,14 +52,18 @@ def open_storage(url: str | None, runs_dir: Path) -> RDBStorage:
     def connect() -> RDBStorage:
         with warnings.catch_warnings():  # heartbeats are marked experimental; they are what we need
             warnings.simplefilter("ignore", ExperimentalWarning)
-            return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=beat,
-                              grace_period=grace,
-                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+            return RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=beat,
+                grace_period=grace,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+            )
 
     try:
         if url.startswith("sqlite:///"):
             # Workers starting together would race to create the schema: one at a time.
-            with FileLock(url[len("sqlite:///"):] + ".lock"):
+            with FileLock(url[len("sqlite:///") :] + ".lock"):
                 return connect()
         for attempt in range(3):  # a server: another worker may be creating the schema right now
             try:
@@ -68,7 +73,9 @@ def open_storage(url: str | None, runs_dir: Path) -> RDBStorage:
                     raise
                 time.sleep(1 + attempt)
     except ImportError as e:
-        raise LorafitError(f"storage {redact(url)}: missing driver ({e}); pip install 'lorafit[postgres]'") from None
+        raise LorafitError(
+            f"storage {redact(url)}: missing driver ({e}); pip install 'lorafit[postgres]'"
+        ) from None
     except Exception as e:  # sqlalchemy's OperationalError and friends: say what and where, in one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LorafitError(f"cannot open storage {redact(url)}: {first}") from None

@@ -22,14 +22,14 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from bench.context import Context
+from bench.grid import read_toml
+from bench.profiles import config_defaults
+from bench.profiles import profile as profile_table
+from bench.runner import run_cell
+from bench.trials import finish_trial
 from lorafit.config import CELL_FIELDS, RunConfig, cell_config
 from lorafit.errors import LorafitError
-
-from bench.grid import read_toml
-from bench.profiles import config_defaults, profile as profile_table
-from bench.context import Context
-from bench.runner import run_cell
-from bench.trials import RunFailed, finish_trial
 
 STUDY_DIR = Path(__file__).resolve().parent.parent / "studies"
 STUDY_KEYS = {"description", "objectives", "directions", "sampler", "pruner", "seed", "profile", "trials"}
@@ -51,8 +51,10 @@ def load_study_file(name_or_path: str) -> tuple[str, dict]:
     elif name_or_path.endswith(".toml"):
         path = Path(name_or_path)
     else:
-        raise LorafitError(f"unknown study {name_or_path!r}; known: {', '.join(files) or 'none'} "
-                           f"(python -m bench study --list)")
+        raise LorafitError(
+            f"unknown study {name_or_path!r}; known: {', '.join(files) or 'none'} "
+            f"(python -m bench study --list)"
+        )
     spec = read_toml(path)
     _validate(path, spec)
     return path.stem, spec
@@ -61,7 +63,9 @@ def load_study_file(name_or_path: str) -> tuple[str, dict]:
 def _validate(path: Path, spec: dict) -> None:
     bad = sorted(set(spec) - {"study", "fixed", "param", "override"})
     if bad:
-        raise LorafitError(f"{path}: unknown section(s) {', '.join(bad)}; expected [study], [fixed], [[param]], [[override]]")
+        raise LorafitError(
+            f"{path}: unknown section(s) {', '.join(bad)}; expected [study], [fixed], [[param]], [[override]]"
+        )
     study = spec.get("study", {})
     bad = sorted(set(study) - STUDY_KEYS)
     if bad:
@@ -76,24 +80,32 @@ def _validate(path: Path, spec: dict) -> None:
         if d not in ("maximize", "minimize"):
             raise LorafitError(f"{path}: direction must be maximize or minimize, got {d!r}")
     if study.get("sampler", "tpe") not in SAMPLERS:
-        raise LorafitError(f"{path}: unknown sampler {study.get('sampler')!r}; choose from {', '.join(SAMPLERS)}")
+        raise LorafitError(
+            f"{path}: unknown sampler {study.get('sampler')!r}; choose from {', '.join(SAMPLERS)}"
+        )
     if study.get("pruner", "none") not in PRUNERS:
-        raise LorafitError(f"{path}: unknown pruner {study.get('pruner')!r}; choose from {', '.join(PRUNERS)}")
+        raise LorafitError(
+            f"{path}: unknown pruner {study.get('pruner')!r}; choose from {', '.join(PRUNERS)}"
+        )
     if len(objectives) > 1 and study.get("pruner", "none") != "none":
-        raise LorafitError(f"{path}: pruning needs a single objective; set pruner = \"none\"")
+        raise LorafitError(f'{path}: pruning needs a single objective; set pruner = "none"')
     profile_table(study.get("profile", "smoke"))
     names = set()
     for p in spec.get("param", []):
         bad = sorted(set(p) - PARAM_KEYS)
         if bad or "name" not in p:
-            raise LorafitError(f"{path}: [[param]] {p.get('name')!r} has unknown key(s) {', '.join(bad) or '(missing name)'}")
+            raise LorafitError(
+                f"{path}: [[param]] {p.get('name')!r} has unknown key(s) {', '.join(bad) or '(missing name)'}"
+            )
         if ("choices" in p) == ("low" in p or "high" in p):
             raise LorafitError(f"{path}: param {p['name']!r} needs either choices or low/high")
         if "low" in p and not ("high" in p and p["low"] < p["high"]):
             raise LorafitError(f"{path}: param {p['name']!r} needs low < high")
         for other in p.get("when", {}):
             if other not in names:
-                raise LorafitError(f"{path}: param {p['name']!r} depends on {other!r}, which is not declared before it")
+                raise LorafitError(
+                    f"{path}: param {p['name']!r} depends on {other!r}, which is not declared before it"
+                )
         names.add(p["name"])
     for o in spec.get("override", []):
         if set(o) != {"when", "set"}:
@@ -129,9 +141,13 @@ def suggest(trial: optuna.Trial, params: list[dict]) -> dict[str, Any]:
         if "choices" in p:
             values[name] = trial.suggest_categorical(name, p["choices"])
         elif isinstance(p["low"], float) or isinstance(p["high"], float):
-            values[name] = trial.suggest_float(name, p["low"], p["high"], log=p.get("log", False), step=p.get("step"))
+            values[name] = trial.suggest_float(
+                name, p["low"], p["high"], log=p.get("log", False), step=p.get("step")
+            )
         else:
-            values[name] = trial.suggest_int(name, p["low"], p["high"], log=p.get("log", False), step=p.get("step", 1))
+            values[name] = trial.suggest_int(
+                name, p["low"], p["high"], log=p.get("log", False), step=p.get("step", 1)
+            )
     return values
 
 
@@ -142,7 +158,9 @@ def config_for(spec: dict, values: dict[str, Any], profile: str, base: dict | No
     fixed = spec.get("fixed", {})
     bad = sorted(set(fixed) - set(CELL_FIELDS))
     if bad:
-        raise LorafitError(f"[fixed] has unknown setting(s) {', '.join(bad)}; allowed: {', '.join(CELL_FIELDS)}")
+        raise LorafitError(
+            f"[fixed] has unknown setting(s) {', '.join(bad)}; allowed: {', '.join(CELL_FIELDS)}"
+        )
     fields = {**fixed, **values}
     for o in spec.get("override", []):
         if _matches(o["when"], fields):
@@ -153,22 +171,31 @@ def config_for(spec: dict, values: dict[str, Any], profile: str, base: dict | No
 
 def _sampler(study_spec: dict) -> optuna.samplers.BaseSampler:
     seed = study_spec.get("seed", 0)
-    return {"tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True),
-            "nsgaii": lambda: optuna.samplers.NSGAIISampler(seed=seed),
-            "random": lambda: optuna.samplers.RandomSampler(seed=seed)}[study_spec.get("sampler", "tpe")]()
+    return {
+        "tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True),
+        "nsgaii": lambda: optuna.samplers.NSGAIISampler(seed=seed),
+        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+    }[study_spec.get("sampler", "tpe")]()
 
 
 def _pruner(study_spec: dict) -> optuna.pruners.BasePruner:
-    return {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
-            "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(),
-            "none": lambda: optuna.pruners.NopPruner()}[study_spec.get("pruner", "none")]()
+    return {
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+        "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(),
+        "none": lambda: optuna.pruners.NopPruner(),
+    }[study_spec.get("pruner", "none")]()
 
 
 def create(name: str, spec: dict, profile: str, storage) -> optuna.Study:
     s = spec.get("study", {})
-    study = optuna.create_study(study_name=f"{name}-{profile}", storage=storage,
-                                directions=s.get("directions", ["maximize"]), sampler=_sampler(s),
-                                pruner=_pruner(s), load_if_exists=True)
+    study = optuna.create_study(
+        study_name=f"{name}-{profile}",
+        storage=storage,
+        directions=s.get("directions", ["maximize"]),
+        sampler=_sampler(s),
+        pruner=_pruner(s),
+        load_if_exists=True,
+    )
     # A resumed study must not replay the same random draws: offset the file's seed by the
     # trials already there (still reproducible for a given history).
     done = len(study.get_trials(deepcopy=False))
@@ -202,11 +229,19 @@ def objective_for(study: optuna.Study, spec: dict, profile: str, ctx: Context, b
             if prunable:
                 trial.report(val_acc, epoch)
                 if trial.should_prune():
-                    trial.set_user_attr("pruned", f"epoch {epoch}: val_acc {val_acc:.4f} below the pruner's bar")
+                    trial.set_user_attr(
+                        "pruned", f"epoch {epoch}: val_acc {val_acc:.4f} below the pruner's bar"
+                    )
                     raise optuna.TrialPruned(f"epoch {epoch}")
 
-        record = run_cell(cfg, ctx, study.study_name, trial.number, on_epoch=on_epoch,
-                          run_id=f"t{trial.number:04d}-{cfg.cell_id}")
+        record = run_cell(
+            cfg,
+            ctx,
+            study.study_name,
+            trial.number,
+            on_epoch=on_epoch,
+            run_id=f"t{trial.number:04d}-{cfg.cell_id}",
+        )
         return finish_trial(trial, label, record, objectives, log=ctx.log)
 
     return objective
@@ -220,10 +255,14 @@ def best_as_grid(name: str, spec: dict, study: optuna.Study, profile: str) -> st
     """The best trial(s), ready to paste into studies/grid.toml."""
     done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     if not done:
-        raise LorafitError(f"study {study.study_name} has no completed trial yet; run `python -m bench study {name}` first")
+        raise LorafitError(
+            f"study {study.study_name} has no completed trial yet; run `python -m bench study {name}` first"
+        )
     trials = study.best_trials if len(study.directions) > 1 else [study.best_trial]
     objectives = spec.get("study", {}).get("objectives", ["val_acc"])
-    lines = [f"# from study {study.study_name} ({len(done)} completed trials), best by {', '.join(objectives)}"]
+    lines = [
+        f"# from study {study.study_name} ({len(done)} completed trials), best by {', '.join(objectives)}"
+    ]
     seen = set()
     for t in sorted(trials, key=lambda t: t.number):
         cfg = RunConfig.from_dict(t.user_attrs["config"])
@@ -234,7 +273,16 @@ def best_as_grid(name: str, spec: dict, study: optuna.Study, profile: str) -> st
         if set(t.params) == {"lr"}:
             lines += [f"# trial {t.number}: {scores}", "[lr]", f"{cfg.method} = {cfg.lr:.3g}"]
             continue
-        lines += ["", f"[[cell]]  # trial {t.number}: {scores}", f'name = "{name}-t{t.number}"',
-                  f'method = "{cfg.method}"', f'placement = "{cfg.placement}"', f'shape = "{cfg.shape}"',
-                  f"rank = {cfg.rank}", f"alpha = {cfg.alpha:g}", f'policy = "{cfg.policy}"', f"lr = {cfg.lr:.3g}"]
+        lines += [
+            "",
+            f"[[cell]]  # trial {t.number}: {scores}",
+            f'name = "{name}-t{t.number}"',
+            f'method = "{cfg.method}"',
+            f'placement = "{cfg.placement}"',
+            f'shape = "{cfg.shape}"',
+            f"rank = {cfg.rank}",
+            f"alpha = {cfg.alpha:g}",
+            f'policy = "{cfg.policy}"',
+            f"lr = {cfg.lr:.3g}",
+        ]
     return "\n".join(lines)

@@ -7,13 +7,22 @@ its reason (marked `recorded`: its outcome is in a record, so the grid does not 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import optuna
 
 RECORDED = "recorded"  # user attribute: the trial's outcome is in a record (failed/diverged)
-TRIAL_METRICS = ("test_acc", "test_balanced_acc", "test_macro_f1", "val_acc", "source_acc_after",
-                 "trainable_params", "train_s", "images_per_s", "best_epoch")
+TRIAL_METRICS = (
+    "test_acc",
+    "test_balanced_acc",
+    "test_macro_f1",
+    "val_acc",
+    "source_acc_after",
+    "trainable_params",
+    "train_s",
+    "images_per_s",
+    "best_epoch",
+)
 
 
 class RunFailed(Exception):
@@ -23,12 +32,19 @@ class RunFailed(Exception):
 def summary_line(label: str, record: dict, objectives: tuple[str, ...] = ("test_acc",)) -> str:
     m, status = record["metrics"], record["run"]["status"]
     scores = " ".join(f"{o}={m[o]:.4g}" if m.get(o) is not None else f"{o}=—" for o in objectives)
-    return (f"{label:<40} {status:<9} {scores} trainable={m.get('trainable_params') or 0:>8,} "
-            f"train_s={m.get('train_s') or 0:6.1f}")
+    return (
+        f"{label:<40} {status:<9} {scores} trainable={m.get('trainable_params') or 0:>8,} "
+        f"train_s={m.get('train_s') or 0:6.1f}"
+    )
 
 
-def finish_trial(trial: optuna.Trial, label: str, record: dict, objectives: tuple[str, ...] = ("test_acc",),
-                 log: Callable[[str], None] = print) -> float | list[float]:
+def finish_trial(
+    trial: optuna.Trial,
+    label: str,
+    record: dict,
+    objectives: tuple[str, ...] = ("test_acc",),
+    log: Callable[[str], None] = print,
+) -> float | list[float]:
     """Copy the record into the trial, print its line, and return the objective value(s)."""
     m, run = record["metrics"], record["run"]
     for key in TRIAL_METRICS:

@@ -104,35 +104,42 @@ def _lora_max_rank(base: nn.Module, s: AdapterSettings) -> int:
     return min(s.rank, _conv_fan_in(base, s.shape), base.out_channels)
 
 
-register(AdapterMethod(
-    name="lora",
-    description="LoRA: W + (alpha/r) B A on Linear, 1x1 or kxk branch on Conv2d; B starts at zero",
-    placements=("proj", "conv1", "conv2", "conv3", "convs", "all"),
-    layer_types=(nn.Linear, nn.Conv2d),
-    wrap=_lora_wrap,
-    trainable=lambda m: [m.lora_A.weight, m.lora_B.weight],
-    param_count=_lora_count,
-    max_rank=_lora_max_rank,
-    merge=lambda m, model: m.merge(),
-    unmerge=lambda m, model: m.unmerge(),
-    default_alpha=float,
-))
+register(
+    AdapterMethod(
+        name="lora",
+        description="LoRA: W + (alpha/r) B A on Linear, 1x1 or kxk branch on Conv2d; B starts at zero",
+        placements=("proj", "conv1", "conv2", "conv3", "convs", "all"),
+        layer_types=(nn.Linear, nn.Conv2d),
+        wrap=_lora_wrap,
+        trainable=lambda m: [m.lora_A.weight, m.lora_B.weight],
+        param_count=_lora_count,
+        max_rank=_lora_max_rank,
+        merge=lambda m, model: m.merge(),
+        unmerge=lambda m, model: m.unmerge(),
+        default_alpha=float,
+    )
+)
 
 
 # ------------------------------------------------------------ the seed post's residual adapter
-register(AdapterMethod(
-    name="seed",
-    description="the seed post's residual adapter h + (alpha/r) h B^T A^T after relu(proj); folds into fc",
-    placements=("seed",),
-    layer_types=(nn.Identity,),
-    wrap=lambda base, s, model: SeedResidualLoRA(model.fc.in_features, s.rank, s.alpha).to(model.fc.weight.device),
-    trainable=lambda m: [m.lora_A, m.lora_B],
-    param_count=lambda base, s, model: 2 * s.rank * model.fc.in_features,
-    max_rank=lambda base, s: s.rank,  # A and B are dim x r with r <= dim checked at injection
-    merge=lambda m, model: m.merge(model.fc),
-    unmerge=lambda m, model: m.unmerge(model.fc),
-    default_alpha=lambda rank: 1.0,  # the seed post's own convention (scale 1/r)
-))
+register(
+    AdapterMethod(
+        name="seed",
+        description="the seed post's residual adapter h + (alpha/r) h B^T A^T after relu(proj); "
+        "folds into fc",
+        placements=("seed",),
+        layer_types=(nn.Identity,),
+        wrap=lambda base, s, model: SeedResidualLoRA(model.fc.in_features, s.rank, s.alpha).to(
+            model.fc.weight.device
+        ),
+        trainable=lambda m: [m.lora_A, m.lora_B],
+        param_count=lambda base, s, model: 2 * s.rank * model.fc.in_features,
+        max_rank=lambda base, s: s.rank,  # A and B are dim x r with r <= dim checked at injection
+        merge=lambda m, model: m.merge(model.fc),
+        unmerge=lambda m, model: m.unmerge(model.fc),
+        default_alpha=lambda rank: 1.0,  # the seed post's own convention (scale 1/r)
+    )
+)
 
 
 # ------------------------------------------------------------------------------- placing
@@ -161,8 +168,9 @@ def check_placement(method: str, placement: str) -> None:
         return
     entry = method_entry(method)
     if placement not in entry.placements:
-        raise LorafitError(f"method {method} cannot be placed on {placement!r}; "
-                           f"it takes {', '.join(entry.placements)}")
+        raise LorafitError(
+            f"method {method} cannot be placed on {placement!r}; it takes {', '.join(entry.placements)}"
+        )
 
 
 def inject(model: SeedCNN, method: str, placement: str, settings: AdapterSettings | None = None) -> list[str]:

@@ -7,9 +7,9 @@ part of it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-import dataclasses
 from dataclasses import asdict, dataclass, fields
 
 from lorafit import adapters
@@ -20,21 +20,21 @@ from lorafit.lora import SHAPES
 
 @dataclass(frozen=True)
 class RunConfig:
-    name: str                      # the grid cell / study label, e.g. "lora-proj"
-    method: str                    # scratch | full | head, or an adapter method (lorafit.adapters)
-    placement: str = "none"        # where adapters go (lorafit.adapters.PLACEMENTS)
-    shape: str = "1x1"             # conv adapter shape: 1x1 | kxk
-    rank: int = 0                  # 0 when no adapter
+    name: str  # the grid cell / study label, e.g. "lora-proj"
+    method: str  # scratch | full | head, or an adapter method (lorafit.adapters)
+    placement: str = "none"  # where adapters go (lorafit.adapters.PLACEMENTS)
+    shape: str = "1x1"  # conv adapter shape: 1x1 | kxk
+    rank: int = 0  # 0 when no adapter
     alpha: float = 1.0
-    policy: str = "full"           # freeze policy (lorafit.freeze.POLICIES)
-    seed: int = 0                  # model init, batch order, and the backbone's pretraining seed
+    policy: str = "full"  # freeze policy (lorafit.freeze.POLICIES)
+    seed: int = 0  # model init, batch order, and the backbone's pretraining seed
     # data
     profile: str = "smoke"
     source: str = "glyphs-digits"
     target: str = "glyphs-chars"
-    protocol: str = "auto"         # resolved to official | resplit | synthetic before a run
-    data_seed: int = 0             # fixes the partition, shared by all cells
-    train_size: int = 0            # 0 = everything the split has
+    protocol: str = "auto"  # resolved to official | resplit | synthetic before a run
+    data_seed: int = 0  # fixes the partition, shared by all cells
+    train_size: int = 0  # 0 = everything the split has
     val_size: int = 0
     test_size: int = 0
     # adaptation
@@ -42,7 +42,7 @@ class RunConfig:
     epochs: int = 3
     batch_size: int = 128
     weight_decay: float = 0.0
-    patience: int = 0              # 0 = no early stopping
+    patience: int = 0  # 0 = no early stopping
     # pretraining on the source task (the shared backbone)
     pretrain_epochs: int = 2
     pretrain_lr: float = 2e-3
@@ -67,7 +67,7 @@ class RunConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RunConfig":
+    def from_dict(cls, d: dict) -> RunConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -92,20 +92,39 @@ class RunConfig:
 
     def pretraining(self) -> RunConfig:
         """The source-task run that trains this configuration's shared backbone."""
-        return RunConfig(name="pretrain", method="scratch", policy="scratch", seed=self.seed,
-                         profile=self.profile, source=self.source, target=self.source, protocol="auto",
-                         data_seed=self.data_seed, train_size=self.pretrain_size, lr=self.pretrain_lr,
-                         epochs=self.pretrain_epochs, batch_size=self.pretrain_batch_size,
-                         pretrain_epochs=self.pretrain_epochs, pretrain_lr=self.pretrain_lr,
-                         pretrain_batch_size=self.pretrain_batch_size, pretrain_size=self.pretrain_size,
-                         widths=self.widths)
+        return RunConfig(
+            name="pretrain",
+            method="scratch",
+            policy="scratch",
+            seed=self.seed,
+            profile=self.profile,
+            source=self.source,
+            target=self.source,
+            protocol="auto",
+            data_seed=self.data_seed,
+            train_size=self.pretrain_size,
+            lr=self.pretrain_lr,
+            epochs=self.pretrain_epochs,
+            batch_size=self.pretrain_batch_size,
+            pretrain_epochs=self.pretrain_epochs,
+            pretrain_lr=self.pretrain_lr,
+            pretrain_batch_size=self.pretrain_batch_size,
+            pretrain_size=self.pretrain_size,
+            widths=self.widths,
+        )
 
     def pretrain_dict(self) -> dict:
         """The settings the shared backbone depends on (its cache key); not the target's."""
-        return {"source": self.source, "data_seed": self.data_seed,
-                "widths": list(self.widths), "seed": self.seed, "epochs": self.pretrain_epochs,
-                "lr": self.pretrain_lr, "batch_size": self.pretrain_batch_size,
-                "size": self.pretrain_size}
+        return {
+            "source": self.source,
+            "data_seed": self.data_seed,
+            "widths": list(self.widths),
+            "seed": self.seed,
+            "epochs": self.pretrain_epochs,
+            "lr": self.pretrain_lr,
+            "batch_size": self.pretrain_batch_size,
+            "size": self.pretrain_size,
+        }
 
 
 def _digest(d: dict) -> str:
@@ -125,7 +144,9 @@ def validate(cfg: RunConfig) -> None:
         if isinstance(default, str) and not isinstance(value, str):
             raise LorafitError(f"{cfg.name}: {f.name} must be a string, got {value!r}")
     if cfg.method not in adapters.methods():
-        raise LorafitError(f"{cfg.name}: unknown method {cfg.method!r}; choose one of {', '.join(adapters.methods())}")
+        raise LorafitError(
+            f"{cfg.name}: unknown method {cfg.method!r}; choose one of {', '.join(adapters.methods())}"
+        )
     try:
         adapters.check_placement(cfg.method, cfg.placement)
     except LorafitError as e:
@@ -133,9 +154,13 @@ def validate(cfg: RunConfig) -> None:
     if cfg.shape not in SHAPES:
         raise LorafitError(f"{cfg.name}: unknown shape {cfg.shape!r}; choose one of {', '.join(SHAPES)}")
     if cfg.policy not in POLICIES:
-        raise LorafitError(f"{cfg.name}: unknown freeze policy {cfg.policy!r}; choose one of {', '.join(POLICIES)}")
+        raise LorafitError(
+            f"{cfg.name}: unknown freeze policy {cfg.policy!r}; choose one of {', '.join(POLICIES)}"
+        )
     if cfg.placement != "none" and (not isinstance(cfg.rank, int) or cfg.rank < 1):
-        raise LorafitError(f"{cfg.name}: rank must be an integer >= 1 for placement {cfg.placement!r}, got {cfg.rank!r}")
+        raise LorafitError(
+            f"{cfg.name}: rank must be an integer >= 1 for placement {cfg.placement!r}, got {cfg.rank!r}"
+        )
     if not cfg.alpha > 0:
         raise LorafitError(f"{cfg.name}: alpha must be > 0, got {cfg.alpha!r}")
     if not cfg.lr > 0 or not cfg.pretrain_lr > 0:
@@ -168,8 +193,10 @@ def cell_config(fields: dict, defaults: dict | None = None) -> RunConfig:
             try:
                 merged[key] = value.format(**merged)
             except (KeyError, IndexError, ValueError) as e:
-                raise LorafitError(f"{key} = {value!r}: bad template ({type(e).__name__}: {e}); a template may "
-                                   f"only name settings every run has") from None
+                raise LorafitError(
+                    f"{key} = {value!r}: bad template ({type(e).__name__}: {e}); a template may "
+                    f"only name settings every run has"
+                ) from None
     method = merged.get("method")
     if "alpha" not in merged:
         entry = adapters.ADAPTERS.get(method)

@@ -74,20 +74,26 @@ def dataset(name: str) -> Dataset:
 
 
 # ---------------------------------------------------------------------------------- entries
-register(Dataset(
-    name="mnist",
-    classes=tuple("0123456789"),
-    parts={"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-           "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")},
-    folders=("mnist", "MNIST/raw"),
-    raw_folder="MNIST/raw",
-    # torchvision's MNIST md5s of the official files
-    checksums={"train-images-idx3-ubyte.gz": ("md5", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
-               "train-labels-idx1-ubyte.gz": ("md5", "d53e105ee54ea40749a09fcbcd1e9432"),
-               "t10k-images-idx3-ubyte.gz": ("md5", "9fb629c4189551a2d022fa330f9573f3"),
-               "t10k-labels-idx1-ubyte.gz": ("md5", "ec29112dd5afa0611ce80d1b7f02629c")},
-    download=lambda root: torchvision.datasets.MNIST(root=str(root), train=True, download=True),
-))
+register(
+    Dataset(
+        name="mnist",
+        classes=tuple("0123456789"),
+        parts={
+            "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+            "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+        },
+        folders=("mnist", "MNIST/raw"),
+        raw_folder="MNIST/raw",
+        # torchvision's MNIST md5s of the official files
+        checksums={
+            "train-images-idx3-ubyte.gz": ("md5", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+            "train-labels-idx1-ubyte.gz": ("md5", "d53e105ee54ea40749a09fcbcd1e9432"),
+            "t10k-images-idx3-ubyte.gz": ("md5", "9fb629c4189551a2d022fa330f9573f3"),
+            "t10k-labels-idx1-ubyte.gz": ("md5", "ec29112dd5afa0611ce80d1b7f02629c"),
+        },
+        download=lambda root: torchvision.datasets.MNIST(root=str(root), train=True, download=True),
+    )
+)
 
 # sha256 of the NIST EMNIST release's files (those published; the others get an IDX header check)
 _EMNIST_SHA256 = {
@@ -106,30 +112,53 @@ BYCLASS = tuple("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 def _emnist(split: str) -> Dataset:
     kinds = {"images": "idx3", "labels": "idx1"}
-    base = {(part, kind): f"emnist-{split}-{part}-{kind}-{idx}-ubyte" for part in ("train", "test")
-            for kind, idx in kinds.items()}
-    checksums = {f"{base[(part, kind)]}.gz": ("sha256", _EMNIST_SHA256[f"{split}-{part}-{kind}"])
-                 for part in ("train", "test") for kind in kinds if f"{split}-{part}-{kind}" in _EMNIST_SHA256}
+    base = {
+        (part, kind): f"emnist-{split}-{part}-{kind}-{idx}-ubyte"
+        for part in ("train", "test")
+        for kind, idx in kinds.items()
+    }
+    checksums = {
+        f"{base[(part, kind)]}.gz": ("sha256", _EMNIST_SHA256[f"{split}-{part}-{kind}"])
+        for part in ("train", "test")
+        for kind in kinds
+        if f"{split}-{part}-{kind}" in _EMNIST_SHA256
+    }
     return Dataset(
         name=f"emnist-{split}",
-        classes=BYCLASS if split == "byclass" else tuple(torchvision.datasets.EMNIST.classes_split_dict[split]),
+        classes=BYCLASS
+        if split == "byclass"
+        else tuple(torchvision.datasets.EMNIST.classes_split_dict[split]),
         parts={part: (base[(part, "images")], base[(part, "labels")]) for part in ("train", "test")},
         folders=("emnist", "EMNIST/raw", "gzip", "emnist/gzip"),  # gzip/: how NIST's gzip.zip unpacks
         raw_folder="EMNIST/raw",
         checksums=checksums,
         mapping=f"emnist-{split}-mapping.txt",
         transposed=True,
-        download=lambda root: torchvision.datasets.EMNIST(root=str(root), split=split, train=True, download=True),
+        download=lambda root: torchvision.datasets.EMNIST(
+            root=str(root), split=split, train=True, download=True
+        ),
     )
 
 
 for _split in ("byclass", "bymerge", "balanced", "letters", "digits", "mnist"):
     register(_emnist(_split))
 
-register(Dataset(name="glyphs-digits", classes=tuple(glyphs.TASKS["digits"]), default_sizes=(3000, 500, 1000),
-                 generate=lambda n, seed: glyphs.generate("digits", n, seed)))
-register(Dataset(name="glyphs-chars", classes=tuple(glyphs.TASKS["chars"]), default_sizes=(2000, 500, 1000),
-                 generate=lambda n, seed: glyphs.generate("chars", n, seed)))
+register(
+    Dataset(
+        name="glyphs-digits",
+        classes=tuple(glyphs.TASKS["digits"]),
+        default_sizes=(3000, 500, 1000),
+        generate=lambda n, seed: glyphs.generate("digits", n, seed),
+    )
+)
+register(
+    Dataset(
+        name="glyphs-chars",
+        classes=tuple(glyphs.TASKS["chars"]),
+        default_sizes=(2000, 500, 1000),
+        generate=lambda n, seed: glyphs.generate("chars", n, seed),
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -196,7 +225,7 @@ def _find_part(root: Path, entry: Dataset, part: str) -> tuple[Path, Path] | Non
 
 
 def available_protocol(name: str, data_dir: str | Path | None = None) -> str:
-    """"official" if train and test files are found, "resplit" if only one split is, "synthetic"
+    """ "official" if train and test files are found, "resplit" if only one split is, "synthetic"
     for generated datasets; LorafitError if no files are found."""
     entry = dataset(name)
     if entry.synthetic:
@@ -219,8 +248,10 @@ def _classes(entry: Dataset, root: Path, checks: store.Checks, files: dict[str, 
     names = store.read_mapping(path)
     single = all(len(n) == 1 for n in names if n != "N/A")
     if len(names) != len(entry.classes) or (single and names != entry.classes):
-        raise LorafitError(f"{path}: does not list the {len(entry.classes)} classes of {entry.name} "
-                           f"({''.join(entry.classes)[:62]}); delete it or {_FIX}")
+        raise LorafitError(
+            f"{path}: does not list the {len(entry.classes)} classes of {entry.name} "
+            f"({''.join(entry.classes)[:62]}); delete it or {_FIX}"
+        )
     return names
 
 
@@ -242,11 +273,15 @@ def _stratified(labels: torch.Tensor, test_size: float | int, seed: int) -> tupl
         test_size = max(1, round(test_size * len(y)))
     try:
         try:
-            keep, carve = train_test_split(idx[~rare], test_size=test_size, stratify=y[~rare], random_state=seed)
+            keep, carve = train_test_split(
+                idx[~rare], test_size=test_size, stratify=y[~rare], random_state=seed
+            )
         except ValueError:
             keep, carve = train_test_split(idx[~rare], test_size=test_size, random_state=seed)
     except ValueError as e:
-        raise LorafitError(f"cannot carve {test_size} of {len(y)} images ({e}); use more data or other fractions") from e
+        raise LorafitError(
+            f"cannot carve {test_size} of {len(y)} images ({e}); use more data or other fractions"
+        ) from e
     return np.sort(np.concatenate([keep, idx[rare]])), np.sort(carve)
 
 
@@ -282,23 +317,33 @@ def _check_fractions(protocol: str, val_fraction: float, test_fraction: float) -
         raise LorafitError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if protocol != "official" and not (0 < test_fraction < 1 and val_fraction + test_fraction < 1):
         raise LorafitError(
-            f"test_fraction must be in (0, 1) with val_fraction + test_fraction < 1, got {val_fraction} + {test_fraction}"
+            "test_fraction must be in (0, 1) with val_fraction + test_fraction < 1, "
+            f"got {val_fraction} + {test_fraction}"
         )
 
 
 def _download(entry: Dataset, root: Path, cache: Path) -> None:
     if entry.download is None:
-        raise LorafitError(f"{entry.name}: no data files in {root} (need {', '.join(entry.file_names())}); {_FIX}")
+        raise LorafitError(
+            f"{entry.name}: no data files in {root} (need {', '.join(entry.file_names())}); {_FIX}"
+        )
     try:
         entry.download(cache)
     except Exception as e:  # no network, HTTP error, bad archive...
         reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
-        raise LorafitError(f"{entry.name}: no data files in {root} (need {', '.join(entry.file_names())}) and "
-                           f"download failed ({reason}); {_FIX}") from e
+        raise LorafitError(
+            f"{entry.name}: no data files in {root} (need {', '.join(entry.file_names())}) and "
+            f"download failed ({reason}); {_FIX}"
+        ) from e
 
 
-def resolve_protocol(name: str, protocol: str = "auto", data_dir: str | Path | None = None,
-                     download: bool = True, cache_dir: str | Path | None = None) -> str:
+def resolve_protocol(
+    name: str,
+    protocol: str = "auto",
+    data_dir: str | Path | None = None,
+    download: bool = True,
+    cache_dir: str | Path | None = None,
+) -> str:
     """The protocol a load of `name` will use, resolved once per run. LorafitError when the files
     are not there (after a torchvision download into the cache when no data dir was named)."""
     entry = dataset(name)
@@ -309,7 +354,9 @@ def resolve_protocol(name: str, protocol: str = "auto", data_dir: str | Path | N
             raise LorafitError(f"{name} is synthetic: use protocol auto or synthetic, not {protocol}")
         return "synthetic"
     if protocol == "synthetic":
-        raise LorafitError(f"protocol synthetic is only for generated datasets; use auto, official or resplit for {name}")
+        raise LorafitError(
+            f"protocol synthetic is only for generated datasets; use auto, official or resplit for {name}"
+        )
     root, _ = _dirs(data_dir, cache_dir)
     try:
         available = available_protocol(name, root)
@@ -320,8 +367,10 @@ def resolve_protocol(name: str, protocol: str = "auto", data_dir: str | Path | N
         _download(entry, root, cache)
         available = available_protocol(name, cache)
     if protocol == "official" and available != "official":
-        raise LorafitError(f"{name}: only one released split is present in {root}; the official protocol needs "
-                           f"train and test (use protocol resplit or auto, e.g. --profile local)")
+        raise LorafitError(
+            f"{name}: only one released split is present in {root}; the official protocol needs "
+            f"train and test (use protocol resplit or auto, e.g. --profile local)"
+        )
     return available if protocol == "auto" else protocol
 
 
@@ -358,8 +407,10 @@ def load(
         return _load(name, data_dir, protocol, seed, val_fraction, test_fraction, download, cache_dir, sizes)
     except OSError as e:
         where = e.filename or (cache_dir or default_cache_dir())
-        raise LorafitError(f"{name}: {e.strerror or e} ({where}); pass --data-dir with readable files, "
-                           f"or set LORAFIT_CACHE_DIR to a writable folder") from None
+        raise LorafitError(
+            f"{name}: {e.strerror or e} ({where}); pass --data-dir with readable files, "
+            f"or set LORAFIT_CACHE_DIR to a writable folder"
+        ) from None
 
 
 def _load(name, data_dir, protocol, seed, val_fraction, test_fraction, download, cache_dir, sizes) -> Splits:
@@ -388,18 +439,29 @@ def _load(name, data_dir, protocol, seed, val_fraction, test_fraction, download,
     protocol = available if protocol == "auto" else protocol
     if protocol == "official" and available != "official":
         have = "test" if parts["test"] else "train"
-        raise LorafitError(f"{name}: only the {have} split is present in {root}; use protocol resplit (or auto)")
+        raise LorafitError(
+            f"{name}: only the {have} split is present in {root}; use protocol resplit (or auto)"
+        )
     _check_fractions(protocol, val_fraction, test_fraction)
 
     checks, files = store.Checks(cache), {}
     classes = _classes(entry, root, checks, files)
 
     def read(part: str):
-        images, labels = store.read_pair(f"{name}-{part}", parts[part], cache, cache / entry.raw_folder, checks,
-                                         entry.checksums, files, entry.transposed)
+        images, labels = store.read_pair(
+            f"{name}-{part}",
+            parts[part],
+            cache,
+            cache / entry.raw_folder,
+            checks,
+            entry.checksums,
+            files,
+            entry.transposed,
+        )
         if len(labels) and int(labels.max()) >= len(classes):
-            raise LorafitError(f"{parts[part][1]}: label {int(labels.max())} out of range for {len(classes)} "
-                               f"classes; {_FIX}")
+            raise LorafitError(
+                f"{parts[part][1]}: label {int(labels.max())} out of range for {len(classes)} classes; {_FIX}"
+            )
         return images, labels
 
     if protocol == "official":

@@ -84,7 +84,9 @@ class FeatureCache:
                 numel = math.prod(info["shape"])
                 if data.stat().st_size == numel * torch.tensor([], dtype=dtype).element_size():
                     self.hits += 1
-                    return torch.from_file(str(data), shared=False, size=numel, dtype=dtype).view(info["shape"])
+                    return torch.from_file(str(data), shared=False, size=numel, dtype=dtype).view(
+                        info["shape"]
+                    )
         self.misses += 1
         return None
 
@@ -111,7 +113,9 @@ class FeatureCache:
             return
         data, meta = self._disk_paths(key)
         publish(tmp, data)
-        write_atomic(meta, json.dumps({"shape": list(tensor.shape), "dtype": str(tensor.dtype).split(".")[-1]}))
+        write_atomic(
+            meta, json.dumps({"shape": list(tensor.shape), "dtype": str(tensor.dtype).split(".")[-1]})
+        )
 
     def discard(self, key: str) -> None:
         """Forget a failed allocation (its temporary file is removed)."""

@@ -112,7 +112,9 @@ def decompressed(src: Path, src_sha: str, out_dir: Path, checks: Checks) -> Path
             with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
                 shutil.copyfileobj(fin, fout, 1 << 20)
         except (OSError, EOFError, zlib.error) as e:
-            raise LorafitError(f"{src}: cannot decompress ({e}); replace it with the official file or {FIX}") from e
+            raise LorafitError(
+                f"{src}: cannot decompress ({e}); replace it with the official file or {FIX}"
+            ) from e
 
     write_atomic(out, unzip)
     checks.put(out, source_sha256=src_sha)

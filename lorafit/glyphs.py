@@ -52,7 +52,9 @@ def _render(ch: str, size: int, stroke: int) -> np.ndarray:
         img = img.filter(ImageFilter.MaxFilter(2 * (stroke // 2) + 1))  # emulate the stroke
     img = img.crop(img.getbbox())
     scale = _BOX / max(img.size)
-    img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.LANCZOS)
+    img = img.resize(
+        (max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.LANCZOS
+    )
     img = img.filter(ImageFilter.GaussianBlur(0.8))
     glyph = np.asarray(img, dtype=np.float32) / 255.0
     rows, cols = np.indices(glyph.shape)
@@ -107,7 +109,9 @@ def _distort(src: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     alpha = _uniform(g, n, 0.0, 0.09)[:, None, None, None]
     coarse = torch.randn(n, 2, 5, 5, generator=g) * alpha
     field = F.interpolate(coarse, size=(28, 28), mode="bicubic", align_corners=True)
-    x = F.grid_sample(src, grid + field.permute(0, 2, 3, 1), mode="bilinear", padding_mode="zeros", align_corners=False)
+    x = F.grid_sample(
+        src, grid + field.permute(0, 2, 3, 1), mode="bilinear", padding_mode="zeros", align_corners=False
+    )
 
     # Intensity: saturate stroke cores like MNIST, then noise on the strokes only (background stays 0).
     peak = x.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorafit.errors import LorafitError
+
 SHAPES = ("1x1", "kxk")
 
 
@@ -61,8 +62,9 @@ class _LoRABase(nn.Module):
 
 
 class LoRALinear(_LoRABase):
-    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0,
-                 rslora: bool = False) -> None:
+    def __init__(
+        self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0, rslora: bool = False
+    ) -> None:
         super().__init__()
         check_rank_alpha(rank, alpha)
         self.base_layer = base
@@ -105,8 +107,15 @@ class LoRAConv2d(_LoRABase):
     r->C_out: the shape HF PEFT uses; the merged update is B composed with A.
     """
 
-    def __init__(self, base: nn.Conv2d, rank: int, alpha: float, shape: str = "1x1",
-                 dropout: float = 0.0, rslora: bool = False) -> None:
+    def __init__(
+        self,
+        base: nn.Conv2d,
+        rank: int,
+        alpha: float,
+        shape: str = "1x1",
+        dropout: float = 0.0,
+        rslora: bool = False,
+    ) -> None:
         super().__init__()
         check_rank_alpha(rank, alpha)
         if shape not in SHAPES:
@@ -120,14 +129,24 @@ class LoRAConv2d(_LoRABase):
         kernel, stride, dilation = _pair(base.kernel_size), _pair(base.stride), _pair(base.dilation)
         padding = self._numeric_padding(base, kernel, dilation)
         if shape == "kxk":
-            self.lora_A = nn.Conv2d(base.in_channels, rank, kernel, stride=stride, padding=padding,
-                                    dilation=dilation, bias=False, padding_mode=base.padding_mode)
+            self.lora_A = nn.Conv2d(
+                base.in_channels,
+                rank,
+                kernel,
+                stride=stride,
+                padding=padding,
+                dilation=dilation,
+                bias=False,
+                padding_mode=base.padding_mode,
+            )
             self._offset = (0, 0)
         else:
             span = tuple(d * (k - 1) for d, k in zip(dilation, kernel))
             if any(s % 2 for s in span):
-                raise LorafitError(f"1x1 LoRA needs a centre tap; kernel {kernel} with dilation "
-                                   f"{dilation} has none (use shape='kxk')")
+                raise LorafitError(
+                    f"1x1 LoRA needs a centre tap; kernel {kernel} with dilation "
+                    f"{dilation} has none (use shape='kxk')"
+                )
             # How far the centre tap's input pixel sits inside the padded input, per axis:
             # > 0 means the branch must pad by that much, < 0 crop.
             self._offset = tuple(p - s // 2 for p, s in zip(padding, span))
@@ -156,12 +175,14 @@ class LoRAConv2d(_LoRABase):
         h, w = x.shape[-2:]
         x = F.pad(x, (max(ow, 0),) * 2 + (max(oh, 0),) * 2)
         ch, cw = max(-oh, 0), max(-ow, 0)
-        return x[..., ch:x.shape[-2] - ch, cw:x.shape[-1] - cw]
+        return x[..., ch : x.shape[-2] - ch, cw : x.shape[-1] - cw]
 
     def check_mergeable(self) -> None:
         if self.shape == "1x1" and self._offset != (0, 0) and self.base_layer.padding_mode != "zeros":
-            raise LorafitError(f"cannot merge a 1x1 LoRA into a conv with padding_mode="
-                               f"{self.base_layer.padding_mode!r} and non-'same' padding")
+            raise LorafitError(
+                f"cannot merge a 1x1 LoRA into a conv with padding_mode="
+                f"{self.base_layer.padding_mode!r} and non-'same' padding"
+            )
 
     def delta_weight(self) -> torch.Tensor:
         b = self.lora_B.weight[:, :, 0, 0]  # [out, r]

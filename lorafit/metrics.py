@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import (accuracy_score, balanced_accuracy_score, classification_report,
-                             confusion_matrix, f1_score)
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    classification_report,
+    confusion_matrix,
+    f1_score,
+)
 
 
 def _np(a) -> np.ndarray:
@@ -17,8 +22,9 @@ def summary(y_true, y_pred) -> dict[str, float]:
     return {
         "acc": float(accuracy_score(y_true, y_pred)),
         "balanced_acc": float(balanced_accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, average="macro", labels=np.unique(y_true),
-                                   zero_division=0)),
+        "macro_f1": float(
+            f1_score(y_true, y_pred, average="macro", labels=np.unique(y_true), zero_division=0)
+        ),
     }
 
 
@@ -36,8 +42,14 @@ def confusion(y_true, y_pred, num_classes: int) -> np.ndarray:
 
 def report(y_true, y_pred, classes: tuple[str, ...] | list[str]) -> str:
     """sklearn's classification_report with class names."""
-    return classification_report(_np(y_true), _np(y_pred), labels=list(range(len(classes))),
-                                 target_names=list(classes), digits=4, zero_division=0)
+    return classification_report(
+        _np(y_true),
+        _np(y_pred),
+        labels=list(range(len(classes))),
+        target_names=list(classes),
+        digits=4,
+        zero_division=0,
+    )
 
 
 def top_confusions(y_true, y_pred, classes, k: int = 15) -> list[dict]:
@@ -51,8 +63,14 @@ def top_confusions(y_true, y_pred, classes, k: int = 15) -> list[dict]:
         t, p = divmod(int(flat), len(classes))
         if cm[t, p] == 0:
             break
-        pairs.append({"true": classes[t], "pred": classes[p], "count": int(cm[t, p]),
-                      "rate": float(cm[t, p] / support[t])})
+        pairs.append(
+            {
+                "true": classes[t],
+                "pred": classes[p],
+                "count": int(cm[t, p]),
+                "rate": float(cm[t, p] / support[t]),
+            }
+        )
     return pairs
 
 

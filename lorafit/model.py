@@ -40,8 +40,9 @@ class ConvBlock(nn.Module):
 class SeedCNN(nn.Module):
     """conv1 -> conv2 -> conv3 -> flatten -> proj (256) -> ReLU -> [adapter] -> fc."""
 
-    def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = (32, 64, 128),
-                 hidden: int = 256) -> None:
+    def __init__(
+        self, num_classes: int = 10, widths: tuple[int, int, int] = (32, 64, 128), hidden: int = 256
+    ) -> None:
         super().__init__()
         if num_classes < 2 or hidden < 1 or len(widths) != 3 or min(widths) < 1:
             raise LorafitError(f"bad model shape: classes={num_classes} widths={widths} hidden={hidden}")

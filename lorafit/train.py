@@ -13,8 +13,9 @@ import functools
 import math
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +45,9 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     if device != "cpu" and not (device == "cuda" or device.startswith("cuda:")):
         raise LorafitError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
     if device != "cpu" and not torch.cuda.is_available():
-        raise LorafitError(f"--device {device} was asked for but no CUDA device is available; use --device cpu")
+        raise LorafitError(
+            f"--device {device} was asked for but no CUDA device is available; use --device cpu"
+        )
     return torch.device(device)
 
 
@@ -65,7 +68,7 @@ def bf16_supported(device: torch.device) -> bool:
 
 @dataclass
 class FitResult:
-    status: str                       # "complete" | "diverged"
+    status: str  # "complete" | "diverged"
     error: str | None = None
     curve: list[dict] = field(default_factory=list)  # per epoch: train_loss, val_acc, seconds, images_per_s
     best_epoch: int = 0
@@ -87,8 +90,16 @@ class _Inputs:
     """Serves batches of a split as inputs to the stages from `start` on: raw images normalised on
     the fly (start 0) or cached prefix features."""
 
-    def __init__(self, model: nn.Module, split: Split | torch.Tensor, device: torch.device, bf16: bool,
-                 cache: FeatureCache | None, start: int, batch_size: int) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        split: Split | torch.Tensor,
+        device: torch.device,
+        bf16: bool,
+        cache: FeatureCache | None,
+        start: int,
+        batch_size: int,
+    ) -> None:
         self.start = start
         images = split.images if isinstance(split, Split) else split
         if start == 0:
@@ -107,8 +118,8 @@ class _Inputs:
             try:
                 with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
                     for i in range(0, len(images), batch_size):
-                        x = normalise(images[i:i + batch_size].to(device))
-                        feats[i:i + batch_size] = model.run_stages(x, 0, start).to("cpu", dtype)
+                        x = normalise(images[i : i + batch_size].to(device))
+                        feats[i : i + batch_size] = model.run_stages(x, 0, start).to("cpu", dtype)
             except BaseException:
                 if cache is not None:
                     cache.discard(key)
@@ -142,9 +153,14 @@ def _prefix_start(model: nn.Module, cache: FeatureCache | None, n: int, device, 
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, images: Split | torch.Tensor, device: str | torch.device | None = None,
-            bf16: bool | None = None, batch_size: int = EVAL_BATCH,
-            cache: FeatureCache | None = None) -> torch.Tensor:
+def predict(
+    model: nn.Module,
+    images: Split | torch.Tensor,
+    device: str | torch.device | None = None,
+    bf16: bool | None = None,
+    batch_size: int = EVAL_BATCH,
+    cache: FeatureCache | None = None,
+) -> torch.Tensor:
     """Predicted class indices (int64, on the CPU) for a split's (or a tensor of) uint8 images."""
     split, images = images, images.images if isinstance(images, Split) else images
     device = pick_device(device)
@@ -164,10 +180,17 @@ def accuracy(model: nn.Module, split: Split, **kwargs) -> float:
     return (predict(model, split, **kwargs) == split.labels).float().mean().item()
 
 
-def fit(model: nn.Module, train: Split, val: Split, cfg: RunConfig, *,
-        device: str | torch.device | None = None, bf16: bool | None = None,
-        cache: FeatureCache | None = None,
-        on_epoch: Callable[[int, float], None] | None = None) -> FitResult:
+def fit(
+    model: nn.Module,
+    train: Split,
+    val: Split,
+    cfg: RunConfig,
+    *,
+    device: str | torch.device | None = None,
+    bf16: bool | None = None,
+    cache: FeatureCache | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> FitResult:
     """Train the parameters of `model` that require grad as `cfg` says (its epochs, lr,
     batch_size, weight_decay, patience and seed), with AdamW + cosine decay.
 
@@ -214,7 +237,7 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: RunConfig, *,
         # Divergence is tracked on the device and read once per epoch: no host sync per step.
         first_bad = torch.full((), -1, device=device)
         for step, i in enumerate(range(0, len(train), batch_size)):
-            idx = perm[i:i + batch_size]
+            idx = perm[i : i + batch_size]
             with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
                 loss = F.cross_entropy(model.run_stages(train_in.batch(idx), start), train_y[idx])
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step + 1, first_bad)
@@ -237,9 +260,15 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: RunConfig, *,
                 idx = torch.arange(i, min(i + EVAL_BATCH, len(val)), device=val_in.data.device)
                 correct += (model.run_stages(val_in.batch(idx), start).argmax(1) == val_y[idx]).sum()
         val_acc = correct.item() / max(len(val), 1)
-        result.curve.append({"epoch": epoch, "train_loss": total_loss.item() / len(train),
-                             "val_acc": val_acc, "seconds": epoch_s,
-                             "images_per_s": len(train) / epoch_s})
+        result.curve.append(
+            {
+                "epoch": epoch,
+                "train_loss": total_loss.item() / len(train),
+                "val_acc": val_acc,
+                "seconds": epoch_s,
+                "images_per_s": len(train) / epoch_s,
+            }
+        )
         if val_acc > best_acc:
             best_acc, stale, result.best_epoch = val_acc, 0, epoch
             best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}

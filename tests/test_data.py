@@ -1,6 +1,4 @@
-import gzip
 import hashlib
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -8,51 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from idxfiles import balanced, write_split
 
 from lorafit import data
 from lorafit.errors import LorafitError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-# ------------------------------------------------------------------------------- tiny IDX files
-def make_images(labels: np.ndarray) -> np.ndarray:
-    """Upright 28x28 images: a bright bar along the top (to check orientation), the label as a
-    brightness level, and the image index in the bottom-left pixels (to track items through splits)."""
-    n = len(labels)
-    x = np.zeros((n, 28, 28), dtype=np.uint8)
-    x[:, 0:3, :] = 255
-    x[:, 10:18, 10:18] = (labels[:, None, None] * 4 + 20).astype(np.uint8)
-    x[:, 27, 0] = np.arange(n) % 256
-    x[:, 27, 1] = np.arange(n) // 256
-    return x
-
-
-def idx_bytes(arr: np.ndarray) -> bytes:
-    magic = 0x0800 | arr.ndim
-    return struct.pack(">I", magic) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.astype(np.uint8).tobytes()
-
-
-def write(path: Path, payload: bytes, gz: bool = False) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if gz:
-        path = path.with_name(path.name + ".gz")
-        path.write_bytes(gzip.compress(payload))
-    else:
-        path.write_bytes(payload)
-    return path
-
-
-def write_split(folder: Path, images_name: str, labels_name: str, labels: np.ndarray, gz=False, transpose=False):
-    images = make_images(labels)
-    stored = images.transpose(0, 2, 1) if transpose else images  # EMNIST files are stored transposed
-    write(folder / images_name, idx_bytes(np.ascontiguousarray(stored)), gz)
-    write(folder / labels_name, idx_bytes(labels.astype(np.uint8)), gz)
-    return images
-
-
-def balanced(classes: int, per_class: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).permutation(np.repeat(np.arange(classes), per_class))
 
 
 def temp_files(folder: Path) -> list[Path]:
@@ -87,14 +46,30 @@ def test_mnist_raw_uncompressed_layout(tmp_path):
 
 def test_emnist_flat_gz_layout_reads_through_cache(tmp_path):
     src = tmp_path / "d"
-    write_split(src, "emnist-mnist-train-images-idx3-ubyte", "emnist-mnist-train-labels-idx1-ubyte", balanced(10, 10), gz=True, transpose=True)
-    write_split(src, "emnist-mnist-test-images-idx3-ubyte", "emnist-mnist-test-labels-idx1-ubyte", balanced(10, 4), gz=True, transpose=True)
+    write_split(
+        src,
+        "emnist-mnist-train-images-idx3-ubyte",
+        "emnist-mnist-train-labels-idx1-ubyte",
+        balanced(10, 10),
+        gz=True,
+        transpose=True,
+    )
+    write_split(
+        src,
+        "emnist-mnist-test-images-idx3-ubyte",
+        "emnist-mnist-test-labels-idx1-ubyte",
+        balanced(10, 4),
+        gz=True,
+        transpose=True,
+    )
     before = listing(src)
 
     s = data.load("emnist-mnist", data_dir=src, cache_dir=tmp_path / "cache", download=False)
     assert s.protocol == "official" and len(s.test) == 40 and len(s.train) + len(s.val) == 100
     assert s.classes == tuple(torchvision.datasets.EMNIST.classes_split_dict["mnist"])
-    assert set(s.files) == {f"emnist-mnist-{p}-{k}-ubyte.gz" for p in ("train", "test") for k in ("images-idx3", "labels-idx1")}
+    assert set(s.files) == {
+        f"emnist-mnist-{p}-{k}-ubyte.gz" for p in ("train", "test") for k in ("images-idx3", "labels-idx1")
+    }
     # Decompressed into torchvision's layout in the cache; the data dir is untouched.
     assert (tmp_path / "cache" / "EMNIST" / "raw" / "emnist-mnist-test-images-idx3-ubyte").is_file()
     assert listing(src) == before
@@ -109,7 +84,13 @@ def test_emnist_flat_gz_layout_reads_through_cache(tmp_path):
 def test_emnist_subdir_is_transposed_upright_with_mapping(tmp_path):
     src = tmp_path / "d" / "emnist"
     labels = balanced(47, 3)
-    upright = write_split(src, "emnist-balanced-test-images-idx3-ubyte", "emnist-balanced-test-labels-idx1-ubyte", labels, transpose=True)
+    upright = write_split(
+        src,
+        "emnist-balanced-test-images-idx3-ubyte",
+        "emnist-balanced-test-labels-idx1-ubyte",
+        labels,
+        transpose=True,
+    )
     names = torchvision.datasets.EMNIST.classes_split_dict["balanced"]
     (src / "emnist-balanced-mapping.txt").write_text("".join(f"{i} {ord(c)}\n" for i, c in enumerate(names)))
 
@@ -158,7 +139,13 @@ def test_truncated_files_are_reported(tmp_path):
 
     # A truncated .gz with no official checksum fails while decompressing; no partial copy is kept.
     src = tmp_path / "e"
-    write_split(src, "emnist-digits-train-images-idx3-ubyte", "emnist-digits-train-labels-idx1-ubyte", balanced(10, 3), gz=True)
+    write_split(
+        src,
+        "emnist-digits-train-images-idx3-ubyte",
+        "emnist-digits-train-labels-idx1-ubyte",
+        balanced(10, 3),
+        gz=True,
+    )
     gz = src / "emnist-digits-train-labels-idx1-ubyte.gz"
     gz.write_bytes(gz.read_bytes()[:-12])
     cache = tmp_path / "cache2"
@@ -170,7 +157,9 @@ def test_truncated_files_are_reported(tmp_path):
 
 def test_not_an_idx_file(tmp_path):
     src = tmp_path / "d"
-    write_split(src, "emnist-mnist-test-images-idx3-ubyte", "emnist-mnist-test-labels-idx1-ubyte", balanced(10, 3))
+    write_split(
+        src, "emnist-mnist-test-images-idx3-ubyte", "emnist-mnist-test-labels-idx1-ubyte", balanced(10, 3)
+    )
     (src / "emnist-mnist-test-labels-idx1-ubyte").write_bytes(b"<html>not found</html>")
     with pytest.raises(LorafitError, match=r"emnist-mnist-test-labels-idx1-ubyte: not an IDX file"):
         data.load("emnist-mnist", data_dir=src, cache_dir=tmp_path / "cache", download=False)
@@ -191,7 +180,9 @@ def test_missing_data_and_bad_arguments(tmp_path):
         data.load("glyphs-digits", protocol="best", cache_dir=cache)
 
     src = tmp_path / "d"
-    write_split(src, "emnist-mnist-test-images-idx3-ubyte", "emnist-mnist-test-labels-idx1-ubyte", balanced(10, 3))
+    write_split(
+        src, "emnist-mnist-test-images-idx3-ubyte", "emnist-mnist-test-labels-idx1-ubyte", balanced(10, 3)
+    )
     with pytest.raises(LorafitError, match="test_fraction"):
         data.load("emnist-mnist", data_dir=src, val_fraction=0.5, test_fraction=0.5, cache_dir=cache)
     with pytest.raises(LorafitError, match="only the test split.*protocol resplit"):
@@ -205,7 +196,9 @@ def test_failed_download_is_a_lorafit_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(LorafitError, match=r"download failed \(RuntimeError: .* no network\).*--data-dir") as err:
+    with pytest.raises(
+        LorafitError, match=r"download failed \(RuntimeError: .* no network\).*--data-dir"
+    ) as err:
         data.load("mnist", data_dir=tmp_path / "empty", cache_dir=tmp_path / "cache")
     assert "\n" not in str(err.value)
 
@@ -239,13 +232,21 @@ def imbalanced_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("imbalanced")
     counts = np.arange(10) * 10 + 40  # 40, 50, ..., 130 images per class
     labels = np.random.default_rng(0).permutation(np.repeat(np.arange(10), counts))
-    write_split(root / "emnist", "emnist-digits-test-images-idx3-ubyte", "emnist-digits-test-labels-idx1-ubyte", labels, transpose=True)
+    write_split(
+        root / "emnist",
+        "emnist-digits-test-images-idx3-ubyte",
+        "emnist-digits-test-labels-idx1-ubyte",
+        labels,
+        transpose=True,
+    )
     return root
 
 
 def test_resplit_is_stratified_complete_and_seeded(imbalanced_dir, tmp_path):
     def get(seed):
-        return data.load("emnist-digits", data_dir=imbalanced_dir, seed=seed, cache_dir=tmp_path, download=False)
+        return data.load(
+            "emnist-digits", data_dir=imbalanced_dir, seed=seed, cache_dir=tmp_path, download=False
+        )
 
     a, b, c = get(0), get(0), get(1)
     assert a.protocol == "resplit"
@@ -322,7 +323,10 @@ def test_real_mnist_official(real):
     s = real["mnist"]
     assert s.protocol == "official" and s.classes == tuple("0123456789")
     assert len(s.train) + len(s.val) == 60_000 and len(s.test) == 10_000
-    assert s.files["train-images-idx3-ubyte.gz"] == "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"
+    assert (
+        s.files["train-images-idx3-ubyte.gz"]
+        == "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"
+    )
     assert len(s.files) == 4 and all(len(v) == 64 for v in s.files.values())
     assert abs(torch.cat([s.train.images, s.val.images]).float().mean().item() - 33.318) < 0.01
 
@@ -335,7 +339,9 @@ def test_real_emnist_is_upright_like_mnist(real):
         return torch.stack([x[y == k].mean(0) for k in range(10)])
 
     # EMNIST characters fill the frame (~24 px) where MNIST keeps digits in a 20x20 box: match the scale.
-    emnist = F.pad(F.interpolate(digit_means(real["emnist"]), size=(24, 24), mode="bilinear", antialias=True), (2,) * 4)[:, 0]
+    emnist = F.pad(
+        F.interpolate(digit_means(real["emnist"]), size=(24, 24), mode="bilinear", antialias=True), (2,) * 4
+    )[:, 0]
     mnist = digit_means(real["mnist"])[:, 0]
 
     def r(a, b):

@@ -1,15 +1,24 @@
 """Each freeze policy leaves exactly its documented parameters trainable."""
 
 import pytest
-import torch
 
 from lorafit import adapters, freeze
 from lorafit.adapters import AdapterSettings
 from lorafit.errors import LorafitError
 from lorafit.model import SeedCNN
 
-ALL_BASE = {"conv1.conv.weight", "conv1.conv.bias", "conv2.conv.weight", "conv2.conv.bias",
-            "conv3.conv.weight", "conv3.conv.bias", "proj.weight", "proj.bias", "fc.weight", "fc.bias"}
+ALL_BASE = {
+    "conv1.conv.weight",
+    "conv1.conv.bias",
+    "conv2.conv.weight",
+    "conv2.conv.bias",
+    "conv3.conv.weight",
+    "conv3.conv.bias",
+    "proj.weight",
+    "proj.bias",
+    "fc.weight",
+    "fc.bias",
+}
 
 
 def _names(model):
@@ -45,8 +54,14 @@ def test_seed_policy_freezes_conv1_conv3_proj():
     adapters.inject(model, "seed", "seed", AdapterSettings(rank=8))
     freeze.apply(model, "seed")
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    assert frozen == {"conv1.conv.weight", "conv1.conv.bias", "conv3.conv.weight",
-                      "conv3.conv.bias", "proj.weight", "proj.bias"}
+    assert frozen == {
+        "conv1.conv.weight",
+        "conv1.conv.bias",
+        "conv3.conv.weight",
+        "conv3.conv.bias",
+        "proj.weight",
+        "proj.bias",
+    }
     assert freeze.count_parameters(model)[0] == 18_496 + 2 * 8 * 256 + 15_934
 
 

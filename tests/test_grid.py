@@ -16,18 +16,50 @@ from lorafit.errors import LorafitError
 ROOT = Path(__file__).resolve().parents[1]
 RECORD_KEYS = {
     "run": {"id", "study", "trial", "created_at", "git_sha", "status", "error"},
-    "metrics": {"test_acc", "test_balanced_acc", "test_macro_f1", "source_acc_after", "trainable_params",
-                "total_params", "adapter_bytes", "train_s", "images_per_s", "peak_mem_mb"},
-    "env": {"python", "torch", "torchvision", "optuna", "device", "cpu", "gpu", "protocol",
-            "target_files", "source_files"},
+    "metrics": {
+        "test_acc",
+        "test_balanced_acc",
+        "test_macro_f1",
+        "source_acc_after",
+        "trainable_params",
+        "total_params",
+        "adapter_bytes",
+        "train_s",
+        "images_per_s",
+        "peak_mem_mb",
+    },
+    "env": {
+        "python",
+        "torch",
+        "torchvision",
+        "optuna",
+        "device",
+        "cpu",
+        "gpu",
+        "protocol",
+        "target_files",
+        "source_files",
+    },
 }
 
 
 def test_grid_file_declares_the_ablation():
     cells = load_grid(DEFAULT_GRID, "smoke")
     names = sorted({c.name for c in cells})
-    assert {"scratch", "full", "head", "seed-post", "lora-proj", "lora-conv1", "lora-conv2", "lora-conv3",
-            "lora-convs", "lora-convs-kxk", "lora-proj-seed", "lora-proj-bitfit"} == set(names)
+    assert {
+        "scratch",
+        "full",
+        "head",
+        "seed-post",
+        "lora-proj",
+        "lora-conv1",
+        "lora-conv2",
+        "lora-conv3",
+        "lora-convs",
+        "lora-convs-kxk",
+        "lora-proj-seed",
+        "lora-proj-bitfit",
+    } == set(names)
     assert sorted(c.rank for c in cells if c.name == "lora-proj") == [1, 2, 4, 8, 16, 32, 64]
     assert sorted(c.rank for c in cells if c.name == "lora-conv2") == [2, 4, 8, 16]
     assert all(c.seed == 0 for c in cells)  # smoke: one seed
@@ -81,16 +113,40 @@ def test_smoke_grid_end_to_end_and_resume(tmp_path, tiny_grid, capsys):
 
 BAD_GRIDS = {
     "malformed": ("[[cell]\nname = 1", "malformed TOML"),
-    "unknown key": ('[lr]\nlora = 1e-3\n[[cell]]\nname = "x"\nmethod = "lora"\nplacement = "proj"\nrank = 2\npolicy = "lora"\nranks = 3', "unknown key"),
-    "unknown section": ('[defaults]\nseeds = 2\n[[cell]]\nname = "x"\nmethod = "head"\npolicy = "head"', "unknown section"),
-    "unknown placement": ('[lr]\nlora = 1e-3\n[[cell]]\nname = "x"\nmethod = "lora"\nplacement = "fc"\nrank = 2\npolicy = "lora"', "unknown placement"),
-    "unknown policy": ('[lr]\nlora = 1e-3\n[[cell]]\nname = "x"\nmethod = "lora"\nplacement = "proj"\nrank = 2\npolicy = "frozen"', "unknown freeze policy"),
-    "unknown shape": ('[lr]\nlora = 1e-3\n[[cell]]\nname = "x"\nmethod = "lora"\nplacement = "convs"\nshape = "3x3"\nrank = 2\npolicy = "lora"', "unknown shape"),
-    "rank 0": ('[lr]\nlora = 1e-3\n[[cell]]\nname = "x"\nmethod = "lora"\nplacement = "proj"\nrank = 0\npolicy = "lora"', "rank must be"),
-    "string lr": ('[lr]\nlora = "fast"\n[[cell]]\nname = "x"\nmethod = "lora"\nplacement = "proj"\nrank = 2\npolicy = "lora"', "lr must be a number"),
+    "unknown key": (
+        '[lr]\nlora = 1e-3\n[[cell]]\nname = "x"\nmethod = "lora"\nplacement = "proj"\nrank = 2\npolicy = "lora"\nranks = 3',
+        "unknown key",
+    ),
+    "unknown section": (
+        '[defaults]\nseeds = 2\n[[cell]]\nname = "x"\nmethod = "head"\npolicy = "head"',
+        "unknown section",
+    ),
+    "unknown placement": (
+        '[lr]\nlora = 1e-3\n[[cell]]\nname = "x"\nmethod = "lora"\nplacement = "fc"\nrank = 2\npolicy = "lora"',
+        "unknown placement",
+    ),
+    "unknown policy": (
+        '[lr]\nlora = 1e-3\n[[cell]]\nname = "x"\nmethod = "lora"\nplacement = "proj"\nrank = 2\npolicy = "frozen"',
+        "unknown freeze policy",
+    ),
+    "unknown shape": (
+        '[lr]\nlora = 1e-3\n[[cell]]\nname = "x"\nmethod = "lora"\nplacement = "convs"\nshape = "3x3"\nrank = 2\npolicy = "lora"',
+        "unknown shape",
+    ),
+    "rank 0": (
+        '[lr]\nlora = 1e-3\n[[cell]]\nname = "x"\nmethod = "lora"\nplacement = "proj"\nrank = 0\npolicy = "lora"',
+        "rank must be",
+    ),
+    "string lr": (
+        '[lr]\nlora = "fast"\n[[cell]]\nname = "x"\nmethod = "lora"\nplacement = "proj"\nrank = 2\npolicy = "lora"',
+        "lr must be a number",
+    ),
     "no lr": ('[[cell]]\nname = "x"\nmethod = "head"\npolicy = "head"', "no learning rate"),
     "no cells": ("[lr]\nhead = 1e-3", "no [[cell]]"),
-    "unknown lr profile": ('[lr]\nhead = 1e-3\n[lr.huge]\nhead = 1e-2\n[[cell]]\nname = "x"\nmethod = "head"\npolicy = "head"', "unknown method(s) or profile(s) huge"),
+    "unknown lr profile": (
+        '[lr]\nhead = 1e-3\n[lr.huge]\nhead = 1e-2\n[[cell]]\nname = "x"\nmethod = "head"\npolicy = "head"',
+        "unknown method(s) or profile(s) huge",
+    ),
 }
 
 
@@ -105,18 +161,21 @@ def test_bad_grid_files_exit_2_with_one_line(case, tmp_path, tiny_grid, capsys):
     assert not runs.exists()  # nothing written
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--profile", "huge"], "unknown profile"),
-    (["--grid", "no-such-grid.toml"], "file not found"),
-    (["--seeds", "0"], "--seeds must be >= 1"),
-    (["--seeds", "two"], "--seeds must be an integer"),
-    (["--profile", "local", "--data-dir", "/nonexistent/data"], "--data-dir"),
-    (["--profile", "local", "--data-dir", "EMPTY"], "--profile smoke"),
-    (["--storage", "postgresql://nobody@127.0.0.1:1/none"], "cannot open storage"),
-    (["--storage", "redis://localhost"], "unsupported storage URL"),
-    (["--runs-dir", "FILE/runs"], "not writable"),
-    (["--only", "nothing-matches"], "matches no cell"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--profile", "huge"], "unknown profile"),
+        (["--grid", "no-such-grid.toml"], "file not found"),
+        (["--seeds", "0"], "--seeds must be >= 1"),
+        (["--seeds", "two"], "--seeds must be an integer"),
+        (["--profile", "local", "--data-dir", "/nonexistent/data"], "--data-dir"),
+        (["--profile", "local", "--data-dir", "EMPTY"], "--profile smoke"),
+        (["--storage", "postgresql://nobody@127.0.0.1:1/none"], "cannot open storage"),
+        (["--storage", "redis://localhost"], "unsupported storage URL"),
+        (["--runs-dir", "FILE/runs"], "not writable"),
+        (["--only", "nothing-matches"], "matches no cell"),
+    ],
+)
 def test_bad_arguments_exit_2_with_one_line(args, message, tmp_path, capsys):
     (tmp_path / "FILE").write_text("a file, not a folder")
     (tmp_path / "EMPTY").mkdir()
@@ -135,16 +194,36 @@ def test_bad_arguments_exit_2_with_one_line(args, message, tmp_path, capsys):
 
 def test_cli_process_exit_status_and_no_traceback(tmp_path):
     """The real entry point, as a user runs it."""
-    proc = subprocess.run([sys.executable, "-m", "bench", "run", "grid", "--profile", "nope",
-                           "--runs-dir", str(tmp_path / "r")], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "run",
+            "grid",
+            "--profile",
+            "nope",
+            "--runs-dir",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["error: unknown profile 'nope'; choose one of smoke, local, paper"]
-    help_ = subprocess.run([sys.executable, "-m", "bench", "run", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.stderr.strip().splitlines() == [
+        "error: unknown profile 'nope'; choose one of smoke, local, paper"
+    ]
+    help_ = subprocess.run(
+        [sys.executable, "-m", "bench", "run", "--help"], capture_output=True, text=True, cwd=ROOT
+    )
     assert help_.returncode == 0 and "--profile" in help_.stdout and "--storage" in help_.stdout
 
 
 def test_load_grid_rejects_empty_list(tmp_path, tiny_grid):
-    path = tiny_grid('[lr]\nlora = 1e-3\n[[cell]]\nname = "x"\nmethod = "lora"\nplacement = "proj"\nrank = []\npolicy = "lora"')
+    path = tiny_grid(
+        '[lr]\nlora = 1e-3\n[[cell]]\nname = "x"\nmethod = "lora"\nplacement = "proj"\nrank = []\npolicy = "lora"'
+    )
     with pytest.raises(LorafitError, match="empty list"):
         load_grid(path, "smoke")

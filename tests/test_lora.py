@@ -25,7 +25,9 @@ def _x(n: int = 4) -> torch.Tensor:
     return torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(1))
 
 
-def inject(model: SeedCNN, placement: str, rank: int = 8, alpha: float = 1.0, shape: str = "1x1") -> list[str]:
+def inject(
+    model: SeedCNN, placement: str, rank: int = 8, alpha: float = 1.0, shape: str = "1x1"
+) -> list[str]:
     """The native methods: the seed post's adapter on its slot, LoRA everywhere else."""
     method = "seed" if placement == "seed" else "lora"
     return adapters.inject(model, method, placement, AdapterSettings(rank=rank, alpha=alpha, shape=shape))
@@ -40,8 +42,13 @@ def _randomise_adapters(model: nn.Module) -> None:
 
 
 def expected_adapter_params(placement: str, shape: str, r: int) -> int:
-    convs = {"conv1": ("conv1",), "conv2": ("conv2",), "conv3": ("conv3",),
-             "convs": ("conv1", "conv2", "conv3"), "all": ("conv1", "conv2", "conv3")}.get(placement, ())
+    convs = {
+        "conv1": ("conv1",),
+        "conv2": ("conv2",),
+        "conv3": ("conv3",),
+        "convs": ("conv1", "conv2", "conv3"),
+        "all": ("conv1", "conv2", "conv3"),
+    }.get(placement, ())
     k2 = 9 if shape == "kxk" else 1
     total = sum(r * (CONV_IO[c][0] * k2 + CONV_IO[c][1]) for c in convs)
     if placement in ("proj", "all"):
@@ -116,8 +123,10 @@ def test_seed_residual_adapter_is_the_posts_formula():
     assert torch.allclose(adapter(h), expected)
 
 
-@pytest.mark.parametrize("kernel,padding,stride,dilation", [
-    (3, 1, 1, 1), (3, 1, 2, 1), (5, 2, 1, 1), (3, 0, 1, 1), (3, 2, 1, 1), (3, 2, 2, 2), (5, 0, 2, 1)])
+@pytest.mark.parametrize(
+    "kernel,padding,stride,dilation",
+    [(3, 1, 1, 1), (3, 1, 2, 1), (5, 2, 1, 1), (3, 0, 1, 1), (3, 2, 1, 1), (3, 2, 2, 2), (5, 0, 2, 1)],
+)
 def test_conv_1x1_merge_exact_for_centre_tap(kernel, padding, stride, dilation):
     torch.manual_seed(0)
     base = nn.Conv2d(3, 6, kernel, stride=stride, padding=padding, dilation=dilation)
@@ -147,24 +156,30 @@ def test_rslora_scaling():
     assert lora.LoRALinear(nn.Linear(8, 8), rank=4, alpha=8).scaling == pytest.approx(2.0)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"placement": "fc2"}, "unknown placement"),
-    ({"placement": "proj", "rank": 0}, "rank"),
-    ({"placement": "conv1", "rank": -3}, "rank"),
-    ({"placement": "proj", "alpha": 0}, "alpha"),
-    ({"placement": "convs", "shape": "3x3"}, "shape"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"placement": "fc2"}, "unknown placement"),
+        ({"placement": "proj", "rank": 0}, "rank"),
+        ({"placement": "conv1", "rank": -3}, "rank"),
+        ({"placement": "proj", "alpha": 0}, "alpha"),
+        ({"placement": "convs", "shape": "3x3"}, "shape"),
+    ],
+)
 def test_bad_arguments_raise(kwargs, match):
     with pytest.raises(LorafitError, match=match):
         inject(_model(), **{"rank": 4, "alpha": 1.0, **kwargs})
 
 
-@pytest.mark.parametrize("method,placement,match", [
-    ("lora", "seed", "cannot be placed on 'seed'"),
-    ("seed", "proj", "cannot be placed on 'proj'"),
-    ("head", "proj", "placement must be none"),
-    ("dora", "proj", "unknown adapter method"),
-])
+@pytest.mark.parametrize(
+    "method,placement,match",
+    [
+        ("lora", "seed", "cannot be placed on 'seed'"),
+        ("seed", "proj", "cannot be placed on 'proj'"),
+        ("head", "proj", "placement must be none"),
+        ("dora", "proj", "unknown adapter method"),
+    ],
+)
 def test_methods_take_only_their_placements(method, placement, match):
     with pytest.raises(LorafitError, match=match):
         adapters.inject(_model(), method, placement)

@@ -11,31 +11,48 @@ from pathlib import Path
 
 import optuna
 import pytest
+from grids import SLOW_GRID
 
 from bench.__main__ import main
-from bench.runner import Context, run_cell
 from bench.grid import load_grid
-from grids import SLOW_GRID
+from bench.runner import Context, run_cell
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_URL = os.environ.get("LORAFIT_TEST_PG_URL")
 TIMING = {"train_s", "wall_s", "images_per_s", "peak_mem_mb"}
 
 
-
 def _env() -> dict:
     # Short heartbeats so a crashed worker's trial is noticed within seconds.
-    return {**os.environ, "LORAFIT_HEARTBEAT_S": "1", "LORAFIT_GRACE_S": "4", "PYTHONUNBUFFERED": "1",
-            "PYTHONWARNINGS": "ignore"}
+    return {
+        **os.environ,
+        "LORAFIT_HEARTBEAT_S": "1",
+        "LORAFIT_GRACE_S": "4",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONWARNINGS": "ignore",
+    }
 
 
 def _cmd(grid: Path, runs: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "bench", "run", "grid", "--grid", str(grid), "--runs-dir", str(runs),
-            "--no-progress", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "bench",
+        "run",
+        "grid",
+        "--grid",
+        str(grid),
+        "--runs-dir",
+        str(runs),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _start(cmd) -> subprocess.Popen:
-    return subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def _kill_after_first_cell(proc: subprocess.Popen) -> str:
@@ -65,7 +82,11 @@ def _per_cell_states(study: optuna.Study) -> dict[str, list[str]]:
 
 
 def _no_partial_files(runs: Path) -> None:
-    leftovers = [p for p in runs.rglob("*") if p.name.endswith(".tmp") or (p.is_file() and p.name.startswith(".") and p.suffix != ".lock")]
+    leftovers = [
+        p
+        for p in runs.rglob("*")
+        if p.name.endswith(".tmp") or (p.is_file() and p.name.startswith(".") and p.suffix != ".lock")
+    ]
     assert not leftovers, leftovers
     for path in (runs / "records").rglob("*.json"):
         json.loads(path.read_text())  # every record parses
@@ -88,7 +109,9 @@ def test_kill_9_mid_cell_then_resume_completes_the_grid(tmp_path):
     storage = f"sqlite:///{runs / 'optuna.db'}"
     states = _per_cell_states(_study(storage, "crash-smoke"))
     assert "RUNNING" in sum(states.values(), []), states  # it died inside a cell
-    resumed = subprocess.run(_cmd(grid, runs), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        _cmd(grid, runs), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     states = _per_cell_states(_study(storage, "crash-smoke"))
     assert len(states) == 5
@@ -98,7 +121,9 @@ def test_kill_9_mid_cell_then_resume_completes_the_grid(tmp_path):
     assert len(list((runs / "records" / "crash-smoke").glob("*.json"))) == 5
     _no_partial_files(runs)
     # Same numbers as a run that was never interrupted.
-    clean_run = subprocess.run(_cmd(grid, clean), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    clean_run = subprocess.run(
+        _cmd(grid, clean), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert clean_run.returncode == 0
     assert _metrics_by_cell(runs, "crash-smoke") == _metrics_by_cell(clean, "crash-smoke")
 
@@ -132,8 +157,10 @@ def test_two_workers_share_one_grid_on_one_machine(tmp_path):
 
 
 @pytest.mark.postgres
-@pytest.mark.skipif(not PG_URL and not os.environ.get("LORAFIT_REQUIRE_PG"),
-                    reason="set LORAFIT_TEST_PG_URL to a PostgreSQL server (.ci/run does)")
+@pytest.mark.skipif(
+    not PG_URL and not os.environ.get("LORAFIT_REQUIRE_PG"),
+    reason="set LORAFIT_TEST_PG_URL to a PostgreSQL server (.ci/run does)",
+)
 def test_postgres_workers_with_a_crash(tmp_path):
     assert PG_URL, "LORAFIT_REQUIRE_PG is set but LORAFIT_TEST_PG_URL is not"
     name = f"pg{uuid.uuid4().hex[:8]}"
@@ -157,7 +184,9 @@ def test_postgres_workers_with_a_crash(tmp_path):
 
 
 def test_divergence_is_recorded_and_the_grid_goes_on(tmp_path, tiny_grid, capsys):
-    grid = tiny_grid(SLOW_GRID.split("[[cell]]\nname = \"lora-")[0] + """
+    grid = tiny_grid(
+        SLOW_GRID.split('[[cell]]\nname = "lora-')[0]
+        + """
 [[cell]]
 name = "boom"
 method = "lora"
@@ -165,7 +194,9 @@ placement = "proj"
 rank = 2
 policy = "lora"
 lr = 1e30
-""", name="boom")
+""",
+        name="boom",
+    )
     runs = tmp_path / "runs"
     argv = ["run", "grid", "--grid", str(grid), "--runs-dir", str(runs), "--no-progress"]
     assert main(argv) == 0
@@ -183,6 +214,9 @@ def test_same_cell_same_seed_identical_metrics(tmp_path, tiny_grid):
     cfg = next(c for c in load_grid(tiny_grid(), "smoke") if c.name == "lora-conv3")
     a = run_cell(cfg, Context(tmp_path / "a"), "det")
     b = run_cell(cfg, Context(tmp_path / "b"), "det")
-    strip = lambda m: {k: v for k, v in m.items() if k not in TIMING}
+
+    def strip(m: dict) -> dict:
+        return {k: v for k, v in m.items() if k not in TIMING}
+
     assert strip(a["metrics"]) == strip(b["metrics"])
     assert a["analysis"] == b["analysis"]

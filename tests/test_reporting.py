@@ -18,7 +18,8 @@ import pandas as pd
 import pytest
 from grids import REPORT_GRID
 
-from bench import aggregate as agg, charts, leaderboard, report
+from bench import aggregate as agg
+from bench import charts, leaderboard, report
 from bench.records import load_records, record_path, write_json
 from lorafit import metrics
 from lorafit.errors import LorafitError
@@ -28,27 +29,85 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CLASSES = ["0", "1", "2", "a"]
 
 
-def make_record(name="lora-proj", method="lora", placement="proj", rank=8, policy="lora", shape="1x1", seed=0,
-                acc=0.8, params=1_000, status="complete", error=None, protocol="resplit", per_class=None,
-                created="2026-01-01T00:00:00+00:00"):
+def make_record(
+    name="lora-proj",
+    method="lora",
+    placement="proj",
+    rank=8,
+    policy="lora",
+    shape="1x1",
+    seed=0,
+    acc=0.8,
+    params=1_000,
+    status="complete",
+    error=None,
+    protocol="resplit",
+    per_class=None,
+    created="2026-01-01T00:00:00+00:00",
+):
     """A record with the fields the reporting reads; status 'failed' records carry no metrics."""
-    config = {"name": name, "method": method, "placement": placement, "shape": shape, "rank": rank, "alpha": 1.0,
-              "policy": policy, "seed": seed, "profile": "local", "source": "mnist", "target": "emnist-byclass",
-              "protocol": protocol, "lr": 1e-3, "epochs": 4, "batch_size": 256, "patience": 0, "pretrain_epochs": 2,
-              "widths": [32, 64, 128]}
+    config = {
+        "name": name,
+        "method": method,
+        "placement": placement,
+        "shape": shape,
+        "rank": rank,
+        "alpha": 1.0,
+        "policy": policy,
+        "seed": seed,
+        "profile": "local",
+        "source": "mnist",
+        "target": "emnist-byclass",
+        "protocol": protocol,
+        "lr": 1e-3,
+        "epochs": 4,
+        "batch_size": 256,
+        "patience": 0,
+        "pretrain_epochs": 2,
+        "widths": [32, 64, 128],
+    }
     cell = f"{name}-r{rank}" if rank else name
-    run = {"id": f"{cell}-s{seed}-{hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]}", "study": "grid-local",
-           "trial": seed, "created_at": created, "git_sha": "abc123", "status": status, "error": error}
-    env = {"python": "3.11", "torch": "2.x", "torchvision": "0.x", "optuna": "5.0", "device": "cpu", "cpu": "Test CPU",
-           "gpu": None, "bf16": False, "threads": 2, "protocol": protocol}
+    run = {
+        "id": f"{cell}-s{seed}-{hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]}",
+        "study": "grid-local",
+        "trial": seed,
+        "created_at": created,
+        "git_sha": "abc123",
+        "status": status,
+        "error": error,
+    }
+    env = {
+        "python": "3.11",
+        "torch": "2.x",
+        "torchvision": "0.x",
+        "optuna": "5.0",
+        "device": "cpu",
+        "cpu": "Test CPU",
+        "gpu": None,
+        "bf16": False,
+        "threads": 2,
+        "protocol": protocol,
+    }
     record = {"run": run, "config": config, "metrics": {}, "curve": [], "analysis": {}, "env": env}
     if status != "failed":
-        record["metrics"] = {"test_acc": acc, "test_balanced_acc": acc - 0.01, "source_acc_before": 0.99,
-                             "source_acc_after": None if method == "scratch" else 0.95, "trainable_params": params,
-                             "total_params": 100_000, "train_s": 2.0, "train_images": 700, "val_images": 100,
-                             "test_images": 200}
+        record["metrics"] = {
+            "test_acc": acc,
+            "test_balanced_acc": acc - 0.01,
+            "source_acc_before": 0.99,
+            "source_acc_after": None if method == "scratch" else 0.95,
+            "trainable_params": params,
+            "total_params": 100_000,
+            "train_s": 2.0,
+            "train_images": 700,
+            "val_images": 100,
+            "test_images": 200,
+        }
         pc = per_class or [acc] * len(CLASSES)
-        record["analysis"] = {"classes": CLASSES, "per_class_acc": pc, "confusion": np.diag([10] * len(CLASSES)).tolist()}
+        record["analysis"] = {
+            "classes": CLASSES,
+            "per_class_acc": pc,
+            "confusion": np.diag([10] * len(CLASSES)).tolist(),
+        }
     return record
 
 
@@ -56,19 +115,42 @@ def grid_records():
     """Baselines, a LoRA proj rank sweep, conv placements, a diverged and an all-failed configuration."""
     recs = []
     for seed, jitter in enumerate((-0.01, 0.0, 0.01)):
-        recs += [make_record("scratch", "scratch", "none", 0, "scratch", seed=seed, acc=0.70 + jitter, params=100_000),
-                 make_record("full", "full", "none", 0, "full", seed=seed, acc=0.85 + jitter, params=100_000),
-                 make_record("head", "head", "none", 0, "head", seed=seed, acc=0.60 + jitter, params=500),
-                 make_record("seed-post", "seed", "seed", 8, "seed", seed=seed, acc=0.75 + jitter, params=3_000)]
+        recs += [
+            make_record(
+                "scratch", "scratch", "none", 0, "scratch", seed=seed, acc=0.70 + jitter, params=100_000
+            ),
+            make_record("full", "full", "none", 0, "full", seed=seed, acc=0.85 + jitter, params=100_000),
+            make_record("head", "head", "none", 0, "head", seed=seed, acc=0.60 + jitter, params=500),
+            make_record("seed-post", "seed", "seed", 8, "seed", seed=seed, acc=0.75 + jitter, params=3_000),
+        ]
         for rank, acc in ((4, 0.72), (8, 0.78), (16, 0.80)):
             recs.append(make_record(rank=rank, seed=seed, acc=acc + jitter, params=500 + 300 * rank))
-        recs.append(make_record("lora-conv2", placement="conv2", rank=8, seed=seed, acc=0.74 + jitter, params=900))
-        recs.append(make_record("lora-convs-kxk", placement="convs", shape="kxk", rank=8, seed=seed,
-                                acc=0.70 + jitter, params=4_000,
-                                status="diverged" if seed == 2 else "complete",
-                                error="non-finite loss (nan) at epoch 2, step 7" if seed == 2 else None))
-        recs.append(make_record("lora-all", placement="all", rank=4, seed=seed, status="failed",
-                                error="RuntimeError: out of memory | try a smaller batch"))
+        recs.append(
+            make_record("lora-conv2", placement="conv2", rank=8, seed=seed, acc=0.74 + jitter, params=900)
+        )
+        recs.append(
+            make_record(
+                "lora-convs-kxk",
+                placement="convs",
+                shape="kxk",
+                rank=8,
+                seed=seed,
+                acc=0.70 + jitter,
+                params=4_000,
+                status="diverged" if seed == 2 else "complete",
+                error="non-finite loss (nan) at epoch 2, step 7" if seed == 2 else None,
+            )
+        )
+        recs.append(
+            make_record(
+                "lora-all",
+                placement="all",
+                rank=4,
+                seed=seed,
+                status="failed",
+                error="RuntimeError: out of memory | try a smaller batch",
+            )
+        )
     return recs
 
 
@@ -115,8 +197,9 @@ def test_without_full_the_model_size_is_100_percent():
 
 
 def test_pareto_front_on_a_known_set():
-    df = pd.DataFrame({"params": [10, 20, 15, 30, 5, 40, 1, 20],
-                       "acc": [0.5, 0.6, 0.4, 0.6, 0.3, 0.9, np.nan, 0.6]})
+    df = pd.DataFrame(
+        {"params": [10, 20, 15, 30, 5, 40, 1, 20], "acc": [0.5, 0.6, 0.4, 0.6, 0.3, 0.9, np.nan, 0.6]}
+    )
     front = agg.pareto_front(df, "params", "acc")
     # (15, .4) loses to (10, .5); (30, .6) to (20, .6); NaN is never on it; equal points both stay.
     assert front.tolist() == [True, True, False, False, True, True, False, True]
@@ -132,19 +215,31 @@ def test_pareto_flag_in_aggregate():
 def test_markdown_is_deterministic_and_independent_of_record_order():
     recs = grid_records()
     links = ["runs/charts/acc_vs_params.html", "runs/charts/acc_vs_params.png"]
-    first = leaderboard.render_markdown(recs, "python -m bench leaderboard --runs-dir runs --output lb.md", links)
-    assert first == leaderboard.render_markdown(recs, "python -m bench leaderboard --runs-dir runs --output lb.md", links)
+    first = leaderboard.render_markdown(
+        recs, "python -m bench leaderboard --runs-dir runs --output lb.md", links
+    )
+    assert first == leaderboard.render_markdown(
+        recs, "python -m bench leaderboard --runs-dir runs --output lb.md", links
+    )
     shuffled = list(recs)
     random.Random(3).shuffle(shuffled)
     assert shuffled != recs
-    assert leaderboard.render_markdown(shuffled, "python -m bench leaderboard --runs-dir runs --output lb.md", links) == first
+    assert (
+        leaderboard.render_markdown(
+            shuffled, "python -m bench leaderboard --runs-dir runs --output lb.md", links
+        )
+        == first
+    )
 
 
 def test_markdown_header_table_summary_and_links():
     recs = grid_records()
     recs[0]["run"]["created_at"] = "2025-12-31T23:00:00+00:00"
-    md = leaderboard.render_markdown(recs, "python -m bench leaderboard --runs-dir runs --output lb.md",
-                                     ["../runs/charts/acc_vs_params.html", "../runs/charts/acc_vs_params.png"])
+    md = leaderboard.render_markdown(
+        recs,
+        "python -m bench leaderboard --runs-dir runs --output lb.md",
+        ["../runs/charts/acc_vs_params.html", "../runs/charts/acc_vs_params.png"],
+    )
     assert "python -m bench leaderboard --runs-dir runs --output lb.md" in md
     assert "protocol **resplit**" in md and "not comparable to published byclass-test numbers" in md
     assert "700 train / 100 validation / 200 test images" in md
@@ -159,8 +254,10 @@ def test_markdown_header_table_summary_and_links():
     assert "Best under 1% of the full model's trainable parameters: **lora-conv2-r8**" in md
     assert "The seed post's setup (**seed-post-r8**) reaches 75.00 ± 2.48% (n=3)" in md
     assert "**lora-proj-r8** (2,900), reaches 78.00 ± 2.48% (n=3): +3.00 points (95% CI +3.00 to +3.00" in md
-    assert ("Full fine-tuning of the pretrained model reaches 85.00 ± 2.48% (n=3) against 70.00 ± 2.48% (n=3) "
-            "for the same network trained from scratch: +15.00 points") in md
+    assert (
+        "Full fine-tuning of the pretrained model reaches 85.00 ± 2.48% (n=3) against 70.00 ± 2.48% (n=3) "
+        "for the same network trained from scratch: +15.00 points"
+    ) in md
     assert "LoRA on conv2 (1x1) vs LoRA on proj at equal rank: r8 74.00 vs 78.00%: -4.00 points" in md
     # seed vs LoRA, full vs scratch, conv2 r8 and convs kxk r8 vs proj r8
     assert "paired t-test over 3 seeds, Holm-adjusted over 4 comparisons" in md
@@ -170,18 +267,24 @@ def test_markdown_header_table_summary_and_links():
 
 def test_failed_and_diverged_configurations_are_listed():
     md = leaderboard.render_markdown(grid_records(), "cmd")
-    failed = next(l for l in md.splitlines() if "lora-all-r4" in l)
+    failed = next(line for line in md.splitlines() if "lora-all-r4" in line)
     assert "**no result**" in failed and "3 of 3 failed" in failed
     assert "RuntimeError: out of memory \\| try a smaller batch" in failed  # pipe escaped for the table
-    diverged = next(l for l in md.splitlines() if "lora-convs-kxk-r8" in l)
-    assert "1 of 3 diverged" in diverged and "non-finite loss" in diverged and "70.00 ± 2.48 (n=3)" in diverged
+    diverged = next(line for line in md.splitlines() if "lora-convs-kxk-r8" in line)
+    assert (
+        "1 of 3 diverged" in diverged and "non-finite loss" in diverged and "70.00 ± 2.48 (n=3)" in diverged
+    )
 
 
 def test_each_setup_gets_its_own_table_and_front():
     local = grid_records()
     smoke = [make_record(protocol="synthetic", seed=s, acc=0.5, params=2_900) for s in range(2)]
     for r in smoke:
-        r["config"]["profile"], r["config"]["source"], r["config"]["target"] = "smoke", "glyphs-digits", "glyphs-chars"
+        r["config"]["profile"], r["config"]["source"], r["config"]["target"] = (
+            "smoke",
+            "glyphs-digits",
+            "glyphs-chars",
+        )
     df = agg.aggregate(local + smoke)
     assert df["setup"].nunique() == 2
     # the lone smoke row is on its own front and measured against its own model size
@@ -201,7 +304,9 @@ def _args(module, argv):
 
 def test_no_records_is_a_user_error(tmp_path):
     with pytest.raises(LorafitError, match=r"no records under .*run `python -m bench run grid` first"):
-        leaderboard.main(_args(leaderboard, ["--runs-dir", str(tmp_path), "--output", str(tmp_path / "lb.md")]))
+        leaderboard.main(
+            _args(leaderboard, ["--runs-dir", str(tmp_path), "--output", str(tmp_path / "lb.md")])
+        )
 
 
 # ---------------------------------------------------------------------------------- charts
@@ -233,10 +338,18 @@ def test_charts_are_offline_html_and_png(tmp_path):
     recs = grid_records()
     for r in recs:
         if r["config"]["method"] == "full" and r["analysis"]:
-            r["analysis"]["per_class_acc"] = [0.9, 0.8, float("nan"), 0.7]  # NaN: a class absent from the split
+            r["analysis"]["per_class_acc"] = [
+                0.9,
+                0.8,
+                float("nan"),
+                0.7,
+            ]  # NaN: a class absent from the split
     paths = charts.render(recs, tmp_path / "charts")
-    assert [p.name for p in paths] == [f"{stem}.{ext}" for stem in ("acc_vs_params", "acc_per_param", "rank_sweep", "per_class")
-                                       for ext in ("html", "png")]
+    assert [p.name for p in paths] == [
+        f"{stem}.{ext}"
+        for stem in ("acc_vs_params", "acc_per_param", "rank_sweep", "per_class")
+        for ext in ("html", "png")
+    ]
     for p in paths:
         assert p.exists() and p.stat().st_size > 1000
         if p.suffix == ".html":
@@ -252,7 +365,12 @@ def test_charts_are_offline_html_and_png(tmp_path):
 def test_charts_without_lora_rows_skip_those_charts(tmp_path, caplog):
     recs = [make_record("full", "full", "none", 0, "full", seed=s, acc=0.8, params=100_000) for s in range(2)]
     paths = charts.render(recs, tmp_path)
-    assert sorted(p.stem for p in paths) == ["acc_per_param", "acc_per_param", "acc_vs_params", "acc_vs_params"]
+    assert sorted(p.stem for p in paths) == [
+        "acc_per_param",
+        "acc_per_param",
+        "acc_vs_params",
+        "acc_vs_params",
+    ]
     assert "rank_sweep skipped" in caplog.text and "per_class skipped" in caplog.text
     md = leaderboard.render_markdown(recs, "cmd", [os.path.relpath(p, tmp_path) for p in paths])
     assert "Not drawn (the records lack what they need): LoRA rank sweep" in md
@@ -272,8 +390,6 @@ def test_report_of_a_failed_run_is_a_user_error(tmp_path):
         report.main(_args(report, [rec["run"]["id"][:12], "--runs-dir", str(tmp_path)]))
 
 
-
-
 @pytest.fixture(scope="module")
 def smoke_runs(tmp_path_factory):
     """A real smoke run of two cheap cells (the linear probe and LoRA-proj r8), through the CLI in-process."""
@@ -281,18 +397,23 @@ def smoke_runs(tmp_path_factory):
 
     runs = tmp_path_factory.mktemp("smoke-runs")
     (runs / "tiny.toml").write_text(REPORT_GRID)
-    assert cli(["run", "grid", "--grid", str(runs / "tiny.toml"), "--runs-dir", str(runs), "--seeds", "1",
-                "--no-progress"]) == 0
+    assert (
+        cli(
+            [
+                "run",
+                "grid",
+                "--grid",
+                str(runs / "tiny.toml"),
+                "--runs-dir",
+                str(runs),
+                "--seeds",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     return runs
-
-
-def _cli_has(command: str) -> bool:
-    from bench.__main__ import build_parser
-    try:
-        build_parser().parse_args([command, "--help"])
-    except SystemExit as e:
-        return e.code == 0
-    return True
 
 
 def test_report_on_a_smoke_run(smoke_runs, capsys):
@@ -306,9 +427,13 @@ def test_report_on_a_smoke_run(smoke_runs, capsys):
     assert f"Test accuracy {100 * record['metrics']['test_acc']:.2f}%" in md
     # sklearn's report on the rebuilt labels gives the stored accuracy and macro-F1
     assert f"{record['metrics']['test_acc']:.4f}" in md and f"{record['metrics']['test_macro_f1']:.4f}" in md
-    pairs = [l for l in md.split("most confused pairs")[1].splitlines() if l.startswith("| ") and l[2].isdigit()]
+    pairs = [
+        line
+        for line in md.split("most confused pairs")[1].splitlines()
+        if line.startswith("| ") and line[2].isdigit()
+    ]
     assert len(pairs) == 15
-    counts = [int(l.split("|")[4]) for l in pairs]
+    counts = [int(line.split("|")[4]) for line in pairs]
     assert counts == sorted(counts, reverse=True)
     assert_self_contained_html(folder / f"{run_id}.confusion.html")
     assert (folder / f"{run_id}.confusion.png").read_bytes()[:8] == PNG_SIGNATURE
@@ -317,11 +442,11 @@ def test_report_on_a_smoke_run(smoke_runs, capsys):
 def test_leaderboard_on_a_smoke_run_is_byte_identical_when_regenerated(smoke_runs, tmp_path):
     out = tmp_path / "lb.md"
     argv = ["--runs-dir", str(smoke_runs), "--output", str(out)]
-    if _cli_has("leaderboard"):
-        run = lambda: subprocess.run([sys.executable, "-m", "bench", "leaderboard", *argv], cwd=ROOT,
-                                     capture_output=True, text=True, timeout=120).returncode
-    else:  # not wired into bench/__main__ yet: the module's own entry point
-        run = lambda: leaderboard.main(_args(leaderboard, argv))
+
+    def run() -> int:
+        cmd = [sys.executable, "-m", "bench", "leaderboard", *argv]
+        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120).returncode
+
     assert run() == 0
     first = out.read_bytes()
     csv_first = out.with_suffix(".csv").read_bytes()
@@ -332,7 +457,9 @@ def test_leaderboard_on_a_smoke_run_is_byte_identical_when_regenerated(smoke_run
     assert out.with_suffix(".csv").read_bytes() == csv_first
     assert [p.read_bytes() for p in chart_files] == charts_first
     md = first.decode()
-    assert "lora-proj-r8" in md and "**head**" in md and "protocol **synthetic**" in md and "± n/a (n=1)" in md
+    assert (
+        "lora-proj-r8" in md and "**head**" in md and "protocol **synthetic**" in md and "± n/a (n=1)" in md
+    )
     assert shlex.join(["python", "-m", "bench", "leaderboard", *argv]) in md
     links = re.findall(r"\]\(([^)]+)\)", md)
     assert len(links) == 10  # the CSV, 4 charts x HTML/PNG, and the inline image
@@ -347,8 +474,11 @@ def _byclass(record, merged_right):
     """Give a record a byclass confusion matrix: 10 correct per class, plus merged_right c→C mistakes."""
     cm = np.diag([10] * len(metrics.BYCLASS_CLASSES))
     cm[metrics.BYCLASS_CLASSES.index("c"), metrics.BYCLASS_CLASSES.index("C")] = merged_right
-    record["analysis"] = {"classes": list(metrics.BYCLASS_CLASSES), "confusion": cm.tolist(),
-                          "per_class_acc": [1.0] * len(metrics.BYCLASS_CLASSES)}
+    record["analysis"] = {
+        "classes": list(metrics.BYCLASS_CLASSES),
+        "confusion": cm.tolist(),
+        "per_class_acc": [1.0] * len(metrics.BYCLASS_CLASSES),
+    }
     return 620 + merged_right
 
 
@@ -377,8 +507,11 @@ def test_csv_and_markdown_agree():
         cell = dict(zip(head, m))
         assert cell["#"] == c["position"] and cell["configuration"].strip("*") == c["configuration"]
         params = c["trainable_params"]
-        assert cell["trainable params (% full)"].startswith(f"{int(params):,} (") if params else cell[
-            "trainable params (% full)"] == "—"
+        assert (
+            cell["trainable params (% full)"].startswith(f"{int(params):,} (")
+            if params
+            else cell["trainable params (% full)"] == "—"
+        )
         if c["test_acc_mean_fraction"]:
             acc, ci = float(c["test_acc_mean_fraction"]), float(c["test_acc_ci95_halfwidth_fraction"])
             n = c["seeds_with_result"]
@@ -387,13 +520,17 @@ def test_csv_and_markdown_agree():
             assert np.mean(per_seed) == pytest.approx(acc) and len(c["seeds"].split(";")) == len(per_seed)
         merged = c["case_merged_acc_mean_fraction"]
         assert cell["case-merged acc %"] == (f"{100 * float(merged):.2f}" if merged else "—")
-        for prefix, column in (("vs_full", "Δ vs full, points (paired)"),
-                               ("vs_head", "Δ vs head, points (paired)")):
+        for prefix, column in (
+            ("vs_full", "Δ vs full, points (paired)"),
+            ("vs_head", "Δ vs head, points (paired)"),
+        ):
             if c["configuration"] == c[f"{prefix}_reference"]:
                 assert cell[column] == "ref"
             elif c[f"{prefix}_diff_mean_fraction"]:
-                d, lo, hi = (float(c[f"{prefix}_{k}"]) for k in
-                             ("diff_mean_fraction", "diff_ci95_lo_fraction", "diff_ci95_hi_fraction"))
+                d, lo, hi = (
+                    float(c[f"{prefix}_{k}"])
+                    for k in ("diff_mean_fraction", "diff_ci95_lo_fraction", "diff_ci95_hi_fraction")
+                )
                 assert cell[column] == f"{100 * d:+.2f} ± {50 * (hi - lo):.2f}"
             else:
                 assert cell[column] == "—"
@@ -426,8 +563,9 @@ def test_default_output_is_in_the_runs_dir_and_other_records_are_not_overwritten
         leaderboard.main(_args(leaderboard, ["--runs-dir", str(runs_b), "--output", str(shared)]))
     # another study of the same runs dir
     with pytest.raises(LorafitError, match=r"generated from other records .*--force"):
-        leaderboard.main(_args(leaderboard, ["--runs-dir", str(runs_a), "--study", "grid-local",
-                                             "--output", str(shared)]))
+        leaderboard.main(
+            _args(leaderboard, ["--runs-dir", str(runs_a), "--study", "grid-local", "--output", str(shared)])
+        )
     assert shared.read_bytes() == before
     # the same records again: no complaint
     assert leaderboard.main(_args(leaderboard, ["--runs-dir", str(runs_a), "--output", str(shared)])) == 0

@@ -7,7 +7,6 @@ import pytest
 
 from bench.__main__ import main
 from bench.studies import load_study_file, study_files
-from lorafit.errors import LorafitError
 
 PRUNE_STUDY = """
 [study]
@@ -53,12 +52,27 @@ def test_the_required_studies_exist():
 BAD = {
     "unknown section": ("[study]\n[space]\n", "unknown section"),
     "unknown objective": ('[study]\nobjectives = ["speed"]\ndirections = ["maximize"]', "unknown objective"),
-    "length mismatch": ('[study]\nobjectives = ["val_acc"]\ndirections = ["maximize", "minimize"]', "equal length"),
-    "pruned multi": ('[study]\nobjectives = ["val_acc", "trainable_params"]\ndirections = ["maximize", "minimize"]\npruner = "median"', "single objective"),
+    "length mismatch": (
+        '[study]\nobjectives = ["val_acc"]\ndirections = ["maximize", "minimize"]',
+        "equal length",
+    ),
+    "pruned multi": (
+        '[study]\nobjectives = ["val_acc", "trainable_params"]\ndirections = ["maximize", "minimize"]\npruner = "median"',
+        "single objective",
+    ),
     "bad sampler": ('[study]\nsampler = "grid"', "unknown sampler"),
-    "no range": ('[fixed]\nname = "x"\nmethod = "head"\npolicy = "head"\n[[param]]\nname = "lr"', "choices or low/high"),
-    "late condition": ('[fixed]\nname = "x"\nmethod = "head"\npolicy = "head"\n[[param]]\nname = "lr"\nlow = 0.1\nhigh = 0.2\nwhen = {rank = 2}', "not declared before"),
-    "bad fixed": ('[fixed]\nname = "x"\nmethod = "lora"\nplacement = "fc"\npolicy = "lora"\nrank = 2', "unknown placement"),
+    "no range": (
+        '[fixed]\nname = "x"\nmethod = "head"\npolicy = "head"\n[[param]]\nname = "lr"',
+        "choices or low/high",
+    ),
+    "late condition": (
+        '[fixed]\nname = "x"\nmethod = "head"\npolicy = "head"\n[[param]]\nname = "lr"\nlow = 0.1\nhigh = 0.2\nwhen = {rank = 2}',
+        "not declared before",
+    ),
+    "bad fixed": (
+        '[fixed]\nname = "x"\nmethod = "lora"\nplacement = "fc"\npolicy = "lora"\nrank = 2',
+        "unknown placement",
+    ),
     "bad profile": ('[study]\nprofile = "giant"', "unknown profile"),
     "malformed": ("[study", "malformed TOML"),
 }
@@ -117,8 +131,9 @@ def test_median_pruner_stops_a_bad_trial(tmp_path):
     path.write_text(PRUNE_STUDY)
     runs = tmp_path / "runs"
     runs.mkdir()
-    study = optuna.create_study(study_name="prunes-smoke", storage=f"sqlite:///{runs / 'optuna.db'}",
-                                direction="maximize")
+    study = optuna.create_study(
+        study_name="prunes-smoke", storage=f"sqlite:///{runs / 'optuna.db'}", direction="maximize"
+    )
     for lr in (0.01, 0.005, 0.003, 1e-5):  # three that learn, then one that cannot
         study.enqueue_trial({"lr": lr})
     assert main(["study", str(path), "--runs-dir", str(runs), "--trials", "4", "--no-progress"]) == 0
@@ -133,7 +148,9 @@ def test_repeated_configuration_reuses_the_completed_trial(tmp_path, capsys):
     path.write_text(PRUNE_STUDY.replace("low = 1e-5\nhigh = 3e-2\nlog = true", "choices = [0.01]"))
     runs = tmp_path / "runs"
     assert main(["study", str(path), "--runs-dir", str(runs), "--trials", "2", "--no-progress"]) == 0
-    first, second = optuna.load_study(study_name="repeat-smoke", storage=f"sqlite:///{runs / 'optuna.db'}").get_trials()
+    first, second = optuna.load_study(
+        study_name="repeat-smoke", storage=f"sqlite:///{runs / 'optuna.db'}"
+    ).get_trials()
     assert second.user_attrs["reused_from"] == first.number and second.values == first.values
     assert len(list((runs / "records" / "repeat-smoke").glob("*.json"))) == 1  # trained once
 
@@ -158,7 +175,10 @@ def test_best_before_any_trial_is_a_clean_error(tmp_path, capsys):
 def test_best_and_list_find_a_smoke_run_of_a_local_study(tmp_path, capsys):
     """lr_head defaults to the local profile; after a smoke run, --best and --list find that run."""
     runs = str(tmp_path / "runs")
-    assert main(["study", "lr_head", "--profile", "smoke", "--trials", "2", "--runs-dir", runs, "--no-progress"]) == 0
+    assert (
+        main(["study", "lr_head", "--profile", "smoke", "--trials", "2", "--runs-dir", runs, "--no-progress"])
+        == 0
+    )
     capsys.readouterr()
     assert main(["study", "lr_head", "--best", "--runs-dir", runs]) == 0
     out = capsys.readouterr().out

@@ -58,7 +58,9 @@ def test_cpu_determinism(digits, bf16):
     for _ in range(2):
         model = _model(seed=3)
         result = fit(model, train, val, _cfg(epochs=1, lr=2e-3, seed=3), bf16=bf16, device="cpu")
-        runs.append((result.curve[0]["train_loss"], result.best_val_acc, predict(model, val.images, bf16=bf16)))
+        runs.append(
+            (result.curve[0]["train_loss"], result.best_val_acc, predict(model, val.images, bf16=bf16))
+        )
     assert runs[0][0] == runs[1][0] and runs[0][1] == runs[1][1]
     assert torch.equal(runs[0][2], runs[1][2])
 
@@ -84,11 +86,15 @@ def test_early_stopping_restores_best_epoch(digits):
     assert max(c["val_acc"] for c in result.curve[2:]) < result.curve[1]["val_acc"]
     for key, value in model.state_dict().items():
         assert torch.equal(value.cpu(), snapshot[key].cpu()), key
-    assert accuracy(model, type(val)(val.images, original)) == pytest.approx(result.curve[1]["val_acc"], abs=1e-6)
+    assert accuracy(model, type(val)(val.images, original)) == pytest.approx(
+        result.curve[1]["val_acc"], abs=1e-6
+    )
 
 
-@pytest.mark.parametrize("placement,policy,cut", [
-    ("proj", "lora", "proj"), ("none", "head", "fc"), ("seed", "seed", "conv2"), ("conv3", "lora", "conv3")])
+@pytest.mark.parametrize(
+    "placement,policy,cut",
+    [("proj", "lora", "proj"), ("none", "head", "fc"), ("seed", "seed", "conv2"), ("conv3", "lora", "conv3")],
+)
 def test_prefix_cache_matches_uncached(digits, placement, policy, cut):
     train, val = digits
     backbone = _model(seed=1)
@@ -105,7 +111,7 @@ def test_prefix_cache_matches_uncached(digits, placement, policy, cut):
         result = fit(model, train, val, _cfg(epochs=2, lr=3e-3, seed=5), cache=cache, bf16=False)
         outs.append((result, predict(model, val.images, bf16=False, cache=cache)))
     (plain, p_plain), (cached, p_cached) = outs
-    assert plain.cached_stages == () and cached.cached_stages == STAGES[:STAGES.index(cut)]
+    assert plain.cached_stages == () and cached.cached_stages == STAGES[: STAGES.index(cut)]
     assert abs(plain.best_val_acc - cached.best_val_acc) <= 0.005
     for a, b in zip(plain.curve, cached.curve):
         assert math.isclose(a["train_loss"], b["train_loss"], rel_tol=1e-3)

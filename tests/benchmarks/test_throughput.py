@@ -29,29 +29,46 @@ def _measure(benchmark, fn, make_model, n):
 
 
 def test_seed_pipeline_full(benchmark, workload, base):
-    _measure(benchmark, lambda m: perf.seed_train_epoch(m, workload), lambda: perf.full_model(base), perf.N_IMAGES)
+    _measure(
+        benchmark, lambda m: perf.seed_train_epoch(m, workload), lambda: perf.full_model(base), perf.N_IMAGES
+    )
 
 
 def test_lorafit_full(benchmark, workload, base):
-    _measure(benchmark, lambda m: perf.suite_train_epoch(m, workload), lambda: perf.full_model(base), perf.N_IMAGES)
+    _measure(
+        benchmark, lambda m: perf.suite_train_epoch(m, workload), lambda: perf.full_model(base), perf.N_IMAGES
+    )
 
 
 def test_seed_pipeline_lora_proj(benchmark, workload, base):
-    _measure(benchmark, lambda m: perf.seed_train_epoch(m, workload), lambda: perf.lora_proj_model(base), perf.N_IMAGES)
+    _measure(
+        benchmark,
+        lambda m: perf.seed_train_epoch(m, workload),
+        lambda: perf.lora_proj_model(base),
+        perf.N_IMAGES,
+    )
 
 
 def test_lorafit_lora_proj(benchmark, workload, base):
     """Cold: a new cache every round, so building it is included."""
-    _measure(benchmark, lambda m: perf.suite_train_epoch(m, workload, cache=FeatureCache(2048)),
-             lambda: perf.lora_proj_model(base), perf.N_IMAGES)
+    _measure(
+        benchmark,
+        lambda m: perf.suite_train_epoch(m, workload, cache=FeatureCache(2048)),
+        lambda: perf.lora_proj_model(base),
+        perf.N_IMAGES,
+    )
 
 
 def test_lorafit_lora_proj_warm_cache(benchmark, workload, base):
     """Warm: what every later epoch, and every other cell on the same backbone, costs."""
     cache = FeatureCache(2048)
     perf.suite_train_epoch(perf.lora_proj_model(base), workload, cache=cache)
-    _measure(benchmark, lambda m: perf.suite_train_epoch(m, workload, cache=cache),
-             lambda: perf.lora_proj_model(base), perf.N_IMAGES)
+    _measure(
+        benchmark,
+        lambda m: perf.suite_train_epoch(m, workload, cache=cache),
+        lambda: perf.lora_proj_model(base),
+        perf.N_IMAGES,
+    )
 
 
 def test_seed_pipeline_eval(benchmark, workload, base):

@@ -1,0 +1,172 @@
+"""Any registered dataset as the target: `--target` end to end on tiny EMNIST files, and the
+registries' promise that adding a dataset or an adapter method is one entry."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from idxfiles import balanced, write_split
+
+from bench import aggregate
+from bench.__main__ import main
+from bench.records import load_records
+from lorafit import adapters, data
+from lorafit.adapters import AdapterMethod, AdapterSettings
+from lorafit.model import SeedCNN
+
+GRID = """
+[lr]
+head = 5e-3
+lora = 3e-3
+
+[[cell]]
+name = "head"
+method = "head"
+policy = "head"
+
+[[cell]]
+name = "lora-proj"
+method = "lora"
+placement = "proj"
+rank = 2
+policy = "lora"
+"""
+# split -> (number of classes, first label): letters has no class 0 (its labels are 1..26)
+SPLITS = {"bymerge": (47, 0), "balanced": (47, 0), "letters": (27, 1), "digits": (10, 0)}
+
+
+@pytest.fixture(scope="module")
+def emnist_dir(tmp_path_factory):
+    """Only the test split of each EMNIST variant, stored transposed like the release."""
+    root = tmp_path_factory.mktemp("emnist")
+    for split, (classes, first) in SPLITS.items():
+        labels = balanced(classes - first, 12) + first
+        names = (f"emnist-{split}-test-images-idx3-ubyte", f"emnist-{split}-test-labels-idx1-ubyte")
+        write_split(root / "emnist", *names, labels, gz=True, transpose=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return tmp_path_factory.mktemp("runs")  # shared: the glyph backbone is pretrained once
+
+
+@pytest.mark.parametrize("split", list(SPLITS))
+def test_target_runs_end_to_end(split, emnist_dir, runs, tmp_path, capsys):
+    grid = tmp_path / f"t-{split}.toml"
+    grid.write_text(GRID)
+    target = f"emnist-{split}"
+    argv = ["run", "grid", "--grid", str(grid), "--target", target, "--data-dir", str(emnist_dir)]
+    assert main([*argv, "--runs-dir", str(runs), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"glyphs-digits -> {target} (resplit)" in out and "2 done" in out
+    records = load_records(runs, f"t-{split}-smoke")
+    assert len(records) == 2
+    classes = SPLITS[split][0]
+    for rec in records:
+        assert rec["run"]["status"] == "complete"
+        assert rec["config"]["target"] == target and rec["config"]["protocol"] == "resplit"
+        assert len(rec["analysis"]["classes"]) == classes and len(rec["analysis"]["confusion"]) == classes
+        # the head is sized to the target
+        assert rec["metrics"]["trainable_params"] >= 256 * classes + classes
+    assert all(target in aggregate.setup_of(r) for r in records)  # one leaderboard table per target
+
+
+def test_target_in_the_grid_file_and_missing_files(emnist_dir, tmp_path, capsys):
+    grid = tmp_path / "letters.toml"
+    grid.write_text('[data]\ntarget = "emnist-letters"\n' + GRID)
+    runs = tmp_path / "runs"
+    argv = ["run", "grid", "--grid", str(grid), "--runs-dir", str(runs), "--no-progress", "--only", "head"]
+    assert main([*argv, "--data-dir", str(emnist_dir)]) == 0
+    assert "-> emnist-letters (resplit)" in capsys.readouterr().out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    other = tmp_path / "runs2"
+    assert main(["run", "grid", "--grid", str(grid), "--runs-dir", str(other), "--data-dir", str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert "emnist-letters-test-images-idx3-ubyte[.gz]" in err and len(err.strip().splitlines()) == 1
+    assert not other.exists() or not any(other.iterdir())
+    assert main(["run", "grid", "--grid", str(grid), "--runs-dir", str(other), "--target", "cifar10"]) == 2
+    assert "unknown --target 'cifar10'" in capsys.readouterr().err
+
+
+def test_a_new_dataset_is_one_registry_entry(tmp_path):
+    entry = data.register(
+        data.Dataset(
+            name="test-stripes",
+            classes=("h", "v"),
+            default_sizes=(40, 10, 10),
+            generate=lambda n, seed: (
+                torch.randint(
+                    0, 255, (n, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)
+                ),
+                torch.arange(n) % 2,
+                ("h", "v"),
+            ),
+        )
+    )
+    try:
+        splits = data.load("test-stripes", seed=1)
+        assert (len(splits.train), len(splits.val), len(splits.test)) == (40, 10, 10)
+        assert splits.protocol == "synthetic" and data.resolve_protocol("test-stripes") == "synthetic"
+    finally:
+        del data.DATASETS[entry.name]
+
+
+def test_a_new_adapter_method_is_one_registry_entry():
+    """A toy method (a trainable scale on each output) placed on proj: injected, trained by the lora
+    policy through the registry, counted, merged."""
+    from torch import nn
+
+    class Scale(nn.Module):
+        def __init__(self, base: nn.Linear):
+            super().__init__()
+            self.base_layer, self.gain = base, nn.Parameter(torch.zeros(base.out_features))
+
+        def forward(self, x):
+            return self.base_layer(x) * (1 + self.gain)
+
+    def merge(m, model):
+        with torch.no_grad():
+            m.base_layer.weight.mul_((1 + m.gain)[:, None])
+            m.base_layer.bias.mul_(1 + m.gain)
+            m.gain.zero_()
+
+    entry = adapters.register(
+        AdapterMethod(
+            name="scale",
+            description="test method",
+            placements=("proj",),
+            layer_types=(nn.Linear,),
+            wrap=lambda base, s, model: Scale(base),
+            trainable=lambda m: [m.gain],
+            param_count=lambda base, s, model: base.out_features,
+            max_rank=lambda base, s: 1,
+            merge=merge,
+        )
+    )
+    try:
+        from lorafit import freeze
+        from lorafit.config import RunConfig
+
+        cfg = RunConfig(name="s", method="scale", placement="proj", rank=1, policy="lora")
+        model = SeedCNN(10)
+        assert adapters.count(model, "scale", "proj", cfg.adapter_settings) == 256
+        adapters.inject(model, "scale", "proj", AdapterSettings(rank=1))
+        assert set(freeze.apply(model, "lora")) == {"proj.gain", "fc.weight", "fc.bias"}
+        with torch.no_grad():
+            model.proj.gain.normal_()
+        x = torch.randn(3, 1, 28, 28)
+        out = model(x)
+        adapters.merge(model)
+        assert torch.allclose(model(x), out, atol=1e-5)
+    finally:
+        del adapters.ADAPTERS[entry.name]
+
+
+def test_records_carry_the_target(emnist_dir, runs):
+    path = next((runs / "records").rglob("*.json"))
+    rec = json.loads(path.read_text())
+    assert rec["config"]["target"].startswith("emnist-") and rec["env"]["target_files"]
+    assert np.isfinite(rec["metrics"]["test_acc"])
