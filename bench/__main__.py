@@ -117,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="seeds per configuration (default: the profile's; smoke 1, local 3, paper 3)",
     )
+    run.add_argument(
+        "--no-tune",
+        action="store_true",
+        help="fixed-rate mode: skip the grid's tuning stage and use its [lr] rates",
+    )
     run.add_argument("--only", default=None, help="run only cells whose name contains this text")
     _common(run)
 
@@ -194,13 +199,14 @@ def _target(args) -> dict:
 def cmd_run_grid(args) -> int:
     import optuna
 
-    from bench import driver, grid, profiles, storage
+    from bench import driver, grid, profiles, storage, tuning
     from bench.context import Context
 
     profiles.profile(args.profile)
     pick_device(args.device)
     ctx = Context(Path(args.runs_dir), _data_dir(args.data_dir), args.device, args.cache_mb)
-    cells = grid.load_grid(args.grid, args.profile, args.seeds, _target(args))
+    spec = None if args.no_tune else grid.load_tuning(args.grid, args.profile)
+    cells = grid.load_grid(args.grid, args.profile, args.seeds, _target(args), tuned=spec is not None)
     if args.only:
         cells = [c for c in cells if args.only in c.name]
         if not cells:
@@ -226,7 +232,17 @@ def cmd_run_grid(args) -> int:
         f"storage {storage.redact(args.storage or storage.default_url(runs))}",
         flush=True,
     )
-    status = driver.run_grid(study, cells, ctx, show_progress=not args.no_progress)
+    selections = None
+    if spec is not None:
+        print(
+            f"tuning stage: {spec.trials} trials per configuration ({spec.sampler}, {spec.pruner} pruning), "
+            f"then the seeds at the selected rates",
+            flush=True,
+        )
+        cells, selections = tuning.tune_cells(
+            cells, spec, ctx, name, store, show_progress=not args.no_progress
+        )
+    status = driver.run_grid(study, cells, ctx, show_progress=not args.no_progress, tuning=selections)
     counts = {s: list(status.values()).count(s) for s in sorted(set(status.values()))}
     print(
         f"grid {name}: "

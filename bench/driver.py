@@ -66,12 +66,19 @@ def grid_status(study: optuna.Study, cells: list[RunConfig]) -> dict[str, str]:
     return status
 
 
-def enqueue_missing(study: optuna.Study, cells: list[RunConfig]) -> int:
+def enqueue_missing(
+    study: optuna.Study, cells: list[RunConfig], tuning: dict[str, dict] | None = None
+) -> int:
+    """Queue a trial for every cell that has none; it carries the cell's config and, for a tuned
+    grid, how its rates were chosen."""
     status = grid_status(study, cells)
     n = 0
     for cfg in cells:
         if status[cfg.cell_id] == "missing":
-            study.enqueue_trial({}, user_attrs={"cell_id": cfg.cell_id, "config": cfg.to_dict()})
+            attrs = {"cell_id": cfg.cell_id, "config": cfg.to_dict()}
+            if tuning and cfg.cell_id in tuning:
+                attrs["tuning"] = tuning[cfg.cell_id]
+            study.enqueue_trial({}, user_attrs=attrs)
             n += 1
     return n
 
@@ -92,13 +99,18 @@ def _owner(study: optuna.Study, cell_id: str, number: int) -> int | None:
 
 
 def run_grid(
-    study: optuna.Study, cells: list[RunConfig], ctx: Context, show_progress: bool = True
+    study: optuna.Study,
+    cells: list[RunConfig],
+    ctx: Context,
+    show_progress: bool = True,
+    tuning: dict[str, dict] | None = None,
 ) -> dict[str, str]:
     """Work on the grid until every cell is done (or gave up); return the final status per cell.
+    `tuning`: per cell id, how its rates were chosen (the tuning stage's selection).
 
     Progress bars go to a terminal only (tqdm's own rule, disable=None); in a file or CI log only
     the one-line cell summaries appear. `show_progress=False` turns the bars off everywhere."""
-    enqueue_missing(study, cells)
+    enqueue_missing(study, cells, tuning)
     by_id = {c.cell_id: c for c in cells}
     status = grid_status(study, cells)
     bars_off = None if show_progress else True
@@ -139,7 +151,14 @@ def run_grid(
                 epochs.set_postfix(val_acc=f"{val_acc:.4f}")
 
             try:
-                record = run_cell(cfg, ctx, study.study_name, trial.number, on_epoch=on_epoch)
+                record = run_cell(
+                    cfg,
+                    ctx,
+                    study.study_name,
+                    trial.number,
+                    on_epoch=on_epoch,
+                    tuning=trial.user_attrs.get("tuning"),
+                )
             finally:
                 epochs.close()
         except (KeyboardInterrupt, LorafitError) as e:
@@ -162,7 +181,7 @@ def run_grid(
                 time.sleep(POLL_S)
                 continue
             if "missing" in status.values():
-                enqueue_missing(study, cells)
+                enqueue_missing(study, cells, tuning)
                 continue
             return status
     finally:

@@ -1,8 +1,11 @@
 """Grid files (studies/grid.toml) -> the list of RunConfig cells, one per configuration x seed.
 
     [data]       source, target: the datasets (default: the profile's; `--target` overrides)
-    [lr]         <method> = <learning rate>      fixed-rate mode: one rate per method
-    [lr.<profile>]                               overrides for one profile
+    [tune]       the tuning stage (bench/tuning.py): trials, sampler, pruner, seed, train_size,
+                 epochs, lr = [low, high], head_lr = [low, high], and profiles = [...] where it
+                 applies (default: every profile); [tune.<profile>] overrides keys for one profile
+    [lr]         <method> = <learning rate>      fixed-rate mode (profiles without tuning, or
+    [lr.<profile>]                               --no-tune): one rate per method, per profile
     [[cell]]     any RunConfig field but seed, profile and protocol (the same fields a study's
                  [fixed] takes): name (may template values: "lora-{placement}"), method,
                  placement, shape, rank, alpha, policy, lr, epochs, train_size, target, ...
@@ -19,11 +22,13 @@ from pathlib import Path
 
 from bench.profiles import PROFILES, config_defaults
 from bench.profiles import profile as profile_table
+from bench.tuning import TuneSpec
 from lorafit import adapters
 from lorafit.config import CELL_FIELDS, RunConfig, cell_config
 from lorafit.errors import LorafitError
 
 DATA_KEYS = ("source", "target")
+PLACEHOLDER_LR = 1e-3  # a tuned cell's rate before the tuning stage sets it
 
 
 def read_toml(path: str | Path) -> dict:
@@ -60,18 +65,45 @@ def _rates(path: Path, doc: dict, profile: str) -> dict[str, float]:
     return {**lrs, **per_profile.get(profile, {})}
 
 
+def load_tuning(path: str | Path, profile: str) -> TuneSpec | None:
+    """The grid's tuning budget for `profile`, or None when the profile uses fixed rates."""
+    path = Path(path)
+    table = dict(read_toml(path).get("tune", {}))
+    if not table:
+        return None
+    per_profile = {k: table.pop(k) for k in list(table) if isinstance(table[k], dict)}
+    bad = sorted(set(per_profile) - set(PROFILES))
+    profiles = table.pop("profiles", list(PROFILES))
+    if bad or not isinstance(profiles, list) or set(profiles) - set(PROFILES):
+        raise LorafitError(
+            f"{path}: [tune] names unknown profile(s) {', '.join(bad) or profiles}; "
+            f"profiles are {', '.join(PROFILES)}"
+        )
+    if profile not in profiles:
+        return None
+    try:
+        return TuneSpec.from_table({**table, **per_profile.get(profile, {})})
+    except (LorafitError, TypeError) as e:
+        raise LorafitError(f"{path}: {e}") from None
+
+
 def load_grid(
-    path: str | Path, profile: str, seeds: int | None = None, overrides: dict | None = None
+    path: str | Path,
+    profile: str,
+    seeds: int | None = None,
+    overrides: dict | None = None,
+    tuned: bool = False,
 ) -> list[RunConfig]:
     """All cells of the grid file for `profile`, seeds 0..seeds-1 each (default: the profile's
     number of seeds); duplicates removed. `overrides` (e.g. --target) replace the profile's and
-    the [data] section's defaults; a cell's own fields win over all of them."""
+    the [data] section's defaults; a cell's own fields win over all of them. With `tuned`, cells
+    need no [lr] entry: their rates are placeholders the tuning stage replaces."""
     path = Path(path)
     doc = read_toml(path)
-    unknown = sorted(set(doc) - {"data", "lr", "cell"})
+    unknown = sorted(set(doc) - {"data", "tune", "lr", "cell"})
     if unknown:
         raise LorafitError(
-            f"{path}: unknown section(s) {', '.join(unknown)}; expected [data], [lr] and [[cell]]"
+            f"{path}: unknown section(s) {', '.join(unknown)}; expected [data], [tune], [lr] and [[cell]]"
         )
     bad = sorted(set(doc.get("data", {})) - set(DATA_KEYS))
     if bad:
@@ -97,6 +129,8 @@ def load_grid(
         if "name" not in cell or "method" not in cell:
             raise LorafitError(f"{path}: every [[cell]] needs a name and a method")
         for entry in _expand(cell):
+            if "lr" not in entry and tuned:
+                entry["lr"] = lrs.get(entry["method"], PLACEHOLDER_LR)
             if "lr" not in entry:
                 if entry["method"] not in lrs:
                     raise LorafitError(

@@ -46,9 +46,11 @@ def run_cell(
     trial: int | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
     run_id: str | None = None,
+    tuning: dict | None = None,
 ) -> dict:
     """Run one configuration and write its record. Failures become a record, not a crash, except
-    user errors (LorafitError) and exceptions raised by `on_epoch` (e.g. pruning), which propagate."""
+    user errors (LorafitError) and exceptions raised by `on_epoch` (e.g. pruning), which propagate.
+    `tuning` (how the rates were chosen) goes into the record as is; absent means fixed rates."""
     run = {
         "id": run_id or cfg.cell_id,
         "study": study,
@@ -58,7 +60,15 @@ def run_cell(
         "status": "complete",
         "error": None,
     }
-    record = {"run": run, "config": cfg.to_dict(), "metrics": {}, "curve": [], "analysis": {}, "env": {}}
+    record = {
+        "run": run,
+        "config": cfg.to_dict(),
+        "metrics": {},
+        "curve": [],
+        "analysis": {},
+        "env": {},
+        "tuning": tuning or {"mode": "fixed"},
+    }
     t0 = time.perf_counter()
     splits, src = ctx.target(cfg), ctx.source(cfg)
     device = ctx.torch_device
@@ -96,6 +106,13 @@ def run_cell(
             model, backbone, preds, splits, src, ctx, info, result, trainable, total
         )
         record["analysis"] = _analysis(splits, preds)
+        record["analysis"]["adapters"] = _adapter_ranks(model, cfg)
+        ranks = [
+            a["effective_rank"]
+            for a in record["analysis"]["adapters"].values()
+            if a["effective_rank"] is not None
+        ]
+        record["metrics"]["effective_rank_min"] = min(ranks) if ranks else None
         if result.status != "complete":
             run["status"], run["error"] = result.status, result.error
     except _Stop:
@@ -153,6 +170,20 @@ def _evaluate(
         probe.fc = copy.deepcopy(backbone.fc)
         m["source_acc_after"] = accuracy(probe, src.test, device=device)
     return m
+
+
+def _adapter_ranks(model: SeedCNN, cfg: RunConfig) -> dict:
+    """Per adapted layer: nominal rank, the bound its shape allows, and the learned update's rank."""
+    bounds = adapters.rank_bounds(model, cfg.method, cfg.placement, cfg.adapter_settings)
+    return {
+        path: {
+            "method": cfg.method,
+            "nominal_rank": cfg.rank,
+            "rank_bound": bounds.get(path),
+            "effective_rank": effective,
+        }
+        for path, effective in adapters.effective_ranks(model).items()
+    }
 
 
 def _analysis(splits: data.Splits, preds: torch.Tensor) -> dict:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from lorafit.errors import LorafitError
@@ -62,6 +63,7 @@ class AdapterMethod:
     merge: Callable[[nn.Module, SeedCNN], None] | None = None  # None: cannot merge
     unmerge: Callable[[nn.Module, SeedCNN], None] | None = None
     default_alpha: Callable[[int], float] = float  # alpha when a run does not set one (rank: scale 1)
+    delta: Callable[[nn.Module, SeedCNN], torch.Tensor] | None = None  # the learned update, as a matrix
 
 
 ADAPTERS: dict[str, AdapterMethod] = {}
@@ -117,6 +119,7 @@ register(
         merge=lambda m, model: m.merge(),
         unmerge=lambda m, model: m.unmerge(),
         default_alpha=float,
+        delta=lambda m, model: m.delta_weight().flatten(1),
     )
 )
 
@@ -138,6 +141,7 @@ register(
         merge=lambda m, model: m.merge(model.fc),
         unmerge=lambda m, model: m.unmerge(model.fc),
         default_alpha=lambda rank: 1.0,  # the seed post's own convention (scale 1/r)
+        delta=lambda m, model: m.delta_matrix(),
     )
 )
 
@@ -228,6 +232,20 @@ def unmerge(model: SeedCNN) -> None:
     for _, entry, module in adapted_modules(model):
         if entry.unmerge is not None:
             entry.unmerge(module, model)
+
+
+@torch.no_grad()
+def effective_ranks(model: SeedCNN, threshold: float = 0.01) -> dict[str, int | None]:
+    """Per adapted layer, the rank of the learned update: singular values above `threshold` times
+    the largest (0 for an update that is still zero; None when the method exposes no update)."""
+    ranks: dict[str, int | None] = {}
+    for path, entry, module in adapted_modules(model):
+        if entry.delta is None:
+            ranks[path] = None
+            continue
+        s = torch.linalg.svdvals(entry.delta(module, model).detach().float().cpu())
+        ranks[path] = int((s > threshold * s.max()).sum()) if s.numel() and s.max() > 0 else 0
+    return ranks
 
 
 def base_layer(module: nn.Module) -> nn.Module:

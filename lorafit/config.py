@@ -8,14 +8,18 @@ part of it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
+
+import torch
 
 from lorafit import adapters
 from lorafit.errors import LorafitError
 from lorafit.freeze import POLICIES
 from lorafit.lora import SHAPES
+from lorafit.model import SeedCNN
 
 
 @dataclass(frozen=True)
@@ -37,8 +41,10 @@ class RunConfig:
     train_size: int = 0  # 0 = everything the split has
     val_size: int = 0
     test_size: int = 0
+    rslora: bool = False  # scale alpha/sqrt(rank) instead of alpha/rank (rsLoRA)
     # adaptation
-    lr: float = 1e-3
+    lr: float = 1e-3  # the adapter's (or, with nothing adapted, the backbone's) rate
+    head_lr: float = 0.0  # the new head's rate; 0 = lr
     epochs: int = 3
     batch_size: int = 128
     weight_decay: float = 0.0
@@ -79,7 +85,9 @@ class RunConfig:
 
     @property
     def adapter_settings(self) -> adapters.AdapterSettings:
-        return adapters.AdapterSettings(rank=self.rank, alpha=self.alpha, shape=self.shape)
+        return adapters.AdapterSettings(
+            rank=self.rank, alpha=self.alpha, shape=self.shape, rslora=self.rslora
+        )
 
     def digest(self) -> str:
         return _digest(self.to_dict())
@@ -163,8 +171,10 @@ def validate(cfg: RunConfig) -> None:
         )
     if not cfg.alpha > 0:
         raise LorafitError(f"{cfg.name}: alpha must be > 0, got {cfg.alpha!r}")
-    if not cfg.lr > 0 or not cfg.pretrain_lr > 0:
-        raise LorafitError(f"{cfg.name}: learning rates must be > 0")
+    if not cfg.lr > 0 or not cfg.pretrain_lr > 0 or cfg.head_lr < 0:
+        raise LorafitError(f"{cfg.name}: learning rates must be > 0 (head_lr >= 0; 0 means lr)")
+    if not isinstance(cfg.rslora, bool):
+        raise LorafitError(f"{cfg.name}: rslora must be true or false, got {cfg.rslora!r}")
     for key in ("epochs", "batch_size", "pretrain_epochs", "pretrain_batch_size"):
         if getattr(cfg, key) < 1:
             raise LorafitError(f"{cfg.name}: {key} must be >= 1, got {getattr(cfg, key)}")
@@ -173,6 +183,32 @@ def validate(cfg: RunConfig) -> None:
             raise LorafitError(f"{cfg.name}: {key} must be >= 0, got {getattr(cfg, key)}")
     if (cfg.method == "scratch") != (cfg.policy == "scratch"):
         raise LorafitError(f"{cfg.name}: method scratch and policy scratch go together")
+    check_rank(cfg)
+
+
+def check_rank(cfg: RunConfig) -> None:
+    """Refuse a configuration that is secretly another: a nominal rank above what an adapted layer
+    allows (e.g. a 1x1 LoRA on conv1, whose single input channel bounds its update to rank 1,
+    is the same configuration at every rank)."""
+    if cfg.method not in adapters.ADAPTERS:
+        return
+    bounds = adapters.rank_bounds(
+        _shape_model(tuple(cfg.widths)), cfg.method, cfg.placement, cfg.adapter_settings
+    )
+    low = {path: bound for path, bound in bounds.items() if bound < cfg.rank}
+    if low:
+        where = ", ".join(f"{path} allows {bound}" for path, bound in low.items())
+        raise LorafitError(
+            f"{cfg.name}: rank {cfg.rank} exceeds what the layer allows ({where}): the update's "
+            f"rank cannot exceed min(rank, its matrix's sides); lower the rank or use shape kxk"
+        )
+
+
+@functools.cache
+def _shape_model(widths: tuple[int, int, int]) -> SeedCNN:
+    """A SeedCNN for reading layer shapes; built once, without touching the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        return SeedCNN(10, widths)
 
 
 # What a grid cell or a study's [fixed] section may set: everything but the seed (the grid's

@@ -152,6 +152,17 @@ def _prefix_start(model: nn.Module, cache: FeatureCache | None, n: int, device, 
     return start if cache.fits(n * probe[0].numel() * itemsize) else 0
 
 
+def param_groups(model: nn.Module, params: list[nn.Parameter], lr: float, head_lr: float) -> list[dict]:
+    """Two optimizer groups: the new head `fc` at head_lr, every other trainable tensor (adapters,
+    or the backbone) at lr. Empty groups are left out."""
+    head = {id(p) for p in model.fc.parameters()} if hasattr(model, "fc") else set()
+    groups = [
+        {"params": [p for p in params if id(p) not in head], "lr": lr},
+        {"params": [p for p in params if id(p) in head], "lr": head_lr},
+    ]
+    return [g for g in groups if g["params"]]
+
+
 @torch.inference_mode()
 def predict(
     model: nn.Module,
@@ -191,8 +202,9 @@ def fit(
     cache: FeatureCache | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> FitResult:
-    """Train the parameters of `model` that require grad as `cfg` says (its epochs, lr,
-    batch_size, weight_decay, patience and seed), with AdamW + cosine decay.
+    """Train the parameters of `model` that require grad as `cfg` says (its epochs, lr, head_lr,
+    batch_size, weight_decay, patience and seed), with AdamW + cosine decay; the head trains at
+    head_lr (0: lr), everything else at lr.
 
     Validation accuracy is measured after every epoch; the best epoch's weights are restored at
     the end, and training stops early after `patience` epochs without improvement (0: never). A
@@ -223,7 +235,9 @@ def fit(
     train_y, val_y = train.labels.to(device), val.labels.to(device)
 
     steps_per_epoch = math.ceil(len(train) / batch_size)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(
+        param_groups(model, params, lr, cfg.head_lr or lr), lr=lr, weight_decay=weight_decay
+    )
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
     result = FitResult(status="complete", bf16=bf16, cached_stages=STAGES[:start])
     best_state, best_acc, stale, trained_images = None, -1.0, 0, 0

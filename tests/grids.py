@@ -29,7 +29,9 @@ policy = "seed"
 
 # The tiny grid with three slower conv placements instead of proj and conv3, so that a worker is
 # reliably caught inside a cell.
-SLOW_GRID = TINY_GRID.replace('placement = ["proj", "conv3"]', 'placement = ["conv3", "conv2", "convs"]')
+SLOW_GRID = TINY_GRID.replace(
+    'placement = ["proj", "conv3"]', 'placement = ["conv3", "conv2", "convs"]\nshape = "kxk"'
+)
 
 # Two cells for the reporting tests: the linear probe and LoRA r8 on proj.
 REPORT_GRID = """

@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from bench.__main__ import DEFAULT_GRID, main
-from bench.grid import load_grid
+from bench.grid import load_grid, load_tuning
 from lorafit.errors import LorafitError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,26 +52,26 @@ def test_grid_file_declares_the_ablation():
         "head",
         "seed-post",
         "lora-proj",
-        "lora-conv1",
+        "lora-conv1-kxk",
         "lora-conv2",
         "lora-conv3",
-        "lora-convs",
         "lora-convs-kxk",
         "lora-proj-seed",
         "lora-proj-bitfit",
     } == set(names)
     assert sorted(c.rank for c in cells if c.name == "lora-proj") == [1, 2, 4, 8, 16, 32, 64]
     assert sorted(c.rank for c in cells if c.name == "lora-conv2") == [2, 4, 8, 16]
+    assert sorted(c.rank for c in cells if c.name == "lora-conv1-kxk") == [2, 4, 8]  # bound 9 on conv1
     assert all(c.seed == 0 for c in cells)  # smoke: one seed
-    assert len(load_grid(DEFAULT_GRID, "local")) == 5 * len(cells)  # local: 5 paired seeds
-    lrs = {c.method: c.lr for c in cells}
-    assert len(set(lrs.values())) > 1  # each family has its own learning rate
-    local = {c.name: c.lr for c in load_grid(DEFAULT_GRID, "local")}
-    assert local["lora-proj"] != local["lora-conv2"]  # conv LoRA has its own tuned rate
-    assert {c.name: c.lr for c in cells}["lora-proj"] != local["lora-proj"]  # [lr.smoke] override
+    assert len(load_grid(DEFAULT_GRID, "local", tuned=True)) == 5 * len(cells)  # local: 5 paired seeds
+    assert len({c.method: c.lr for c in cells}.values()) > 1  # fixed mode: each method has its rate
+    # The smoke profile runs at fixed rates; local and paper tune every configuration.
+    assert load_tuning(DEFAULT_GRID, "smoke") is None
+    local, paper = load_tuning(DEFAULT_GRID, "local"), load_tuning(DEFAULT_GRID, "paper")
+    assert local == paper and local.trials >= 8 and local.lr[0] <= 1e-5
     seed = next(c for c in cells if c.name == "seed-post")
     assert (seed.placement, seed.policy, seed.rank, seed.alpha) == ("seed", "seed", 8, 1.0)
-    assert next(c for c in cells if c.name == "lora-proj" and c.rank == 16).alpha == 16.0
+    assert next(c for c in cells if c.name == "lora-proj" and c.rank == 16).alpha == 16.0  # scale 1
 
 
 def _trials(runs: Path, study: str):
@@ -146,6 +146,30 @@ BAD_GRIDS = {
     "unknown lr profile": (
         '[lr]\nhead = 1e-3\n[lr.huge]\nhead = 1e-2\n[[cell]]\nname = "x"\nmethod = "head"\npolicy = "head"',
         "unknown method(s) or profile(s) huge",
+    ),
+    "degenerate rank": (
+        '[lr]\nlora = 1e-3\n[[cell]]\nname = "x"\nmethod = "lora"\nplacement = "conv1"\nrank = 4\npolicy = "lora"',
+        "rank 4 exceeds what the layer allows (conv1.conv allows 1)",
+    ),
+    "degenerate kxk rank": (
+        '[lr]\nlora = 1e-3\n[[cell]]\nname = "x"\nmethod = "lora"\nplacement = "convs"\nshape = "kxk"\nrank = 16\npolicy = "lora"',
+        "conv1.conv allows 9",
+    ),
+    "bad tune key": (
+        '[tune]\nbudget = 3\n[[cell]]\nname = "x"\nmethod = "head"\npolicy = "head"',
+        "[tune] has unknown key",
+    ),
+    "bad tune range": (
+        '[tune]\nlr = [1e-2, 1e-4]\n[[cell]]\nname = "x"\nmethod = "head"\npolicy = "head"',
+        "0 < low < high",
+    ),
+    "bad tune profile": (
+        '[tune]\nprofiles = ["huge"]\n[[cell]]\nname = "x"\nmethod = "head"\npolicy = "head"',
+        "unknown profile",
+    ),
+    "method on the wrong placement": (
+        '[lr]\nlora = 1e-3\n[[cell]]\nname = "x"\nmethod = "lora"\nplacement = "seed"\nrank = 2\npolicy = "lora"',
+        "cannot be placed on 'seed'",
     ),
 }
 

@@ -1,0 +1,250 @@
+"""The tuning stage of the grid: before a configuration's seeds run, an Optuna study tunes its
+learning rates on the validation split, with the same budget for every configuration.
+
+Every configuration gets the same number of finished trials (completed or pruned), the same
+sampler with the same seed, the same pruner, the same training subset, epochs and training seed.
+Two rates are tuned wherever both exist: `lr` for the adapter (or the backbone, for full
+fine-tuning and scratch) and `head_lr` for the new head; the linear probe has only `head_lr`.
+The seeds then run at the selected values, which every record and the leaderboard carry.
+Trials record under records/<grid study>-tune/. A tuning study is an ordinary Optuna study in the grid's storage, so it resumes after a
+crash and several workers can share it; a finished one is never re-tuned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from tqdm import tqdm
+
+from bench.context import Context
+from bench.runner import run_cell
+from bench.trials import RunFailed, finish_trial
+from lorafit.config import RunConfig
+from lorafit.errors import LorafitError
+
+SAMPLERS = ("tpe", "qmc", "random")
+PRUNERS = ("successive_halving", "median", "none")
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@dataclass(frozen=True)
+class TuneSpec:
+    """The tuning budget, the same for every configuration of a grid ([tune] in the grid file)."""
+
+    trials: int = 12
+    sampler: str = "tpe"
+    pruner: str = "successive_halving"
+    seed: int = 0  # the sampler's seed and the training seed of every tuning trial
+    train_size: int = 0  # images of the train split the trials train on (0: the profile's)
+    epochs: int = 0  # epochs per trial (0: the profile's)
+    lr: tuple[float, float] = (1e-5, 3e-2)  # log-uniform range of the adapter's / backbone's rate
+    head_lr: tuple[float, float] = (1e-4, 5e-2)  # log-uniform range of the new head's rate
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.trials, int) or self.trials < 1:
+            raise LorafitError(f"[tune] trials must be an integer >= 1, got {self.trials!r}")
+        if self.sampler not in SAMPLERS:
+            raise LorafitError(
+                f"[tune] unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}"
+            )
+        if self.pruner not in PRUNERS:
+            raise LorafitError(f"[tune] unknown pruner {self.pruner!r}; choose one of {', '.join(PRUNERS)}")
+        for key in ("lr", "head_lr"):
+            low, high = getattr(self, key)
+            if not 0 < low < high:
+                raise LorafitError(f"[tune] {key} must be [low, high] with 0 < low < high, got {[low, high]}")
+        for key in ("seed", "train_size", "epochs"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 0:
+                raise LorafitError(f"[tune] {key} must be an integer >= 0, got {getattr(self, key)!r}")
+
+    @classmethod
+    def from_table(cls, table: dict) -> TuneSpec:
+        known = set(cls.__dataclass_fields__)
+        bad = sorted(set(table) - known)
+        if bad:
+            raise LorafitError(
+                f"[tune] has unknown key(s) {', '.join(bad)}; allowed: {', '.join(sorted(known))}"
+            )
+        values = dict(table)
+        for key in ("lr", "head_lr"):
+            if key in values:
+                pair = values[key]
+                if not (
+                    isinstance(pair, list)
+                    and len(pair) == 2
+                    and all(isinstance(v, int | float) for v in pair)
+                ):
+                    raise LorafitError(f"[tune] {key} must be a [low, high] pair of numbers, got {pair!r}")
+                values[key] = (float(pair[0]), float(pair[1]))
+        return cls(**values)
+
+
+def tuned_rates(cfg: RunConfig) -> tuple[str, ...]:
+    """The rates a configuration has: the probe trains only its head."""
+    return ("head_lr",) if cfg.method == "head" else ("lr", "head_lr")
+
+
+def tuning_key(cfg: RunConfig) -> str:
+    """A configuration's identity for tuning: its RunConfig minus the seed and the rates."""
+    d = {k: v for k, v in cfg.to_dict().items() if k not in ("seed", "lr", "head_lr")}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def study_name(grid_study: str, cfg: RunConfig) -> str:
+    rank = f"-r{cfg.rank}" if cfg.rank else ""
+    return f"{grid_study}-tune-{cfg.name}{rank}-{tuning_key(cfg)}"
+
+
+def trial_config(cfg: RunConfig, spec: TuneSpec, rates: dict[str, float]) -> RunConfig:
+    """What one tuning trial runs: the configuration on the tuning subset, epochs and seed."""
+    lr = rates.get("lr", rates["head_lr"])  # the probe: lr is unused, recorded as its head rate
+    return cfg.replace(
+        seed=spec.seed,
+        train_size=spec.train_size or cfg.train_size,
+        epochs=spec.epochs or cfg.epochs,
+        patience=0,
+        lr=lr,
+        head_lr=rates["head_lr"],
+    )
+
+
+def _sampler(spec: TuneSpec, offset: int) -> optuna.samplers.BaseSampler:
+    seed = spec.seed + offset
+    if spec.sampler == "qmc":
+        return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed)
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    # Half the budget explores (seeded: the same draws for every configuration), then TPE.
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, spec.trials // 2), multivariate=True)
+
+
+def _pruner(spec: TuneSpec) -> optuna.pruners.BasePruner:
+    if spec.pruner == "successive_halving":  # ASHA-style: a third goes on at each rung
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    if spec.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    return optuna.pruners.NopPruner()
+
+
+def open_study(cfg: RunConfig, spec: TuneSpec, grid_study: str, storage) -> optuna.Study:
+    study = optuna.create_study(
+        study_name=study_name(grid_study, cfg),
+        storage=storage,
+        direction="maximize",
+        sampler=_sampler(spec, 0),
+        pruner=_pruner(spec),
+        load_if_exists=True,
+    )
+    existing = len(study.get_trials(deepcopy=False))
+    if existing:  # a resumed study draws new values rather than replaying the seeded ones
+        study.sampler = _sampler(spec, existing)
+    study.set_user_attr("kind", "tuning")
+    study.set_user_attr("tune", {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(spec).items()})
+    return study
+
+
+def finished(study: optuna.Study) -> int:
+    return sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
+
+
+def tune(cfg: RunConfig, spec: TuneSpec, ctx: Context, grid_study: str, storage) -> dict[str, Any]:
+    """Run (or resume) cfg's tuning study until it has spec.trials finished trials; return the
+    selection: the best trial's rates with what it took to find them."""
+    study = open_study(cfg, spec, grid_study, storage)
+    rates = tuned_rates(cfg)
+    folder = f"{grid_study}-tune/{study.study_name.removeprefix(grid_study + '-tune-')}"
+
+    def objective(trial: optuna.Trial) -> float:
+        values = {r: trial.suggest_float(r, *getattr(spec, r), log=True) for r in rates}
+
+        def label(values: dict) -> str:
+            return f"  tune {trial.number:>2} " + " ".join(f"{r}={values[r]:.2e}" for r in rates)
+
+        run = trial_config(cfg, spec, values)
+        trial.set_user_attr("config", run.to_dict())
+
+        def on_epoch(epoch: int, val_acc: float) -> None:
+            trial.report(val_acc, epoch)
+            if trial.should_prune():
+                trial.set_user_attr("pruned", f"epoch {epoch}: val_acc {val_acc:.4f} below the pruner's bar")
+                ctx.log(f"{label(values):<40} pruned    at epoch {epoch}: val_acc={val_acc:.4g}")
+                raise optuna.TrialPruned(f"epoch {epoch}")
+
+        record = run_cell(
+            run, ctx, folder, trial.number, on_epoch=on_epoch, run_id=f"t{trial.number:04d}-{run.cell_id}"
+        )
+        return finish_trial(trial, label(values), record, ("val_acc",), log=ctx.log)
+
+    todo = spec.trials - finished(study)
+    if todo > 0:
+        study.optimize(
+            objective,
+            n_trials=todo,
+            catch=(RunFailed,),
+            callbacks=[optuna.study.MaxTrialsCallback(spec.trials, states=FINISHED)],
+        )
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    if not complete:
+        raise LorafitError(
+            f"tuning study {study.study_name} has no completed trial (all pruned or failed); "
+            f"widen the [tune] ranges or raise trials"
+        )
+    best = max(complete, key=lambda t: (t.value, -t.number))
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    return {
+        "mode": "tuned",
+        "study": study.study_name,
+        "trials": sum(s in FINISHED for s in states),
+        "complete": states.count(TrialState.COMPLETE),
+        "pruned": states.count(TrialState.PRUNED),
+        "failed": states.count(TrialState.FAIL),
+        "best_trial": best.number,
+        "best_val_acc": best.value,
+        "lr": best.params.get("lr", best.params["head_lr"]),
+        "head_lr": best.params["head_lr"],
+        "spec": study.user_attrs["tune"],
+    }
+
+
+def tune_cells(
+    cells: list[RunConfig], spec: TuneSpec, ctx: Context, grid_study: str, storage, show_progress: bool = True
+) -> tuple[list[RunConfig], dict[str, dict]]:
+    """The tuning stage: every configuration of `cells` tuned (or its finished tuning reused), its
+    cells set to the selected rates. Returns the tuned cells and, per cell id, its selection."""
+    groups: dict[str, list[RunConfig]] = {}
+    for cfg in cells:
+        groups.setdefault(tuning_key(cfg), []).append(cfg)
+    bar = tqdm(
+        total=len(groups),
+        desc="tuning",
+        unit="config",
+        dynamic_ncols=True,
+        disable=None if show_progress else True,
+    )
+    tuned, selections = [], {}
+    try:
+        for members in groups.values():
+            head = members[0]
+            ctx.log(
+                f"tuning {head.name}{f'-r{head.rank}' if head.rank else ''}: "
+                f"{spec.trials} trials ({', '.join(tuned_rates(head))})"
+            )
+            selection = tune(head, spec, ctx, grid_study, storage)
+            ctx.log(
+                f"tuned  {head.name}{f'-r{head.rank}' if head.rank else ''}: lr={selection['lr']:.3g} "
+                f"head_lr={selection['head_lr']:.3g} (val_acc {selection['best_val_acc']:.4f}, "
+                f"trial {selection['best_trial']} of {selection['trials']})"
+            )
+            for cfg in members:
+                final = cfg.replace(lr=selection["lr"], head_lr=selection["head_lr"])
+                tuned.append(final)
+                selections[final.cell_id] = selection
+            bar.update(1)
+    finally:
+        bar.close()
+    return tuned, selections
