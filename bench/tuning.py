@@ -6,8 +6,9 @@ sampler with the same seed, the same pruner, the same training subset, epochs an
 Two rates are tuned wherever both exist: `lr` for the adapter (or the backbone, for full
 fine-tuning and scratch) and `head_lr` for the new head; the linear probe has only `head_lr`.
 The seeds then run at the selected values, which every record and the leaderboard carry.
-Trials record under records/<grid study>-tune/. A tuning study is an ordinary Optuna study in the grid's storage, so it resumes after a
-crash and several workers can share it; a finished one is never re-tuned.
+Trials record under records/<grid study>-tune/. A tuning study is an ordinary Optuna study in
+the grid's storage, so it resumes after a crash and several workers can share it; a finished one
+is never re-tuned.
 """
 
 from __future__ import annotations
