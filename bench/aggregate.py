@@ -206,6 +206,12 @@ def _merged_acc(record: dict) -> float:
     return metrics.merged_accuracy(analysis["confusion"], analysis["classes"])
 
 
+def is_tuning_trial(record: dict) -> bool:
+    """Records of the tuning stage's trials (records/<grid>-tune/...): inputs to the sensitivity
+    chart, never leaderboard rows."""
+    return "-tune/" in (record["run"].get("study") or "")
+
+
 def aggregate(records: Iterable[dict], replicates: int = BOOTSTRAP_REPLICATES) -> pd.DataFrame:
     """One row per (setup, configuration): seeds, status counts, means, CI, params, Pareto flag and
     probability, paired differences to the references, case-merged accuracy.
@@ -217,7 +223,8 @@ def aggregate(records: Iterable[dict], replicates: int = BOOTSTRAP_REPLICATES) -
     then trainable parameters, then label.
     """
     records = sorted(
-        records, key=lambda r: (setup_of(r), config_key(r), r["config"].get("seed", 0), r["run"]["id"])
+        (r for r in records if not is_tuning_trial(r)),
+        key=lambda r: (setup_of(r), config_key(r), r["config"].get("seed", 0), r["run"]["id"]),
     )
     if not records:
         return pd.DataFrame()
@@ -233,6 +240,11 @@ def aggregate(records: Iterable[dict], replicates: int = BOOTSTRAP_REPLICATES) -
     df["diverged"] = df["run.status"].eq("diverged")
     df["acc"] = df["metrics.test_acc"]
     df["merged_acc"] = [_merged_acc(r) for r in records]
+    # How the rates were chosen: records before the tuning stage carry no `tuning` (fixed rates).
+    df["rslora"] = [bool(r["config"].get("rslora", False)) for r in records]
+    df["tuning_mode"] = [(r.get("tuning") or {}).get("mode", "fixed") for r in records]
+    df["tune_trials"] = [(r.get("tuning") or {}).get("trials", np.nan) for r in records]
+    df["head_lr"] = [r["config"].get("head_lr") or r["config"].get("lr") for r in records]
 
     g = df.groupby(["setup", "key"], sort=True)
     out = g.agg(
@@ -244,6 +256,10 @@ def aggregate(records: Iterable[dict], replicates: int = BOOTSTRAP_REPLICATES) -
         alpha=("config.alpha", "first"),
         policy=("config.policy", "first"),
         lr=("config.lr", "first"),
+        head_lr=("head_lr", "first"),
+        tuning_mode=("tuning_mode", "first"),
+        tune_trials=("tune_trials", "first"),
+        rslora=("rslora", "first"),
         profile=("config.profile", "first"),
         source=("config.source", "first"),
         target=("config.target", "first"),

@@ -16,7 +16,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from bench.aggregate import aggregate, config_key, setup_of
+from bench.aggregate import aggregate, config_key, is_tuning_trial, setup_of
 from bench.records import load_records, write_atomic
 from lorafit.errors import LorafitError
 
@@ -27,6 +27,7 @@ TITLES = {
     "acc_per_param": "Test accuracy per 1k trainable parameters",
     "rank_sweep": "LoRA rank sweep: test accuracy vs rank per placement",
     "per_class": "Per-class test accuracy: best LoRA vs full fine-tuning",
+    "lr_sensitivity": "Learning-rate sensitivity: validation accuracy of the tuning trials",
 }
 
 CI_NOTE = "mean over seeds, bars: 95% t-interval (clipped to 0–100%)"
@@ -449,6 +450,70 @@ def per_class(records: list[dict], agg: pd.DataFrame) -> alt.TopLevelMixin | Non
     return _titled(chart, df, TITLES["per_class"], "mean over seeds of each class's recall")
 
 
+def sensitivity_frame(records: list[dict]) -> pd.DataFrame:
+    """One row per completed tuning trial: its configuration, rates and validation accuracy."""
+    rows = []
+    for r in records:
+        if not is_tuning_trial(r) or r["run"].get("status") != "complete":
+            continue
+        c = r["config"]
+        head_lr = c.get("head_lr") or c["lr"]
+        rows.append(
+            {
+                "configuration": f"{c['name']}-r{c['rank']}" if c.get("rank") else c["name"],
+                "rate": head_lr if c["method"] == "head" else c["lr"],
+                "head_lr": head_lr,
+                "val_acc": r["metrics"].get("val_acc"),
+                "trial": r["run"].get("trial"),
+            }
+        )
+    df = pd.DataFrame(rows)
+    return df.sort_values(["configuration", "trial"]).reset_index(drop=True) if len(df) else df
+
+
+def lr_sensitivity(records: list[dict]) -> alt.TopLevelMixin | None:
+    """Validation accuracy against the tuned rate, one panel per configuration: how forgiving each
+    method is. x: the adapter's (or backbone's) rate, the head's for the probe; colour: the head's."""
+    df = sensitivity_frame(records)
+    if df.empty:
+        return None
+    chart = (
+        alt.Chart(df)
+        .mark_circle(size=60, opacity=0.85)
+        .encode(
+            x=alt.X(
+                "rate:Q",
+                scale=alt.Scale(type="log"),
+                axis=alt.Axis(format=".0e"),
+                title="learning rate (adapter / backbone; the head's for the probe)",
+            ),
+            y=alt.Y(
+                "val_acc:Q",
+                title="validation accuracy",
+                axis=alt.Axis(format=".0%"),
+                scale=alt.Scale(zero=False),
+            ),
+            color=alt.Color("head_lr:Q", scale=alt.Scale(type="log", scheme="viridis"), title="head lr"),
+            tooltip=[
+                "configuration",
+                "trial",
+                alt.Tooltip("rate:Q", format=".2e"),
+                alt.Tooltip("head_lr:Q", format=".2e"),
+                alt.Tooltip("val_acc:Q", format=".2%"),
+            ],
+        )
+        .properties(width=180, height=140)
+        .facet(facet=alt.Facet("configuration:N", title=None), columns=4)
+    )
+    return chart.properties(
+        title=alt.Title(
+            TITLES["lr_sensitivity"],
+            subtitle="completed trials of each configuration's tuning "
+            "study (pruned trials stop early and are not drawn)",
+        )
+    )
+
+
 def render(records: list[dict], out_dir: Path, agg: pd.DataFrame | None = None) -> list[Path]:
     """Write every chart the records support into out_dir; returns the files written, in a fixed order.
     agg: aggregate(records), if already computed."""
@@ -463,12 +528,14 @@ def render(records: list[dict], out_dir: Path, agg: pd.DataFrame | None = None) 
         "acc_per_param": acc_per_param(agg) if agg["acc_per_1k"].notna().any() else None,
         "rank_sweep": rank_sweep(agg),
         "per_class": per_class(records, agg),
+        "lr_sensitivity": lr_sensitivity(records),
     }
     reasons = {
         "acc_vs_params": "no configuration has a test accuracy",
         "acc_per_param": "no configuration has a test accuracy",
         "rank_sweep": "no LoRA configuration with a result",
         "per_class": "no LoRA configuration with per-class analysis",
+        "lr_sensitivity": "no tuning-stage records (fixed rates)",
     }
     for stem, chart in charts.items():
         if chart is None:

@@ -28,6 +28,7 @@ from bench.aggregate import (
     aggregate,
     comparisons,
     config_key,
+    is_tuning_trial,
     median_halfwidth,
     setup_of,
 )
@@ -134,6 +135,7 @@ TABLE_HEAD = [
     "rank",
     "shape",
     "policy",
+    "rates: lr / head (mode)",
     "trainable params (% full)",
     "test acc % ± 95% CI (n)",
     "case-merged acc %",
@@ -147,7 +149,18 @@ TABLE_HEAD = [
     "P(front)",
     "notes",
 ]
-TABLE_ALIGN = ["---"] * 3 + [":-:"] * 4 + ["--:"] * 9 + [":-:", "--:", "---"]
+TABLE_ALIGN = ["---"] * 3 + [":-:"] * 4 + ["--:"] * 10 + [":-:", "--:", "---"]
+
+
+def fmt_rates(row: pd.Series) -> str:
+    """'3.2e-03 / 1.1e-02 (tuned, 8 trials)': the adapter's (or backbone's) rate and the head's.
+    The probe trains only its head: one rate."""
+    head = row["head_lr"] if not pd.isna(row["head_lr"]) else row["lr"]
+    rates = f"{head:.2g}" if row["method"] == "head" else f"{row['lr']:.2g} / {head:.2g}"
+    if row["tuning_mode"] == "tuned":
+        trials = "" if pd.isna(row["tune_trials"]) else f", {int(row['tune_trials'])} trials"
+        return f"{rates} (tuned{trials})"
+    return f"{rates} (fixed)"
 
 
 def table(df: pd.DataFrame) -> str:
@@ -163,6 +176,7 @@ def table(df: pd.DataFrame) -> str:
             str(r["rank"]) if r["rank"] else "—",
             shown_shape(r) or "—",
             r["policy"],
+            fmt_rates(r),
             fmt_params(r),
             fmt_acc(r),
             pct(r["merged_acc_mean"]),
@@ -208,6 +222,10 @@ def csv_rows(agg: pd.DataFrame) -> list[dict]:
                 "policy": r["policy"],
                 "alpha": _num(r["alpha"]),
                 "lr": _num(r["lr"]),
+                "head_lr": _num(r["head_lr"]),
+                "rate_mode": r["tuning_mode"],
+                "tuning_trials": _num(r["tune_trials"]),
+                "rslora": int(bool(r["rslora"])),
                 "baseline": int(r["baseline"]),
                 "trainable_params": _num(r["trainable_params"]),
                 "total_params": _num(r["total_params"]),
@@ -490,6 +508,12 @@ def legend(df: pd.DataFrame) -> list[str]:
         f"P(front): share of {BOOTSTRAP_REPLICATES:,} paired bootstrap replicates over seeds (one draw of "
         "seeds per replicate, shared by every configuration; fixed RNG seed) in which the configuration is "
         "on that front.",
+        "Rates: the AdamW learning rates of the adapter (or, with nothing adapted, the backbone) and of the "
+        "new head; tuned: chosen by the grid's tuning stage on the validation split with the same budget for "
+        "every configuration (the record names its Optuna study), fixed: set in the grid file. "
+        "LoRA scaling: alpha/rank"
+        + (", alpha/√rank for rsLoRA rows" if df["rslora"].any() else "")
+        + "; alpha = rank (scale 1) unless the grid set it (the seed post's adapter: alpha 1).",
         "Baselines in bold. Source acc after: the adapted network under the original source head "
         "(forgetting). Diverged seeds count in the means (their best epoch before divergence is restored); "
         "failed seeds have no metrics.",
@@ -645,9 +669,19 @@ def main(args: argparse.Namespace) -> int:
     check_overwrite(output, args)
     chart_dir = charts.default_out(runs, args.study)
     records = sorted(records, key=lambda r: (r["run"]["id"], r["run"].get("study") or ""))
+    # The tuning stage's trials feed the sensitivity chart, never the table.
+    trials = load_records(runs, f"{args.study}-tune") if args.study else []
+    records, trials = (
+        [r for r in records if not is_tuning_trial(r)],
+        trials + [r for r in records if is_tuning_trial(r)],
+    )
+    if not records:
+        raise LorafitError(
+            f"only tuning-stage records under {runs / 'records'}; the grid's cells have not run yet"
+        )
     agg = aggregate(records)
     try:
-        chart_paths = charts.render(records, chart_dir, agg)
+        chart_paths = charts.render(records + trials, chart_dir, agg)
         links = [os.path.relpath(p, output.parent) for p in chart_paths]
         md = render_markdown(
             records, command_line(args), links, os.path.relpath(csv_path, output.parent), agg

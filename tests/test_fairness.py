@@ -101,6 +101,15 @@ def test_tuning_stage_end_to_end_same_budget_and_resume(tmp_path, tiny_grid, cap
     out = capsys.readouterr().out
     assert "  tune " not in out and "4 done" in out
     assert {k: len(v) for k, v in _tuning_studies(runs).items()} == {k: len(v) for k, v in studies.items()}
+    # The leaderboard shows the tuned rates and the trials' sensitivity chart; no tuning row.
+    out_md = tmp_path / "lb.md"
+    assert (
+        main(["leaderboard", "--runs-dir", str(runs), "--study", "tuned-smoke", "--output", str(out_md)]) == 0
+    )
+    md = out_md.read_text()
+    assert md.count("(tuned, 3 trials)") == 2 and "800 train images" not in md
+    assert (runs / "charts" / "tuned-smoke" / "lr_sensitivity.png").is_file()
+    assert "Learning-rate sensitivity" in md
     # Fixed-rate mode on request.
     assert main([*argv, "--no-tune", "--only", "head"]) == 2  # no [lr] for head: a one-line error
     assert "no learning rate for method 'head'" in capsys.readouterr().err

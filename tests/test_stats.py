@@ -131,11 +131,11 @@ def test_unequal_seed_sets_pair_on_the_common_seeds():
     assert "paired t-test over 2–3 seeds" in md
     scratch_row = next(line for line in md.splitlines() if line.startswith("| ") and "**scratch**" in line)
     half = 12.706204736174698 * np.std([0.05, 0.03], ddof=1) / math.sqrt(2)  # t(0.975, 1 df)
-    assert scratch_row.split(" | ")[10] == f"-4.00 ± {100 * half:.2f}"  # all its seeds pair: no (n=2)
+    assert scratch_row.split(" | ")[11] == f"-4.00 ± {100 * half:.2f}"  # all its seeds pair: no (n=2)
     recs = [r for r in recs if not (r["config"]["name"] == "head" and r["config"]["seed"] == 2)]
     md = leaderboard.render_markdown(recs, "cmd")
     full_row = next(line for line in md.splitlines() if line.startswith("| ") and "**full**" in line)
-    assert full_row.split(" | ")[11].endswith("(n=2)")  # full has 3 seeds, head 2
+    assert full_row.split(" | ")[12].endswith("(n=2)")  # full has 3 seeds, head 2
 
 
 # ------------------------------------------------------------------------ Pareto probability
@@ -217,7 +217,7 @@ def test_case_merged_column_is_a_mean_over_seeds_and_dash_elsewhere():
     assert math.isnan(df.loc["head", "merged_acc_mean"])
     md = leaderboard.render_markdown(recs, "cmd")
     head_row = next(line for line in md.splitlines() if "**head**" in line)
-    assert head_row.split(" | ")[9] == "—"
+    assert head_row.split(" | ")[10] == "—"
 
 
 def test_header_reports_seeds_and_median_halfwidth():
