@@ -251,3 +251,18 @@ def test_load_grid_rejects_empty_list(tmp_path, tiny_grid):
     )
     with pytest.raises(LorafitError, match="empty list"):
         load_grid(path, "smoke")
+
+
+def test_output_to_a_file_has_no_progress_bar_escapes(tmp_path, tiny_grid):
+    """In a log file (not a terminal) the grid prints its one-line summaries and the next command,
+    without tqdm's bars or their cursor escapes, even without --no-progress."""
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "bench", "run", "grid", "--grid", str(tiny_grid()), "--runs-dir", str(runs)]
+    proc = subprocess.run([*cmd, "--only", "head"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    both = proc.stdout + proc.stderr
+    assert "\x1b[" not in both and "\r" not in both and "it/s" not in both and "ep/s" not in both
+    assert "head-s0-" in proc.stdout and " complete " in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == (
+        f"next: python -m bench leaderboard --runs-dir {runs} --study tiny-smoke"
+    )
