@@ -269,3 +269,6 @@ def rank_bounds(model: SeedCNN, method: str, placement: str, settings: AdapterSe
         return {}
     entry = ADAPTERS[method]
     return {p: entry.max_rank(base_layer(get_module(model, p)), settings) for p in SLOTS[placement]}
+
+
+from lorafit import peft_methods  # noqa: E402,F401  (registers the PEFT-backed methods)
