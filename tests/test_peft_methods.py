@@ -357,3 +357,15 @@ def test_a_refused_conv_in_the_model_names_the_layer():
         "method loha on conv2.conv: cannot take a Conv2d with padding_mode='reflect'"
     )
     assert model.adapted == {}
+
+
+def test_perf_times_merged_unmerged_and_base_per_method(tmp_path):
+    """The per-method inference workload of `bench perf` (tiny here; the ratios come from a real run)."""
+    from bench import perf
+
+    w = perf.make_workload(512, tmp_path)
+    results = perf.compare_methods(perf.backbone(), w, "convs", rounds=1, images=64)
+    for method in perf.MERGE_METHODS:
+        where = "proj" if method == "oft" else "convs"
+        assert all(results[f"infer_{where}_{method}_{s}"] > 0 for s in ("base", "unmerged", "merged"))
+        assert f"{method} on {where}, merged / base:" in perf.merge_line(results, method, where)
