@@ -141,14 +141,39 @@ def suite_eval(model: SeedCNN, w: Workload, batch_size: int = 256) -> float:
     return len(w.images) / (time.perf_counter() - t0)
 
 
-def merged_variants(base: SeedCNN) -> dict[str, SeedCNN]:
-    """base, LoRA r8 on proj unmerged, and the same merged: for inference cost."""
-    unmerged = lora_proj_model(base)
+# The methods whose merged and unmerged inference `bench perf` times: native LoRA and the
+# PEFT-backed ones (lorafit.peft_methods); every one of them can merge.
+MERGE_METHODS = ("lora", "dora", "loha", "lokr", "ia3", "oft")
+MERGE_IMAGES = 2048  # images per pass in the per-method comparison
+MERGE_ROUNDS = 3
+
+
+def placement_for(method: str, placement: str) -> str:
+    """`placement`, or proj where the method cannot take it (OFT takes proj only)."""
+    return placement if placement in adapters.ADAPTERS[method].placements else "proj"
+
+
+def adapted_model(base: SeedCNN, method: str = "lora", placement: str = "proj", rank: int = 8) -> SeedCNN:
+    """`method` at `placement` (rank 8; IA3 has no rank: 1), the lora freeze policy, and every
+    adapter tensor moved off its (identity) init so that merging changes the weights."""
+    model = copy.deepcopy(base)
+    rank = 1 if method == "ia3" else rank
+    alpha = adapters.ADAPTERS[method].default_alpha(rank)
+    adapters.inject(model, method, placement, adapters.AdapterSettings(rank=rank, alpha=alpha))
+    freeze.apply(model, "lora")
+    g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        unmerged.proj.lora_B.weight.normal_(0, 0.01)
+        for p in adapters.trainable_parameters(model):
+            p.add_(torch.randn(p.shape, generator=g) * 0.01)
+    return model
+
+
+def merged_variants(base: SeedCNN, method: str = "lora", placement: str = "proj") -> dict[str, SeedCNN]:
+    """base, `method` r8 at `placement` unmerged, and the same merged: for inference cost."""
+    unmerged = adapted_model(base, method, placement)
     merged = copy.deepcopy(unmerged)
     adapters.merge(merged)
-    return {"base": copy.deepcopy(base), "lora_unmerged": unmerged, "lora_merged": merged}
+    return {"base": copy.deepcopy(base), f"{method}_unmerged": unmerged, f"{method}_merged": merged}
 
 
 # ------------------------------------------------------------------------------------- FLOPs
@@ -193,15 +218,23 @@ def measured_peak_flops(bf16: bool, seconds: float = 1.0) -> float:
 
 
 # --------------------------------------------------------------------------------- `bench perf`
-def run_all(n: int = N_IMAGES, batch_size: int = BATCH, log=print) -> dict[str, float]:
+def run_all(
+    n: int = N_IMAGES, batch_size: int = BATCH, log=print, merge_placement: str = "all"
+) -> dict[str, float]:
     """Every workload once after a short warm-up, in one process; returns images/s by name."""
     with tempfile.TemporaryDirectory(prefix="lorafit-perf-") as tmp:
         return _run_all(
-            make_workload(n, Path(tmp) / "main"), make_workload(1024, Path(tmp) / "warm-up"), batch_size, log
+            make_workload(n, Path(tmp) / "main"),
+            make_workload(1024, Path(tmp) / "warm-up"),
+            batch_size,
+            log,
+            merge_placement,
         )
 
 
-def _run_all(w: Workload, small: Workload, batch_size: int, log) -> dict[str, float]:
+def _run_all(
+    w: Workload, small: Workload, batch_size: int, log, merge_placement: str = "all"
+) -> dict[str, float]:
     base = backbone()
     for fn in (
         lambda: seed_train_epoch(full_model(base), small, batch_size),
@@ -231,19 +264,59 @@ def _run_all(w: Workload, small: Workload, batch_size: int, log) -> dict[str, fl
     for name, value in compare_inference(base, w).items():
         results[name] = value
         log(f"{name:<26} {value:>10,.0f} images/s (best of 9, interleaved)")
+    log(
+        f"merged vs unmerged vs base, per method ({min(MERGE_IMAGES, len(w.images))} images, "
+        f"best of {MERGE_ROUNDS}, interleaved):"
+    )
+    results.update(compare_methods(base, w, merge_placement, log=log))
     return results
 
 
-def compare_inference(base: SeedCNN, w: Workload, rounds: int = 9) -> dict[str, float]:
-    """Base vs unmerged vs merged LoRA, interleaved round by round so that machine noise hits all
-    three alike; the best round of each (differences of a few % are below this machine's noise
-    for any single pass)."""
-    variants = merged_variants(base)
+def compare_inference(
+    base: SeedCNN, w: Workload, rounds: int = 9, variants: dict[str, SeedCNN] | None = None
+) -> dict[str, float]:
+    """Base vs unmerged vs merged (default: LoRA r8 on proj), interleaved round by round so that
+    machine noise hits all three alike; the best round of each (differences of a few % are below
+    this machine's noise for any single pass)."""
+    variants = variants or merged_variants(base)
     best = {k: 0.0 for k in variants}
     for _ in range(rounds):
         for k, m in variants.items():
             best[k] = max(best[k], suite_eval(m, w))
     return {f"infer_{k}": v for k, v in best.items()}
+
+
+def compare_methods(
+    base: SeedCNN,
+    w: Workload,
+    placement: str = "all",
+    methods: tuple[str, ...] = MERGE_METHODS,
+    rounds: int = MERGE_ROUNDS,
+    images: int = MERGE_IMAGES,
+    log=None,
+) -> dict[str, float]:
+    """Per method at `placement` (proj where it cannot take it): base, unmerged and merged, each
+    method's three interleaved as in compare_inference, on the first `images` images. Keys:
+    infer_<placement>_<method>_{base,unmerged,merged}, images/s."""
+    sub = Workload(w.images[:images], w.labels[:images], w.root)
+    results = {}
+    for method in methods:
+        where = placement_for(method, placement)
+        found = compare_inference(base, sub, rounds, merged_variants(base, method, where))
+        for state in ("base", "unmerged", "merged"):
+            key = "infer_base" if state == "base" else f"infer_{method}_{state}"
+            results[f"infer_{where}_{method}_{state}"] = found[key]
+        if log is not None:
+            log(merge_line(results, method, where))
+    return results
+
+
+def merge_line(results: dict[str, float], method: str, where: str) -> str:
+    """One report line: merged and unmerged images/s over the base model's, for a method."""
+    base = results[f"infer_{where}_{method}_base"]
+    merged, unmerged = (results[f"infer_{where}_{method}_{s}"] / base for s in ("merged", "unmerged"))
+    what = f"inference, {method} on {where}, merged / base:"
+    return f"{what:<49}{merged:.3f} (unmerged {unmerged:.3f})"
 
 
 def report(results: dict[str, float]) -> str:
@@ -270,6 +343,10 @@ def report(results: dict[str, float]) -> str:
         f"measured {'bf16' if bf16 else 'fp32'} matmul (4096^2):               {peak / 1e9:.1f} GFLOP/s "
         f"-> {100 * achieved / peak:.0f}% of it",
     ]
+    for key in results:
+        if key.endswith("_base") and key.count("_") >= 3:  # infer_<placement>_<method>_base
+            _, where, method, _ = key.split("_")
+            lines.append(merge_line(results, method, where))
     return "\n".join(lines)
 
 
@@ -289,6 +366,12 @@ def _at_least(minimum: int):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", type=_at_least(512), default=N_IMAGES, help="images per workload (>= 512)")
     p.add_argument("--batch-size", type=_at_least(1), default=BATCH)
+    p.add_argument(
+        "--merge-placement",
+        choices=adapters.PLACEMENTS[1:-1],
+        default="all",
+        help="where the per-method merged/unmerged inference comparison puts its adapters (OFT: proj)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -296,6 +379,6 @@ def main(args: argparse.Namespace) -> int:
         f"device {pick_device(None)}, torch threads {torch.get_num_threads()}, "
         f"bf16 {bf16_supported(pick_device(None))}, {args.images} images, batch {args.batch_size}"
     )
-    results = run_all(args.images, args.batch_size)
+    results = run_all(args.images, args.batch_size, merge_placement=args.merge_placement)
     print(report(results))
     return 0

@@ -64,6 +64,10 @@ class AdapterMethod:
     unmerge: Callable[[nn.Module, SeedCNN], None] | None = None
     default_alpha: Callable[[int], float] = float  # alpha when a run does not set one (rank: scale 1)
     delta: Callable[[nn.Module, SeedCNN], torch.Tensor] | None = None  # the learned update, as a matrix
+    # Optional: raise LorafitError (one line) when the method cannot take this base layer with these
+    # settings (sizes, layer features); inject calls it on every layer before wrapping any, count too.
+    check: Callable[[nn.Module, AdapterSettings], None] | None = None
+    placement_note: str = ""  # optional: why it takes only `placements`, added to check_placement's refusal
 
 
 ADAPTERS: dict[str, AdapterMethod] = {}
@@ -172,8 +176,9 @@ def check_placement(method: str, placement: str) -> None:
         return
     entry = method_entry(method)
     if placement not in entry.placements:
+        note = f" ({entry.placement_note})" if entry.placement_note else ""
         raise LorafitError(
-            f"method {method} cannot be placed on {placement!r}; it takes {', '.join(entry.placements)}"
+            f"method {method} cannot be placed on {placement!r}; it takes {', '.join(entry.placements)}{note}"
         )
 
 
@@ -194,9 +199,20 @@ def inject(model: SeedCNN, method: str, placement: str, settings: AdapterSetting
         if not isinstance(base, entry.layer_types):
             kinds = ", ".join(t.__name__ for t in entry.layer_types)
             raise LorafitError(f"method {method} wraps {kinds}; {path} is a {type(base).__name__}")
-        _set_module(model, path, entry.wrap(base, s, model))
+        _check(entry, path, base, s)
+    for path in SLOTS[placement]:
+        _set_module(model, path, entry.wrap(get_module(model, path), s, model))
         model.adapted[path] = method
     return list(SLOTS[placement])
+
+
+def _check(entry: AdapterMethod, path: str, base: nn.Module, settings: AdapterSettings) -> None:
+    if entry.check is None:
+        return
+    try:
+        entry.check(base, settings)
+    except LorafitError as e:
+        raise LorafitError(f"method {entry.name} on {path}: {e}") from None
 
 
 def adapted_modules(model: SeedCNN) -> list[tuple[str, AdapterMethod, nn.Module]]:
@@ -258,7 +274,10 @@ def count(model: SeedCNN, method: str, placement: str, settings: AdapterSettings
     if method in BASELINES:
         return 0
     entry = ADAPTERS[method]
-    return sum(entry.param_count(base_layer(get_module(model, p)), settings, model) for p in SLOTS[placement])
+    bases = {p: base_layer(get_module(model, p)) for p in SLOTS[placement]}
+    for path, base in bases.items():
+        _check(entry, path, base, settings)  # what inject would refuse, count refuses too (a dry run)
+    return sum(entry.param_count(base, settings, model) for base in bases.values())
 
 
 def rank_bounds(model: SeedCNN, method: str, placement: str, settings: AdapterSettings) -> dict[str, int]:
@@ -268,3 +287,6 @@ def rank_bounds(model: SeedCNN, method: str, placement: str, settings: AdapterSe
         return {}
     entry = ADAPTERS[method]
     return {p: entry.max_rank(base_layer(get_module(model, p)), settings) for p in SLOTS[placement]}
+
+
+from lorafit import peft_methods  # noqa: E402,F401  (registers the PEFT-backed methods)

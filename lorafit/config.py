@@ -187,14 +187,18 @@ def validate(cfg: RunConfig) -> None:
 
 
 def check_rank(cfg: RunConfig) -> None:
-    """Refuse a configuration that is secretly another: a nominal rank above what an adapted layer
-    allows (e.g. a 1x1 LoRA on conv1, whose single input channel bounds its update to rank 1,
-    is the same configuration at every rank)."""
+    """Refuse, before anything runs, settings the method cannot take on its layers (its registry
+    `check`, as a dry run) and a configuration that is secretly another: a nominal rank above what
+    an adapted layer allows (e.g. a 1x1 LoRA on conv1, whose single input channel bounds its
+    update to rank 1, is the same configuration at every rank)."""
     if cfg.method not in adapters.ADAPTERS:
         return
-    bounds = adapters.rank_bounds(
-        _shape_model(tuple(cfg.widths)), cfg.method, cfg.placement, cfg.adapter_settings
-    )
+    model = _shape_model(tuple(cfg.widths))
+    try:
+        adapters.count(model, cfg.method, cfg.placement, cfg.adapter_settings)  # the method's own checks
+    except LorafitError as e:
+        raise LorafitError(f"{cfg.name}: {e}") from None
+    bounds = adapters.rank_bounds(model, cfg.method, cfg.placement, cfg.adapter_settings)
     low = {path: bound for path, bound in bounds.items() if bound < cfg.rank}
     if low:
         where = ", ".join(f"{path} allows {bound}" for path, bound in low.items())

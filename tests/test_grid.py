@@ -167,6 +167,10 @@ BAD_GRIDS = {
         '[tune]\nprofiles = ["huge"]\n[[cell]]\nname = "x"\nmethod = "head"\npolicy = "head"',
         "unknown profile",
     ),
+    "a size the method cannot take": (
+        '[lr]\nia3 = 1e-3\n[[cell]]\nname = "x"\nmethod = "ia3"\nplacement = "proj"\nrank = 2\npolicy = "lora"',
+        "ia3 has no rank",
+    ),
     "method on the wrong placement": (
         '[lr]\nlora = 1e-3\n[[cell]]\nname = "x"\nmethod = "lora"\nplacement = "seed"\nrank = 2\npolicy = "lora"',
         "cannot be placed on 'seed'",

@@ -177,7 +177,7 @@ def test_bad_arguments_raise(kwargs, match):
         ("lora", "seed", "cannot be placed on 'seed'"),
         ("seed", "proj", "cannot be placed on 'proj'"),
         ("head", "proj", "placement must be none"),
-        ("dora", "proj", "unknown adapter method"),
+        ("hypernet", "proj", "unknown adapter method"),
     ],
 )
 def test_methods_take_only_their_placements(method, placement, match):

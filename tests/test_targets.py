@@ -43,7 +43,7 @@ def emnist_dir(tmp_path_factory):
     for split, (classes, first) in SPLITS.items():
         labels = balanced(classes - first, 12) + first
         names = (f"emnist-{split}-test-images-idx3-ubyte", f"emnist-{split}-test-labels-idx1-ubyte")
-        write_split(root / "emnist", *names, labels, gz=True, transpose=True)
+        write_split(root / "emnist", *names, labels, transpose=True)  # no .gz: no official checksum to fail
     return root
 
 
