@@ -451,10 +451,10 @@ def per_class(records: list[dict], agg: pd.DataFrame) -> alt.TopLevelMixin | Non
 
 
 def sensitivity_frame(records: list[dict]) -> pd.DataFrame:
-    """One row per completed tuning trial: its configuration, rates and validation accuracy."""
+    """One row per tuning trial (completed, or pruned at its last validation accuracy)."""
     rows = []
     for r in records:
-        if not is_tuning_trial(r) or r["run"].get("status") != "complete":
+        if not is_tuning_trial(r) or r["run"].get("status") not in ("complete", "pruned"):
             continue
         c = r["config"]
         head_lr = c.get("head_lr") or c["lr"]
@@ -465,6 +465,7 @@ def sensitivity_frame(records: list[dict]) -> pd.DataFrame:
                 "head_lr": head_lr,
                 "val_acc": r["metrics"].get("val_acc"),
                 "trial": r["run"].get("trial"),
+                "outcome": "pruned" if r["run"]["status"] == "pruned" else "completed",
             }
         )
     df = pd.DataFrame(rows)
@@ -479,24 +480,28 @@ def lr_sensitivity(records: list[dict]) -> alt.TopLevelMixin | None:
         return None
     chart = (
         alt.Chart(df)
-        .mark_circle(size=60, opacity=0.85)
+        .mark_point(size=60, opacity=0.9, filled=True)
         .encode(
             x=alt.X(
-                "rate:Q",
-                scale=alt.Scale(type="log"),
-                axis=alt.Axis(format=".0e"),
-                title="learning rate (adapter / backbone; the head's for the probe)",
+                "rate:Q", scale=alt.Scale(type="log"), axis=alt.Axis(format=".0e"), title="learning rate"
             ),
+            shape=alt.Shape("outcome:N", title=None, sort=["completed", "pruned"]),
             y=alt.Y(
                 "val_acc:Q",
                 title="validation accuracy",
                 axis=alt.Axis(format=".0%"),
                 scale=alt.Scale(zero=False),
             ),
-            color=alt.Color("head_lr:Q", scale=alt.Scale(type="log", scheme="viridis"), title="head lr"),
+            color=alt.Color(
+                "head_lr:Q",
+                scale=alt.Scale(type="log", scheme="viridis"),
+                title="head lr",
+                legend=alt.Legend(format=".0e"),
+            ),
             tooltip=[
                 "configuration",
                 "trial",
+                "outcome",
                 alt.Tooltip("rate:Q", format=".2e"),
                 alt.Tooltip("head_lr:Q", format=".2e"),
                 alt.Tooltip("val_acc:Q", format=".2%"),
@@ -505,13 +510,11 @@ def lr_sensitivity(records: list[dict]) -> alt.TopLevelMixin | None:
         .properties(width=180, height=140)
         .facet(facet=alt.Facet("configuration:N", title=None), columns=4)
     )
-    return chart.properties(
-        title=alt.Title(
-            TITLES["lr_sensitivity"],
-            subtitle="completed trials of each configuration's tuning "
-            "study (pruned trials stop early and are not drawn)",
-        )
-    )
+    subtitle = [
+        "each configuration's tuning trials; x: the adapter's (or backbone's) rate, the head's for the probe",
+        "pruned trials at their last validation accuracy",
+    ]
+    return chart.properties(title=alt.Title(TITLES["lr_sensitivity"], subtitle=subtitle))
 
 
 def render(records: list[dict], out_dir: Path, agg: pd.DataFrame | None = None) -> list[Path]:

@@ -211,7 +211,15 @@ def objective_for(study: optuna.Study, spec: dict, profile: str, ctx: Context, b
     prunable = len(objectives) == 1
 
     def objective(trial: optuna.Trial):
-        cfg = ctx.resolve(config_for(spec, suggest(trial, spec.get("param", [])), profile, base))
+        values = suggest(trial, spec.get("param", []))
+        try:
+            cfg = ctx.resolve(config_for(spec, values, profile, base))
+        except LorafitError as e:
+            # A sampled combination the registry refuses (e.g. a rank above a layer's bound): the
+            # trial ends pruned with the reason, the study goes on.
+            trial.set_user_attr("refused", str(e))
+            ctx.log(f"trial {trial.number:>3} refused: {e}")
+            raise optuna.TrialPruned(str(e)) from None
         trial.set_user_attr("config", cfg.to_dict())
         label = f"trial {trial.number:>3} {cfg.cell_id}"
         # Samplers repeat configurations (head and full have nothing else to sample), and a run is

@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from bench.context import Context
+from bench.records import record_path, write_json
 from bench.runner import run_cell
 from bench.trials import RunFailed, finish_trial
 from lorafit.config import RunConfig
@@ -174,6 +175,22 @@ def tune(cfg: RunConfig, spec: TuneSpec, ctx: Context, grid_study: str, storage)
             if trial.should_prune():
                 trial.set_user_attr("pruned", f"epoch {epoch}: val_acc {val_acc:.4f} below the pruner's bar")
                 ctx.log(f"{label(values):<40} pruned    at epoch {epoch}: val_acc={val_acc:.4g}")
+                # A small record, so the sensitivity chart shows where pruned rates stood too.
+                write_json(
+                    record_path(ctx.runs_dir, folder, f"t{trial.number:04d}-{run.cell_id}"),
+                    {
+                        "run": {
+                            "id": f"t{trial.number:04d}-{run.cell_id}",
+                            "study": folder,
+                            "trial": trial.number,
+                            "status": "pruned",
+                            "error": None,
+                        },
+                        "config": run.to_dict(),
+                        "metrics": {"val_acc": val_acc, "pruned_epoch": epoch},
+                        "tuning": {"mode": "trial"},
+                    },
+                )
                 raise optuna.TrialPruned(f"epoch {epoch}")
 
         record = run_cell(

@@ -7,6 +7,7 @@ import pytest
 
 from bench.__main__ import main
 from bench.studies import load_study_file, study_files
+from lorafit.errors import LorafitError
 
 PRUNE_STUDY = """
 [study]
@@ -185,3 +186,28 @@ def test_best_and_list_find_a_smoke_run_of_a_local_study(tmp_path, capsys):
     assert out.startswith("# from study lr_head-smoke") and "[lr]" in out and "head = " in out
     assert main(["study", "--list", "--runs-dir", runs]) == 0
     assert "in storage: lr_head-smoke (2 trials)" in capsys.readouterr().out
+
+
+def test_a_refused_combination_is_pruned_with_its_reason(tmp_path, capsys):
+    """A sampled rank above conv1's bound (1x1 branch: rank 1) ends its trial pruned with the reason;
+    the study goes on. The file's dry run (first choices) refuses a space whose first choice is bad."""
+    spec = (
+        '[study]\nsampler = "random"\ntrials = 4\n[fixed]\nname = "b"\nmethod = "head"\npolicy = "head"\n'
+        'lr = 1e-3\n[[param]]\nname = "method"\nchoices = ["head", "lora"]\n'
+        '[[override]]\nwhen = { method = "lora" }\nset = { placement = "conv1", rank = 4, policy = "lora" }\n'
+    )
+    path = tmp_path / "bound.toml"
+    path.write_text(spec)
+    runs = tmp_path / "runs"
+    assert main(["study", str(path), "--runs-dir", str(runs), "--no-progress"]) == 0
+    trials = optuna.load_study(
+        study_name="bound-smoke", storage=f"sqlite:///{runs / 'optuna.db'}"
+    ).get_trials()
+    refused = [t for t in trials if "refused" in t.user_attrs]
+    assert refused and all(t.state.name == "PRUNED" for t in refused)
+    assert "conv1.conv allows 1" in refused[0].user_attrs["refused"]
+    assert any(t.state.name == "COMPLETE" for t in trials)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(spec.replace('choices = ["head", "lora"]', 'choices = ["lora", "head"]'))
+    with pytest.raises(LorafitError, match="conv1.conv allows 1"):
+        load_study_file(str(bad))
