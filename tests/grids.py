@@ -51,3 +51,6 @@ placement = "proj"
 rank = 8
 policy = "lora"
 """
+
+# The report grid with a tuning stage on the smoke profile (3 trials per configuration).
+TUNED_GRID = "[tune]\ntrials = 3\nepochs = 2\ntrain_size = 800\n" + REPORT_GRID

@@ -10,6 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from grids import TUNED_GRID
 from optuna.trial import TrialState
 
 from bench import tuning
@@ -26,24 +27,6 @@ from lorafit.model import SeedCNN
 from lorafit.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
-TUNED_GRID = """
-[tune]
-trials = 3
-epochs = 2
-train_size = 800
-
-[[cell]]
-name = "head"
-method = "head"
-policy = "head"
-
-[[cell]]
-name = "lora-proj"
-method = "lora"
-placement = "proj"
-rank = 2
-policy = "lora"
-"""
 
 
 def _storage(runs: Path) -> str:
@@ -78,7 +61,7 @@ def test_tuning_stage_end_to_end_same_budget_and_resume(tmp_path, tiny_grid, cap
     for trials in studies.values():  # the same budget for every configuration
         assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 3
     head = next(t for name, t in studies.items() if "-tune-head-" in name)
-    lora = next(t for name, t in studies.items() if "-tune-lora-proj-r2-" in name)
+    lora = next(t for name, t in studies.items() if "-tune-lora-proj-r8-" in name)
     assert all(set(t.params) == {"head_lr"} for t in head)  # the probe has only its head's rate
     assert all(set(t.params) == {"lr", "head_lr"} for t in lora)
     records = load_records(runs, "tuned-smoke")
@@ -111,9 +94,10 @@ def test_tuning_stage_end_to_end_same_budget_and_resume(tmp_path, tiny_grid, cap
     assert md.count("(tuned, 3 trials)") == 2 and "800 train images" not in md
     assert (runs / "charts" / "tuned-smoke" / "lr_sensitivity.png").is_file()
     assert "Learning-rate sensitivity" in md
-    # Fixed-rate mode on request.
-    assert main([*argv, "--no-tune", "--only", "head"]) == 2  # no [lr] for head: a one-line error
-    assert "no learning rate for method 'head'" in capsys.readouterr().err
+    # Fixed-rate mode on request: the grid's [lr] rates, and the record says so.
+    assert main([*argv, "--no-tune", "--only", "head"]) == 0
+    fixed = [r for r in load_records(runs, "tuned-smoke") if r["tuning"]["mode"] == "fixed"]
+    assert len(fixed) == 1 and fixed[0]["config"]["lr"] == 5e-3
 
 
 def test_killed_tuning_stage_resumes(tmp_path, tiny_grid):

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from grids import REPORT_GRID
 from idxfiles import balanced, write_split
 
 from bench import aggregate
@@ -15,23 +16,7 @@ from lorafit import adapters, data
 from lorafit.adapters import AdapterMethod, AdapterSettings
 from lorafit.model import SeedCNN
 
-GRID = """
-[lr]
-head = 5e-3
-lora = 3e-3
-
-[[cell]]
-name = "head"
-method = "head"
-policy = "head"
-
-[[cell]]
-name = "lora-proj"
-method = "lora"
-placement = "proj"
-rank = 2
-policy = "lora"
-"""
+GRID = REPORT_GRID  # the probe and LoRA r8 on proj
 # split -> (number of classes, first label): letters has no class 0 (its labels are 1..26)
 SPLITS = {"bymerge": (47, 0), "balanced": (47, 0), "letters": (27, 1), "digits": (10, 0)}
 
