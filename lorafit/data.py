@@ -175,10 +175,16 @@ class Split:
         return image_digest(self.images)
 
 
-def image_digest(images: torch.Tensor) -> str:
-    t = images.detach().to("cpu").contiguous()
-    h = hashlib.sha256(str((tuple(t.shape), str(t.dtype))).encode())
+def hash_tensor(h, tensor: torch.Tensor) -> None:
+    """Feed a tensor's shape, dtype and exact bytes into hash object h."""
+    t = tensor.detach().to("cpu").contiguous()
+    h.update(str((tuple(t.shape), str(t.dtype))).encode())
     h.update(memoryview(t.view(torch.uint8).numpy()))
+
+
+def image_digest(images: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    hash_tensor(h, images)
     return h.hexdigest()
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lorafit.data import hash_tensor
 from lorafit.io import publish, temp_path, write_atomic
 from lorafit.model import STAGES
 
@@ -31,12 +32,6 @@ def frozen_prefix_length(model: nn.Module) -> int:
     return len(STAGES)
 
 
-def _tensor_digest(h, tensor: torch.Tensor) -> None:
-    t = tensor.detach().to("cpu").contiguous()
-    h.update(str((tuple(t.shape), str(t.dtype))).encode())
-    h.update(memoryview(t.view(torch.uint8).numpy()))
-
-
 def cache_key(model: nn.Module, stop: int, data_digest: str, dtype: torch.dtype) -> str:
     """Hash of the prefix stages' weights, the images (their digest, lorafit.data.Split.digest)
     and the feature dtype."""
@@ -45,7 +40,7 @@ def cache_key(model: nn.Module, stop: int, data_digest: str, dtype: torch.dtype)
     for name in STAGES[:stop]:
         for pname, p in sorted(getattr(model, name).state_dict().items()):
             h.update(pname.encode())
-            _tensor_digest(h, p)
+            hash_tensor(h, p)
     h.update(data_digest.encode())
     return h.hexdigest()[:32]
 
