@@ -33,6 +33,11 @@ def _heartbeat_settings() -> tuple[int, int]:
     return beat, grace
 
 
+def grace_seconds() -> int:
+    """How long a running trial may go without a heartbeat before it counts as crashed."""
+    return _heartbeat_settings()[1]
+
+
 def default_url(runs_dir: Path) -> str:
     return f"sqlite:///{(runs_dir / 'optuna.db').resolve()}"
 

@@ -7,14 +7,17 @@ Two rates are tuned wherever both exist: `lr` for the adapter (or the backbone, 
 fine-tuning and scratch) and `head_lr` for the new head; the linear probe has only `head_lr`.
 The seeds then run at the selected values, which every record and the leaderboard carry.
 Trials record under records/<grid study>-tune/. A tuning study is an ordinary Optuna study in
-the grid's storage, so it resumes after a crash and several workers can share it; a finished one
-is never re-tuned.
+the grid's storage, so it resumes after a crash and several workers can share the stage: each
+configuration is claimed and tuned by one worker (its trials in sequence, as with one worker),
+the others tune the rest and wait for it; a crashed worker's configuration is taken over once its
+heartbeat stops. A finished study is never re-tuned.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -25,6 +28,7 @@ from tqdm import tqdm
 from bench.context import Context
 from bench.records import record_path, write_json
 from bench.runner import run_cell
+from bench.storage import grace_seconds
 from bench.trials import RunFailed, finish_trial
 from lorafit.config import RunConfig
 from lorafit.errors import LorafitError
@@ -32,6 +36,7 @@ from lorafit.errors import LorafitError
 SAMPLERS = ("tpe", "qmc", "random")
 PRUNERS = ("successive_halving", "median", "none")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+POLL_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -133,31 +138,56 @@ def _pruner(spec: TuneSpec) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def open_study(cfg: RunConfig, spec: TuneSpec, grid_study: str, storage) -> optuna.Study:
-    study = optuna.create_study(
-        study_name=study_name(grid_study, cfg),
-        storage=storage,
-        direction="maximize",
-        sampler=_sampler(spec, 0),
-        pruner=_pruner(spec),
-        load_if_exists=True,
+def open_study(cfg: RunConfig, spec: TuneSpec, grid_study: str, storage) -> tuple[optuna.Study, bool]:
+    """The configuration's tuning study, and whether this call created it: creating it is how a
+    worker claims a configuration (the storage refuses a second study of the same name), so with
+    several workers each configuration is tuned by one of them, trial after trial, as by one."""
+    name = study_name(grid_study, cfg)
+    try:
+        optuna.create_study(study_name=name, storage=storage, direction="maximize")
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        created = False
+    study = optuna.load_study(
+        study_name=name, storage=storage, sampler=_sampler(spec, 0), pruner=_pruner(spec)
     )
     existing = len(study.get_trials(deepcopy=False))
     if existing:  # a resumed study draws new values rather than replaying the seeded ones
         study.sampler = _sampler(spec, existing)
-    study.set_user_attr("kind", "tuning")
-    study.set_user_attr("tune", {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(spec).items()})
-    return study
+    if created:
+        study.set_user_attr("claimed_at", time.time())
+        study.set_user_attr("kind", "tuning")
+        budget = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(spec).items()}
+        study.set_user_attr("tune", budget)
+    return study, created
+
+
+def _tuned_elsewhere(study: optuna.Study) -> bool:
+    """Another worker is tuning this study: a trial of it runs, or it was claimed, or a trial
+    started or ended, less than a grace period ago (a crashed worker's trial is failed by the
+    heartbeat check; its study is then taken over)."""
+    optuna.storages.fail_stale_trials(study)
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state == TrialState.RUNNING for t in trials):
+        return True
+    times = [study.user_attrs.get("claimed_at", 0.0)]
+    times += [(t.datetime_complete or t.datetime_start).timestamp() for t in trials if t.datetime_start]
+    return time.time() - max(times) < grace_seconds()
 
 
 def finished(study: optuna.Study) -> int:
     return sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
 
 
-def tune(cfg: RunConfig, spec: TuneSpec, ctx: Context, grid_study: str, storage) -> dict[str, Any]:
+def tune(cfg: RunConfig, spec: TuneSpec, ctx: Context, grid_study: str, storage) -> dict[str, Any] | None:
     """Run (or resume) cfg's tuning study until it has spec.trials finished trials; return the
-    selection: the best trial's rates with what it took to find them."""
-    study = open_study(cfg, spec, grid_study, storage)
+    selection: the best trial's rates with what it took to find them. None: another worker is
+    tuning it (ask again later)."""
+    study, created = open_study(cfg, spec, grid_study, storage)
+    if finished(study) < spec.trials and not created and _tuned_elsewhere(study):
+        return None
+    if not created:  # resuming or taking over: claim it again
+        study.set_user_attr("claimed_at", time.time())
     rates = tuned_rates(cfg)
     folder = f"{grid_study}-tune/{study.study_name.removeprefix(grid_study + '-tune-')}"
 
@@ -206,14 +236,24 @@ def tune(cfg: RunConfig, spec: TuneSpec, ctx: Context, grid_study: str, storage)
             catch=(RunFailed,),
             callbacks=[optuna.study.MaxTrialsCallback(spec.trials, states=FINISHED)],
         )
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    # A worker that took over a study another was still finishing can leave a trial beyond the
+    # budget: wait for it, then choose among the first spec.trials finished trials only.
+    while any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False)):
+        optuna.storages.fail_stale_trials(study)
+        time.sleep(POLL_S)
+    budget = sorted(
+        (t for t in study.get_trials(deepcopy=False) if t.state in FINISHED), key=lambda t: t.number
+    )[: spec.trials]
+    complete = [t for t in budget if t.state == TrialState.COMPLETE]
     if not complete:
         raise LorafitError(
             f"tuning study {study.study_name} has no completed trial (all pruned or failed); "
             f"widen the [tune] ranges or raise trials"
         )
     best = max(complete, key=lambda t: (t.value, -t.number))
-    states = [t.state for t in study.get_trials(deepcopy=False)]
+    states = [t.state for t in study.get_trials(deepcopy=False) if t.state not in FINISHED] + [
+        t.state for t in budget
+    ]
     return {
         "mode": "tuned",
         "study": study.study_name,
@@ -244,25 +284,40 @@ def tune_cells(
         dynamic_ncols=True,
         disable=None if show_progress else True,
     )
-    tuned, selections = [], {}
+    chosen: dict[str, dict] = {}
+    waiting_for: set[str] = set()
     try:
-        for members in groups.values():
-            head = members[0]
-            ctx.log(
-                f"tuning {head.name}{f'-r{head.rank}' if head.rank else ''}: "
-                f"{spec.trials} trials ({', '.join(tuned_rates(head))})"
-            )
-            selection = tune(head, spec, ctx, grid_study, storage)
-            ctx.log(
-                f"tuned  {head.name}{f'-r{head.rank}' if head.rank else ''}: lr={selection['lr']:.3g} "
-                f"head_lr={selection['head_lr']:.3g} (val_acc {selection['best_val_acc']:.4f}, "
-                f"trial {selection['best_trial']} of {selection['trials']})"
-            )
-            for cfg in members:
-                final = cfg.replace(lr=selection["lr"], head_lr=selection["head_lr"])
-                tuned.append(final)
-                selections[final.cell_id] = selection
-            bar.update(1)
+        while len(chosen) < len(groups):
+            progressed = False
+            for key, members in groups.items():
+                if key in chosen:
+                    continue
+                head = members[0]
+                label = f"{head.name}{f'-r{head.rank}' if head.rank else ''}"
+                if key not in waiting_for:
+                    ctx.log(f"tuning {label}: {spec.trials} trials ({', '.join(tuned_rates(head))})")
+                selection = tune(head, spec, ctx, grid_study, storage)
+                if selection is None:
+                    if key not in waiting_for:
+                        ctx.log(f"tuning {label}: another worker is tuning it; going on, back later")
+                        waiting_for.add(key)
+                    continue
+                ctx.log(
+                    f"tuned  {label}: lr={selection['lr']:.3g} head_lr={selection['head_lr']:.3g} "
+                    f"(val_acc {selection['best_val_acc']:.4f}, trial {selection['best_trial']} of "
+                    f"{selection['trials']})"
+                )
+                chosen[key] = selection
+                progressed = True
+                bar.update(1)
+            if not progressed and len(chosen) < len(groups):
+                time.sleep(POLL_S)
     finally:
         bar.close()
+    tuned, selections = [], {}
+    for cfg in cells:
+        selection = chosen[tuning_key(cfg)]
+        final = cfg.replace(lr=selection["lr"], head_lr=selection["head_lr"])
+        tuned.append(final)
+        selections[final.cell_id] = selection
     return tuned, selections

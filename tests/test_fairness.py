@@ -138,6 +138,32 @@ def test_killed_tuning_stage_resumes(tmp_path, tiny_grid):
     assert len(load_records(runs, "killed-smoke")) == 2
 
 
+def test_two_workers_share_the_tuning_stage_without_changing_its_budget(tmp_path, tiny_grid):
+    """Each configuration is claimed by one worker and tuned as one worker would: exactly the
+    budget's trials per study, one selection per configuration, every cell run once."""
+    grid = tiny_grid(TUNED_GRID, "pair")
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "bench", "run", "grid", "--grid", str(grid), "--runs-dir", str(runs)]
+    cmd += ["--no-progress", "--threads", "1"]
+    env = {**__import__("os").environ, "LORAFIT_HEARTBEAT_S": "1", "LORAFIT_GRACE_S": "3"}
+    workers = [
+        subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ]
+    time.sleep(1.0)  # the second one starts while the first tunes its first configuration
+    workers.append(
+        subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    )
+    outs = [w.communicate(timeout=300)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outs
+    studies = _tuning_studies(runs)
+    assert len(studies) == 2
+    for trials in studies.values():
+        assert len(trials) == 3 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    records = load_records(runs, "pair-smoke")
+    assert len(records) == 2 and len({r["run"]["id"] for r in records}) == 2
+    assert "another worker is tuning it" in outs[1], outs[1]
+
+
 def test_two_learning_rates_reach_two_parameter_groups():
     torch.manual_seed(0)
     x, y = torch.randint(0, 255, (256, 1, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (256,))
