@@ -36,6 +36,12 @@ METRICS = (
     "trainable_params",
     "total_params",
     "train_s",
+    "images_per_s",
+    "peak_mem_mb",
+    "adapter_file_bytes",
+    "adapter_bytes",
+    "infer_unmerged_rel",
+    "infer_merged_rel",
     "train_images",
     "val_images",
     "test_images",
@@ -75,6 +81,12 @@ def family(method: str, placement: str, shape: str, policy: str) -> str:
     if policy != "lora":
         name += f" ({policy})"
     return name
+
+
+def method_family(method: str) -> str:
+    """The colour of the accuracy-vs-parameters charts: the method itself (baselines by name, the
+    seed post's residual adapter as "seed post"), whatever its placement, rank or policy."""
+    return "seed post" if method == "seed" else method
 
 
 def labels(out: pd.DataFrame) -> list[str]:
@@ -277,6 +289,13 @@ def aggregate(records: Iterable[dict], replicates: int = BOOTSTRAP_REPLICATES) -
         trainable_params=("metrics.trainable_params", "max"),
         total_params=("metrics.total_params", "max"),
         train_s_mean=("metrics.train_s", "mean"),
+        # The ledger: timings vary with the machine's load, so the median over seeds.
+        images_per_s_median=("metrics.images_per_s", "median"),
+        peak_mem_mb_max=("metrics.peak_mem_mb", "max"),
+        adapter_file_bytes=("metrics.adapter_file_bytes", "max"),
+        trained_bytes=("metrics.adapter_bytes", "max"),
+        infer_unmerged_rel_median=("metrics.infer_unmerged_rel", "median"),
+        infer_merged_rel_median=("metrics.infer_merged_rel", "median"),
     ).reset_index()
     out["seeds"] = g["config.seed"].agg(lambda s: tuple(sorted(s))).to_numpy()
     out["accs"] = g["acc"].agg(lambda s: tuple(s.dropna())).to_numpy()  # per seed, seed order
@@ -293,6 +312,7 @@ def aggregate(records: Iterable[dict], replicates: int = BOOTSTRAP_REPLICATES) -
     out["family"] = [
         family(*r) for r in out[["method", "placement", "shape", "policy"]].itertuples(index=False)
     ]
+    out["method_family"] = out["method"].map(method_family)
     out["baseline"] = out["method"].isin(BASELINES)
     out = out.sort_values(
         ["setup", "acc_mean", "trainable_params", "label"],
@@ -354,6 +374,17 @@ def median_halfwidth(part: pd.DataFrame) -> float:
 
 
 # ---------------------------------------------------------------------------- comparisons
+def matched_lora(lora: pd.DataFrame, row: pd.Series) -> pd.Series | None:
+    """LoRA's configuration at `row`'s budget: same placement and policy, the nearest number of
+    trainable parameters on a log scale (the smaller on a tie); None when LoRA has none there."""
+    same = lora[lora["placement"].eq(row["placement"]) & lora["policy"].eq(row["policy"])]
+    if same.empty:
+        return None
+    distance = (np.log(same["trainable_params"].astype(float)) - np.log(float(row["trainable_params"]))).abs()
+    order = same.assign(_d=distance.round(12)).sort_values(["_d", "trainable_params"], kind="mergesort")
+    return order.iloc[0]
+
+
 def comparisons(part: pd.DataFrame) -> pd.DataFrame:
     """The summary's paired comparisons for one setup (sorted by accuracy), one row each:
     kind, group, a and b (labels; the difference is a − b), n, diff, lo, hi, p, and p_holm —
@@ -361,7 +392,9 @@ def comparisons(part: pd.DataFrame) -> pd.DataFrame:
 
     kinds: 'seed' (the best LoRA with at most the seed post's trainable parameters vs the seed
     post's setup), 'pretraining' (full fine-tuning vs scratch), 'placement' (LoRA on a conv
-    placement vs LoRA on proj at the same rank and policy; group: placement, shape, policy).
+    placement vs LoRA on proj at the same rank and policy; group: placement, shape, policy),
+    'budget' (every other adapter method vs LoRA on the same placement and policy with the
+    nearest number of trainable parameters, on a log scale; group: placement).
     """
     done = part[part["acc_mean"].notna()]
     lora = done[done["method"].eq("lora")]
@@ -382,6 +415,10 @@ def comparisons(part: pd.DataFrame) -> pd.DataFrame:
         for _, c in rows.iterrows():
             if (c["rank"], policy) in proj.index:
                 pairs.append(("placement", f"{placement} {shape} {policy}", c, proj.loc[(c["rank"], policy)]))
+    for _, m in done[~done["method"].isin(BASELINES) & ~done["method"].eq("lora")].iterrows():
+        match = matched_lora(lora, m)
+        if match is not None:
+            pairs.append(("budget", m["placement"], m, match))
     table = pd.DataFrame(
         [
             {

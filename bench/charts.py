@@ -46,6 +46,19 @@ COLORS = {
     "lora all": "#ff9da7",
     "lora all kxk": "#d37295",
 }
+# The accuracy-vs-parameters charts colour by method, so methods compare directly at a budget.
+METHOD_COLORS = {
+    "full": "#4c4c4c",
+    "scratch": "#9c9c9c",
+    "head": "#9c755f",
+    "seed post": "#e15759",
+    "lora": "#4e79a7",
+    "dora": "#f28e2b",
+    "loha": "#59a14f",
+    "lokr": "#b07aa1",
+    "ia3": "#edc948",
+    "oft": "#76b7b2",
+}
 SPARE_COLORS = [
     "#a0cbe8",
     "#ffbe7d",
@@ -82,12 +95,14 @@ def save(chart: alt.TopLevelMixin, out_dir: Path, stem: str) -> list[Path]:
     return paths
 
 
-def color(families: pd.Series, title: str = "method / placement") -> alt.Color:
-    """Colour by family with the fixed palette; unknown families take spare colours in name order."""
-    present = sorted(set(families), key=lambda f: (list(COLORS).index(f) if f in COLORS else len(COLORS), f))
+def color(
+    families: pd.Series, title: str = "method / placement", field: str = "family", colors: dict = COLORS
+) -> alt.Color:
+    """Colour by `field` with a fixed palette; unknown values take spare colours in name order."""
+    present = sorted(set(families), key=lambda f: (list(colors).index(f) if f in colors else len(colors), f))
     spare = iter(SPARE_COLORS * 4)
-    palette = [COLORS[f] if f in COLORS else next(spare) for f in present]
-    return alt.Color("family:N", title=title, scale=alt.Scale(domain=present, range=palette))
+    palette = [colors[f] if f in colors else next(spare) for f in present]
+    return alt.Color(f"{field}:N", title=title, scale=alt.Scale(domain=present, range=palette))
 
 
 def _clipped(df: pd.DataFrame) -> pd.DataFrame:
@@ -202,7 +217,9 @@ def acc_vs_params(agg: pd.DataFrame) -> alt.TopLevelMixin:
                 "setup",
                 "label",
                 "family",
+                "method_family",
                 "method",
+                "placement",
                 "rank",
                 "trainable_params",
                 "pct_full",
@@ -217,6 +234,10 @@ def acc_vs_params(agg: pd.DataFrame) -> alt.TopLevelMixin:
         ]
     )
     df["kind"] = df["baseline"].map({True: "baseline", False: "adapter"})
+    df["where"] = [
+        "seed slot" if p == "seed" else "baseline" if b else "proj" if p == "proj" else "conv layers"
+        for b, p in zip(df["baseline"], df["placement"])
+    ]
     xdom, ydom = _domains(df)
     placed = pd.concat(
         [
@@ -242,8 +263,8 @@ def acc_vs_params(agg: pd.DataFrame) -> alt.TopLevelMixin:
         axis=alt.Axis(format=".0%"),
         scale=alt.Scale(domain=list(ydom), nice=False, zero=False),
     )
-    colors = color(df["family"])
-    strokes = alt.Stroke("family:N", title=colors.to_dict()["title"], scale=colors.to_dict()["scale"])
+    colors = color(df["method_family"], "method", "method_family", METHOD_COLORS)
+    strokes = alt.Stroke("method_family:N", title="method", scale=colors.to_dict()["scale"])
     base = alt.Chart().encode(x=x)
     bars = (
         base.transform_filter("isValid(datum.acc_lo)")
@@ -283,7 +304,12 @@ def acc_vs_params(agg: pd.DataFrame) -> alt.TopLevelMixin:
         )
     )
     shape = alt.Shape(
-        "kind:N", title=None, scale=alt.Scale(domain=["adapter", "baseline"], range=["circle", "square"])
+        "where:N",
+        title="placement",
+        scale=alt.Scale(
+            domain=["proj", "conv layers", "seed slot", "baseline"],
+            range=["circle", "triangle-up", "diamond", "square"],
+        ),
     )
 
     def points(kind: str, size: int) -> alt.Chart:
@@ -324,7 +350,7 @@ def acc_per_param(agg: pd.DataFrame) -> alt.TopLevelMixin:
     df = agg[agg["acc_per_1k"].notna()].sort_values(
         ["setup", "acc_per_1k", "label"], ascending=[True, False, True]
     )
-    df = df[["setup", "label", "family", "trainable_params", "acc_mean", "acc_per_1k"]].assign(
+    df = df[["setup", "label", "method_family", "trainable_params", "acc_mean", "acc_per_1k"]].assign(
         points_per_1k=lambda d: 100 * d["acc_per_1k"]
     )
     chart = (
@@ -333,7 +359,7 @@ def acc_per_param(agg: pd.DataFrame) -> alt.TopLevelMixin:
         .encode(
             x=alt.X("points_per_1k:Q", title="test accuracy (% points) per 1,000 trainable parameters"),
             y=alt.Y("label:N", sort=list(dict.fromkeys(df["label"])), title=None),
-            color=color(df["family"]),
+            color=color(df["method_family"], "method", "method_family", METHOD_COLORS),
             tooltip=[
                 "label",
                 alt.Tooltip("trainable_params:Q", format=","),

@@ -73,7 +73,9 @@ def enqueue_missing(
     grid, how its rates were chosen."""
     status = grid_status(study, cells)
     n = 0
-    for cfg in cells:
+    # Seed by seed (workers take waiting trials oldest first): a grid stopped part way has whole
+    # seeds of every configuration, so its rows stay paired.
+    for cfg in sorted(cells, key=lambda c: c.seed):
         if status[cfg.cell_id] == "missing":
             attrs = {"cell_id": cfg.cell_id, "config": cfg.to_dict()}
             if tuning and cfg.cell_id in tuning:

@@ -245,6 +245,12 @@ def csv_rows(agg: pd.DataFrame) -> list[dict]:
                 "source_acc_after_mean_fraction": _num(r["source_after_mean"]),
                 "acc_points_per_1k_params": _num(100 * r["acc_per_1k"]),
                 "train_s_mean": _num(r["train_s_mean"]),
+                "adapter_file_bytes": _num(r["adapter_file_bytes"]),
+                "trained_tensor_bytes": _num(r["trained_bytes"]),
+                "train_images_per_s_median": _num(r["images_per_s_median"]),
+                "peak_train_mem_mib_max": _num(r["peak_mem_mb_max"]),
+                "inference_unmerged_over_base_median": _num(r["infer_unmerged_rel_median"]),
+                "inference_merged_over_base_median": _num(r["infer_merged_rel_median"]),
             }
             for prefix in ("vs_full", "vs_head"):
                 row[f"{prefix}_reference"] = r[f"{prefix}_ref"] or ""
@@ -389,7 +395,119 @@ def summary(df: pd.DataFrame) -> list[str]:
             f"{what} vs LoRA on proj at equal rank: {parts} — {placement} ahead at {ahead} of "
             f"{len(cs)} rank{'s' if len(cs) > 1 else ''}."
         )
+    # Other adapter methods against LoRA at the nearest budget, per placement.
+    for placement, cs in comp[comp["kind"].eq("budget")].groupby("group", sort=True):
+        ahead = cs[(cs["lo"] > 0)]["a"].tolist()
+        behind = cs[(cs["hi"] < 0)]["a"].tolist()
+        lines.append(
+            f"Methods vs LoRA at the nearest budget on {placement} ({len(cs)} comparisons, table "
+            f"below): ahead with a 95% CI above zero: {', '.join(ahead) or 'none'}; behind with one "
+            f"below zero: {', '.join(behind) or 'none'}."
+        )
     return lines
+
+
+BUDGET_HEAD = (
+    "placement",
+    "method configuration",
+    "trainable params",
+    "test acc %",
+    "LoRA at the nearest budget",
+    "its trainable params",
+    "its test acc %",
+    "Δ points (paired, 95% CI)",
+    "p (Holm)",
+)
+
+
+def budget_table(part: pd.DataFrame) -> list[str]:
+    """Each non-LoRA adapter configuration against LoRA at its budget (aggregate.comparisons)."""
+    comp = comparisons(part)
+    comp = comp[comp["kind"].eq("budget")]
+    if comp.empty:
+        return []
+    rows = part.set_index("label")
+    order = comp.assign(_p=[rows.loc[a, "trainable_params"] for a in comp["a"]])
+    order = order.sort_values(["group", "_p", "a"], kind="mergesort")
+    lines = ["| " + " | ".join(BUDGET_HEAD) + " |", "|---|---|--:|--:|---|--:|--:|--:|--:|"]
+    for _, c in order.iterrows():
+        a, b = rows.loc[c["a"]], rows.loc[c["b"]]
+        diff = f"{100 * c['diff']:+.2f}"
+        if c["n"] >= 2:
+            diff += f" ({100 * c['lo']:+.2f} to {100 * c['hi']:+.2f})"
+        cells = [
+            c["group"],
+            c["a"],
+            _count(a["trainable_params"]),
+            fmt_acc(a),
+            c["b"],
+            _count(b["trainable_params"]),
+            fmt_acc(b),
+            diff,
+            "—" if pd.isna(c["p_holm"]) else f"{c['p_holm']:.3g}",
+        ]
+        lines.append("| " + " | ".join(_cell(x) for x in cells) + " |")
+    return [
+        "## Methods at matched budgets",
+        "",
+        "Each adapter method against native LoRA on the same placement and freeze policy with the nearest "
+        "number of trainable parameters (log scale; the counts include the new head's). Differences "
+        "are per seed (paired); Holm over every comparison of the summary.",
+        "",
+        *lines,
+        "",
+    ]
+
+
+LEDGER_HEAD = (
+    "configuration",
+    "trainable params",
+    "adapter file KiB",
+    "trained tensors KiB",
+    "train images/s",
+    "peak train MiB",
+    "inference unmerged / base",
+    "merged / base",
+)
+
+
+def _ratio(x: float) -> str:
+    return "—" if pd.isna(x) else f"{x:.2f}"
+
+
+def ledger_table(part: pd.DataFrame) -> list[str]:
+    """What each configuration costs to store, train and run (medians over seeds)."""
+    if "adapter_file_bytes" not in part or part["images_per_s_median"].isna().all():
+        return []
+    lines = ["| " + " | ".join(LEDGER_HEAD) + " |", "|---|--:|--:|--:|--:|--:|--:|--:|"]
+    for _, r in part.sort_values(["trainable_params", "label"], kind="mergesort").iterrows():
+        cells = [
+            r["label"],
+            _count(r["trainable_params"]),
+            "—" if pd.isna(r["adapter_file_bytes"]) else f"{r['adapter_file_bytes'] / 1024:,.1f}",
+            "—" if pd.isna(r["trained_bytes"]) else f"{r['trained_bytes'] / 1024:,.1f}",
+            "—" if pd.isna(r["images_per_s_median"]) else f"{r['images_per_s_median']:,.0f}",
+            "—" if pd.isna(r["peak_mem_mb_max"]) else f"{r['peak_mem_mb_max']:,.0f}",
+            _ratio(r["infer_unmerged_rel_median"]),
+            _ratio(r["infer_merged_rel_median"]),
+        ]
+        lines.append("| " + " | ".join(_cell(x) for x in cells) + " |")
+    return [
+        "## Parameter ledger",
+        "",
+        "Adapter file: `torch.save` of the adapter's tensors alone; trained tensors: every tensor the "
+        "run trained (adapter, new head, unfrozen layers), what a task stores beside the shared "
+        "backbone. Train images/s: median over seeds, with the frozen prefix's features cached where "
+        "the backbone is frozen (so proj adapters train fastest). Peak train MiB: on CUDA the "
+        "allocator's peak; on CPU how far resident memory rose while training (a lower bound: memory "
+        "an earlier run freed is reused). Inference: images/s of the adapted model unmerged and merged "
+        "over the same model without its adapter, 1,024 test images, best of 3 interleaved rounds, "
+        "median over seeds (— where there is no adapter, or it cannot merge). Timings come from the "
+        "run's own worker, so other work on the machine adds noise to them.",
+        "",
+        *lines,
+        "",
+    ]
 
 
 # --------------------------------------------------------------------------------- markdown
@@ -574,6 +692,9 @@ def render_markdown(
             f"## Summary{suffix}",
             "",
         ] + [f"- {s}" for s in summary(part)]
+        extra = budget_table(part) + ledger_table(part)
+        if extra:
+            lines += ["", *extra[:-1]]
     lines += chart_section(chart_links, csv_link)
     return "\n".join(lines) + "\n"
 

@@ -6,7 +6,9 @@ config   the RunConfig as a dict
 metrics  test_acc, test_balanced_acc, test_macro_f1, val_acc, source_acc_before/after,
          trainable_params, total_params, adapter_bytes (bytes of the trained tensors, i.e. what
          a task must store beside the shared backbone: adapters + head for LoRA, the whole
-         model for full/scratch), train_s, images_per_s, peak_mem_mb
+         model for full/scratch), train_s, images_per_s, peak_mem_mb (lorafit.train.PeakMemory),
+         and for the grid's and studies' runs the ledger (bench.runner.ledger): adapter_file_bytes,
+         infer_unmerged_rel, infer_merged_rel
 curve    [{epoch, train_loss, val_acc, seconds, images_per_s}]
 analysis classes, per_class_acc, confusion (rows = true class)
 env      python, torch, torchvision, optuna, device, cpu, gpu, bf16, threads, protocol, data files

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import io
+import math
 import time
 import traceback
 from collections.abc import Callable
@@ -47,10 +49,12 @@ def run_cell(
     on_epoch: Callable[[int, float], None] | None = None,
     run_id: str | None = None,
     tuning: dict | None = None,
+    with_ledger: bool = True,
 ) -> dict:
     """Run one configuration and write its record. Failures become a record, not a crash, except
     user errors (LorafitError) and exceptions raised by `on_epoch` (e.g. pruning), which propagate.
-    `tuning` (how the rates were chosen) goes into the record as is; absent means fixed rates."""
+    `tuning` (how the rates were chosen) goes into the record as is; absent means fixed rates.
+    `with_ledger=False` (tuning trials) skips the inference-cost measurements."""
     run = {
         "id": run_id or cfg.cell_id,
         "study": study,
@@ -105,6 +109,8 @@ def run_cell(
         record["metrics"] = _evaluate(
             model, backbone, preds, splits, src, ctx, info, result, trainable, total
         )
+        if with_ledger:
+            record["metrics"].update(ledger(model, splits.test, device))
         record["analysis"] = _analysis(splits, preds)
         record["analysis"]["adapters"] = _adapter_ranks(model, cfg)
         ranks = [
@@ -170,6 +176,44 @@ def _evaluate(
         probe.fc = copy.deepcopy(backbone.fc)
         m["source_acc_after"] = accuracy(probe, src.test, device=device)
     return m
+
+
+LEDGER_IMAGES, LEDGER_ROUNDS = 1024, 3
+
+
+def _saved_bytes(tensors: dict[str, torch.Tensor]) -> int:
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in tensors.items()}, buffer)
+    return buffer.getbuffer().nbytes
+
+
+def ledger(model: SeedCNN, split: data.Split, device: torch.device) -> dict:
+    """The parameter ledger beyond the counts: the adapter's file size (torch.save of its tensors
+    alone; None without one) and inference speed unmerged and merged over the base model's
+    (images/s ratios on LEDGER_IMAGES test images, best of LEDGER_ROUNDS interleaved rounds;
+    None without an adapter, merged None where the method cannot merge)."""
+    out = {
+        "adapter_file_bytes": _saved_bytes(adapters.adapter_state(model)) if model.adapted else None,
+        "infer_unmerged_rel": None,
+        "infer_merged_rel": None,
+    }
+    if not model.adapted:
+        return out
+    images = split.images[:LEDGER_IMAGES]
+    variants = {"base": adapters.without_adapters(model), "unmerged": model}
+    if adapters.mergeable(model):
+        variants["merged"] = copy.deepcopy(model)
+        adapters.merge(variants["merged"])
+    best = dict.fromkeys(variants, math.inf)
+    for _ in range(LEDGER_ROUNDS):
+        for name, variant in variants.items():
+            t0 = time.perf_counter()
+            predict(variant, images, device=device)  # returns CPU tensors: the device has finished
+            best[name] = min(best[name], time.perf_counter() - t0)
+    out["infer_unmerged_rel"] = best["base"] / best["unmerged"]
+    if "merged" in variants:
+        out["infer_merged_rel"] = best["base"] / best["merged"]
+    return out
 
 
 def _adapter_ranks(model: SeedCNN, cfg: RunConfig) -> dict:

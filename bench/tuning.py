@@ -224,7 +224,13 @@ def tune(cfg: RunConfig, spec: TuneSpec, ctx: Context, grid_study: str, storage)
                 raise optuna.TrialPruned(f"epoch {epoch}")
 
         record = run_cell(
-            run, ctx, folder, trial.number, on_epoch=on_epoch, run_id=f"t{trial.number:04d}-{run.cell_id}"
+            run,
+            ctx,
+            folder,
+            trial.number,
+            on_epoch=on_epoch,
+            run_id=f"t{trial.number:04d}-{run.cell_id}",
+            with_ledger=False,
         )
         return finish_trial(trial, label(values), record, ("val_acc",), log=ctx.log)
 

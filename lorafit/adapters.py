@@ -15,6 +15,7 @@ Placements name where adapters go; each resolves to module paths of `SeedCNN`:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -229,6 +230,18 @@ def adapter_state(model: SeedCNN) -> dict[str, object]:
     """The adapter tensors alone, by state-dict name: what a user ships beside the backbone."""
     ids = {id(p) for p in trainable_parameters(model)}
     return {name: p.detach() for name, p in model.named_parameters() if id(p) in ids}
+
+
+def without_adapters(model: SeedCNN) -> SeedCNN:
+    """A copy of `model` with every adapter taken out: its base layers (an empty slot for the
+    residual adapter) and the same trained weights elsewhere. The base an adapter's cost is
+    measured against."""
+    bare = copy.deepcopy(model)
+    for path, _, module in adapted_modules(bare):
+        base = base_layer(module)
+        _set_module(bare, path, nn.Identity() if base is module else base)
+    bare.adapted = {}
+    return bare
 
 
 def mergeable(model: SeedCNN) -> bool:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import functools
 import math
-import resource
+import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,7 +76,7 @@ class FitResult:
     best_val_acc: float = float("nan")
     train_s: float = 0.0
     images_per_s: float = 0.0
-    peak_mem_mb: float = 0.0
+    peak_mem_mb: float = 0.0  # PeakMemory while training (CUDA: allocator peak; CPU: RSS rise)
     bf16: bool = False
     cached_stages: tuple[str, ...] = ()  # the frozen prefix whose features were cached
 
@@ -133,10 +134,47 @@ class _Inputs:
         return normalise(x) if self.start == 0 else x
 
 
-def _peak_mem_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+class PeakMemory:
+    """Peak memory while the block runs, in MiB. CUDA: the allocator's peak (exact). CPU: how far
+    the process's resident memory rose above its level at the start, sampled every 5 ms from
+    /proc (Linux; elsewhere 0). Memory the allocator reuses from earlier runs in the same
+    process does not show up as a rise, so on CPU it is a lower bound."""
+
+    _STATM = "/proc/self/statm"
+
+    def __init__(self, device: torch.device, interval_s: float = 0.005) -> None:
+        self.device, self.interval_s, self.mb = device, interval_s, 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def _rss_bytes(cls) -> int:
+        try:
+            with open(cls._STATM) as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    def _watch(self) -> None:
+        start = peak = self._rss_bytes()
+        while not self._stop.wait(self.interval_s):
+            peak = max(peak, self._rss_bytes())
+        self.mb = max(0, max(peak, self._rss_bytes()) - start) / 2**20
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self._thread = threading.Thread(target=self._watch, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        elif self._thread is not None:
+            self._stop.set()
+            self._thread.join()
 
 
 def _prefix_start(model: nn.Module, cache: FeatureCache | None, n: int, device, bf16, batch_size) -> int:
@@ -213,11 +251,27 @@ def fit(
     propagates. Deterministic for a seed on CPU. Device, precision and the feature cache are
     runtime choices, not part of the configuration.
     """
+    device = pick_device(device)
+    with PeakMemory(device) as peak:
+        result = _fit(model, train, val, cfg, device, bf16, cache, on_epoch)
+    result.peak_mem_mb = peak.mb
+    return result
+
+
+def _fit(
+    model: nn.Module,
+    train: Split,
+    val: Split,
+    cfg: RunConfig,
+    device: torch.device,
+    bf16: bool | None,
+    cache: FeatureCache | None,
+    on_epoch: Callable[[int, float], None] | None,
+) -> FitResult:
     epochs, lr, batch_size, seed = cfg.epochs, cfg.lr, cfg.batch_size, cfg.seed
     weight_decay, patience = cfg.weight_decay, cfg.patience
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise LorafitError(f"bad training settings: epochs={epochs} batch_size={batch_size} lr={lr}")
-    device = pick_device(device)
     bf16 = bf16_supported(device) if bf16 is None else bf16
     torch.manual_seed(seed)
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -225,8 +279,6 @@ def fit(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise LorafitError("nothing to train: every parameter is frozen")
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
 
     model.eval()  # the prefix is computed in evaluation mode
     start = _prefix_start(model, cache, len(train) + len(val), device, bf16, EVAL_BATCH)
@@ -301,5 +353,4 @@ def fit(
     result.best_val_acc = best_acc if best_acc >= 0 else float("nan")
     result.train_s = time.perf_counter() - t_start
     result.images_per_s = trained_images / train_seconds if train_seconds > 0 else 0.0
-    result.peak_mem_mb = _peak_mem_mb(device)
     return result

@@ -11,7 +11,10 @@ import pytest
 
 from bench.__main__ import DEFAULT_GRID, main
 from bench.grid import load_grid, load_tuning
+from lorafit.adapters import count
+from lorafit.config import RunConfig
 from lorafit.errors import LorafitError
+from lorafit.model import SeedCNN
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORD_KEYS = {
@@ -43,6 +46,11 @@ RECORD_KEYS = {
 }
 
 
+def _lora(placement: str, rank: int) -> RunConfig:
+    shape = "kxk" if placement == "convs" else "1x1"
+    return RunConfig(name="lora", method="lora", placement=placement, rank=rank, shape=shape, policy="lora")
+
+
 def test_grid_file_declares_the_ablation():
     cells = load_grid(DEFAULT_GRID, "smoke")
     names = sorted({c.name for c in cells})
@@ -58,10 +66,25 @@ def test_grid_file_declares_the_ablation():
         "lora-convs-kxk",
         "lora-proj-seed",
         "lora-proj-bitfit",
+        *(f"{m}-{p}" for m in ("dora", "loha", "lokr", "ia3") for p in ("proj", "convs")),
+        "oft-proj",  # OFT takes proj only
     } == set(names)
     assert sorted(c.rank for c in cells if c.name == "lora-proj") == [1, 2, 4, 8, 16, 32, 64]
-    assert sorted(c.rank for c in cells if c.name == "lora-conv2") == [2, 4, 8, 16]
-    assert sorted(c.rank for c in cells if c.name == "lora-conv1-kxk") == [2, 4, 8]  # bound 9 on conv1
+    assert sorted(c.rank for c in cells if c.name == "lora-convs-kxk") == [4, 8]  # bound 9 on conv1
+    # The method section brackets LoRA's budgets on the same placement (adapter parameters).
+    model = SeedCNN(62)
+
+    def budget(c) -> int:
+        return count(model, c.method, c.placement, c.adapter_settings)
+
+    for placement, lo, hi in (("proj", 4, 16), ("convs", 4, 8)):
+        lora = [
+            budget(c) for c in cells if c.method == "lora" and c.placement == placement and c.policy == "lora"
+        ]
+        want = [b for b in lora if budget(_lora(placement, lo)) <= b <= budget(_lora(placement, hi))]
+        for method in ("dora", "loha"):
+            sizes = sorted(budget(c) for c in cells if c.method == method and c.placement == placement)
+            assert len(sizes) >= 2 and sizes[0] <= min(want) * 1.1 and sizes[-1] >= max(want) * 0.9
     assert all(c.seed == 0 for c in cells)  # smoke: one seed
     assert len(load_grid(DEFAULT_GRID, "local", tuned=True)) == 5 * len(cells)  # local: 5 paired seeds
     assert len({c.method: c.lr for c in cells}.values()) > 1  # fixed mode: each method has its rate
