@@ -11,7 +11,7 @@ import pytest
 
 from bench.__main__ import DEFAULT_GRID, main
 from bench.grid import load_grid, load_tuning
-from lorafit.adapters import count
+from lorafit.adapters import AdapterSettings, count
 from lorafit.config import RunConfig
 from lorafit.errors import LorafitError
 from lorafit.model import SeedCNN
@@ -30,6 +30,9 @@ RECORD_KEYS = {
         "train_s",
         "images_per_s",
         "peak_mem_mb",
+        "adapter_file_bytes",  # the parameter ledger
+        "infer_unmerged_rel",
+        "infer_merged_rel",
     },
     "env": {
         "python",
@@ -120,6 +123,15 @@ def test_smoke_grid_end_to_end_and_resume(tmp_path, tiny_grid, capsys):
         assert 0 <= rec["metrics"]["source_acc_after"] <= 1
         assert len(rec["curve"]) == rec["config"]["epochs"]
         assert len(rec["analysis"]["confusion"]) == 62
+        m = rec["metrics"]
+        if rec["config"]["method"] in ("head", "full", "scratch"):  # no adapter: nothing to ship or time
+            assert m["adapter_file_bytes"] is None and m["infer_unmerged_rel"] is None
+        else:  # a saved file holds at least its float32 tensors; every method here merges
+            cfg = rec["config"]
+            settings = AdapterSettings(rank=cfg["rank"], alpha=cfg["alpha"], shape=cfg["shape"])
+            adapter_only = count(SeedCNN(62), cfg["method"], cfg["placement"], settings)
+            assert m["adapter_file_bytes"] > 4 * adapter_only
+            assert m["infer_unmerged_rel"] > 0 and m["infer_merged_rel"] > 0
     assert len(list((runs / "backbones").glob("*.pt"))) == 1
     trials = _trials(runs, "tiny-smoke")
     assert sorted(t.state.name for t in trials) == ["COMPLETE"] * 4

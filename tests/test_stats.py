@@ -121,6 +121,32 @@ def test_summary_comparisons_are_paired_and_holm_adjusted():
     assert f"p = {seed_p['p']:.3f}, Holm p = {seed_p['p_holm']:.3f}" in md
 
 
+def test_methods_meet_lora_at_the_nearest_budget_on_their_placement():
+    recs = study_records() + [
+        r
+        for name, method, placement, rank, params, accs in (
+            ("lora-proj", "lora", "proj", 16, 5_800, [0.80, 0.82, 0.82]),
+            ("dora-proj", "dora", "proj", 8, 3_100, [0.79, 0.80, 0.83]),  # nearest: lora r8 (2,900)
+            ("loha-proj", "loha", "proj", 8, 5_000, [0.81, 0.83, 0.84]),  # nearest: lora r16 (5,800)
+            ("ia3-conv2", "ia3", "conv2", 1, 600, [0.70, 0.72, 0.71]),  # the only LoRA on conv2
+            ("ia3-conv3", "ia3", "conv3", 1, 600, [0.70, 0.72, 0.71]),  # no LoRA on conv3: no comparison
+        )
+        for r in per_seed(name, method, placement, rank, "lora", params, accs)
+    ]
+    df = agg.aggregate(recs)
+    comp = agg.comparisons(df)
+    budget = comp[comp["kind"].eq("budget")].set_index("a")
+    assert dict(budget["b"]) == {
+        "dora-proj-r8": "lora-proj-r8",
+        "loha-proj-r8": "lora-proj-r16",
+        "ia3-conv2-r1": "lora-conv2-r8",
+    }
+    assert budget.loc["loha-proj-r8", "diff"] == pytest.approx(np.mean([0.01, 0.01, 0.02]))
+    assert comp["p_holm"].notna().sum() == len(comp)  # Holm over all of them, these included
+    md = leaderboard.render_markdown(recs, "cmd")
+    assert "## Methods at matched budgets" in md and "| proj | loha-proj-r8 | 5,000 |" in md
+
+
 def test_unequal_seed_sets_pair_on_the_common_seeds():
     recs = study_records()
     recs = [r for r in recs if not (r["config"]["name"] == "scratch" and r["config"]["seed"] == 2)]

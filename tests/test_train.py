@@ -1,6 +1,8 @@
 """The trainer: learns, stops on divergence, is deterministic, and the prefix cache changes nothing."""
 
 import math
+import os
+import time
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ from lorafit.config import RunConfig
 from lorafit.data import Split
 from lorafit.features import FeatureCache, frozen_prefix_length
 from lorafit.model import STAGES, SeedCNN, replace_head
-from lorafit.train import accuracy, fit, predict
+from lorafit.train import PeakMemory, accuracy, fit, predict
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +164,12 @@ def test_large_features_go_to_disk_and_are_reused(digits, tmp_path):
     freeze.apply(model, "head")
     fit(model, train, val, _cfg(epochs=1, lr=1e-3, seed=0), bf16=False, cache=again)
     assert again.hits == 2 and again.misses == 0
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads /proc (Linux)")
+def test_peak_memory_sees_a_large_allocation_on_cpu():
+    with PeakMemory(torch.device("cpu")) as peak:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        time.sleep(0.05)  # the sampler reads /proc every 5 ms
+        del block
+    assert peak.mb >= 48
