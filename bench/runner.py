@@ -199,8 +199,11 @@ def ledger(model: SeedCNN, split: data.Split, device: torch.device) -> dict:
     }
     if not model.adapted:
         return out
+    base = adapters.without_adapters(model)
+    if base is None:
+        return out
     images = split.images[:LEDGER_IMAGES]
-    variants = {"base": adapters.without_adapters(model), "unmerged": model}
+    variants = {"base": base, "unmerged": model}
     if adapters.mergeable(model):
         variants["merged"] = copy.deepcopy(model)
         adapters.merge(variants["merged"])

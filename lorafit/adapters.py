@@ -232,14 +232,19 @@ def adapter_state(model: SeedCNN) -> dict[str, object]:
     return {name: p.detach() for name, p in model.named_parameters() if id(p) in ids}
 
 
-def without_adapters(model: SeedCNN) -> SeedCNN:
-    """A copy of `model` with every adapter taken out: its base layers (an empty slot for the
-    residual adapter) and the same trained weights elsewhere. The base an adapter's cost is
-    measured against."""
+def without_adapters(model: SeedCNN) -> SeedCNN | None:
+    """A copy of `model` with every adapter taken out: its base layers (`base_layer`, as LoRA's
+    and PEFT's layers keep them; an empty slot for a method that fills the nn.Identity slot) and
+    the same trained weights elsewhere. The base an adapter's cost is measured against; None when
+    an adapter keeps its base layer some other way."""
     bare = copy.deepcopy(model)
-    for path, _, module in adapted_modules(bare):
-        base = base_layer(module)
-        _set_module(bare, path, nn.Identity() if base is module else base)
+    for path, entry, module in adapted_modules(bare):
+        if hasattr(module, "base_layer"):
+            _set_module(bare, path, module.base_layer)
+        elif entry.layer_types == (nn.Identity,):
+            _set_module(bare, path, nn.Identity())
+        else:
+            return None
     bare.adapted = {}
     return bare
 
