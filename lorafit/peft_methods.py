@@ -27,6 +27,8 @@ LoRA's: PEFT's conv adapters have their own (DoRA's A copies the base kernel, li
 LoKr factor the whole C_out x C_in*k*k weight), so it is ignored here. `dropout` and `rslora` map to
 DoRA's lora_dropout and use_rslora; the other methods refuse them.
 
+Effective ranks (`delta`): the merged minus the base weight of a merged copy of the layer.
+
 Identity at initialisation: all five (B = 0 for DoRA, with the magnitude set to the weight's
 column norms; one factor zero for LoHa and LoKr; scales 1 for IA3; zero skew parameters, R = I, for
 OFT). All five merge: merge/unmerge call PEFT's on the layer.
@@ -54,6 +56,7 @@ not low-rank; its directional LoRA part alone has rank <= r), IA3 (rows of W res
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -273,6 +276,17 @@ def _unmerge(module: nn.Module, model) -> None:
         module.unmerge()
 
 
+@torch.no_grad()
+def _delta(module: nn.Module, model) -> torch.Tensor:
+    """The learned update as a matrix: merged minus base weight, from a merged copy (the layer
+    itself is left as it is)."""
+    merged = copy.deepcopy(module)
+    base = copy.deepcopy(module)
+    _unmerge(base, model)
+    _merge(merged, model)
+    return (merged.get_base_layer().weight - base.get_base_layer().weight).flatten(1)
+
+
 # ------------------------------------------------------------------------------- checks
 def _check(method: str) -> Callable[[nn.Module, AdapterSettings], None]:
     def check(base: nn.Module, s: AdapterSettings) -> None:
@@ -323,6 +337,7 @@ def _entry(
             merge=_merge,
             unmerge=_unmerge,
             default_alpha=default_alpha,
+            delta=_delta,
             check=_check(name),
             placement_note=placement_note,
         )

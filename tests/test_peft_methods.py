@@ -106,6 +106,21 @@ def test_merged_equals_unmerged_and_unmerge_restores(method, placement):
     torch.testing.assert_close(model(x), out, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("method,placement", CASES)
+def test_effective_rank_of_the_learned_update(method, placement):
+    """Zero at initialisation (identity), then within the method's rank bound once trained."""
+    model = _model()
+    adapters.inject(model, method, placement, settings(method))
+    assert set(adapters.effective_ranks(model).values()) == {0}
+    _randomise(model)
+    bounds = adapters.rank_bounds(model, method, placement, settings(method))
+    ranks = adapters.effective_ranks(model)
+    assert all(1 <= ranks[p] <= bounds[p] for p in ranks), (ranks, bounds)
+    out = model(_x())
+    torch.testing.assert_close(model(_x()), out)  # measuring it left the layer as it was
+    assert not any(m.merged for _, _, m in adapters.adapted_modules(model))
+
+
 def _peft_trainable(method: str, placement: str, s: AdapterSettings) -> dict[str, int]:
     """PEFT's own injection into a whole SeedCNN (target_modules = the placement's layers): the
     parameters it marks trainable, by name."""
