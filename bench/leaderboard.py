@@ -709,6 +709,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--study", default=None, help="only this study's records (default: every study)")
     parser.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help="only seeds 0..N-1 (whole paired seeds, e.g. while a longer run is still adding seeds)",
+    )
+    parser.add_argument(
         "--force",
         action="store_true",
         help="overwrite an output file generated from other records (another --runs-dir/--study)",
@@ -733,6 +739,8 @@ def command_line(args: argparse.Namespace) -> str:
     ]
     if args.study:
         parts += ["--study", args.study]
+    if args.seeds is not None:
+        parts += ["--seeds", str(args.seeds)]
     return shlex.join(parts)
 
 
@@ -796,6 +804,14 @@ def main(args: argparse.Namespace) -> int:
         [r for r in records if not is_tuning_trial(r)],
         trials + [r for r in records if is_tuning_trial(r)],
     )
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise LorafitError(f"--seeds must be >= 1, got {args.seeds}")
+        kept = [r for r in records if r["config"].get("seed", 0) < args.seeds]
+        if len(kept) < len(records):
+            left = len(records) - len(kept)
+            print(f"leaderboard: {left} records of seeds >= {args.seeds} left out (--seeds)")
+        records = kept
     if not records:
         raise LorafitError(
             f"only tuning-stage records under {runs / 'records'}; the grid's cells have not run yet"

@@ -1,6 +1,7 @@
 """Reporting: leaderboard aggregation and CIs, Pareto front, deterministic markdown, charts, per-run report."""
 
 import argparse
+import csv
 import hashlib
 import json
 import math
@@ -577,6 +578,24 @@ def test_default_output_is_in_the_runs_dir_and_other_records_are_not_overwritten
     with pytest.raises(LorafitError, match="is not a leaderboard this command wrote"):
         leaderboard.main(_args(leaderboard, ["--runs-dir", str(runs_a), "--output", str(other)]))
     assert other.read_text() == "# My notes\n"
+
+
+def test_leaderboard_seeds_keeps_whole_paired_seeds(tmp_path, monkeypatch):
+    """A run still adding seeds: --seeds N reports seeds 0..N-1 only, and the command says so."""
+    monkeypatch.setattr(charts, "render", lambda records, out, agg=None: [])
+    runs = tmp_path / "runs"
+    recs = [make_record("head", "head", "none", 0, "head", seed=s, acc=0.6) for s in range(3)]
+    recs += [make_record(seed=s, acc=0.8) for s in range(4)]  # seed 3 of one configuration only
+    _write_records(runs, recs)
+    out = tmp_path / "lb.md"
+    assert (
+        leaderboard.main(_args(leaderboard, ["--runs-dir", str(runs), "--output", str(out), "--seeds", "3"]))
+        == 0
+    )
+    text = out.read_text()
+    assert "--seeds 3" in text and "(n=4)" not in text and "(n=3)" in text
+    rows = list(csv.DictReader(out.with_suffix(".csv").open()))
+    assert {r["seeds"] for r in rows} == {"0;1;2"}
 
 
 def test_report_shows_shape_only_for_conv_placements():
