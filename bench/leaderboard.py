@@ -500,8 +500,10 @@ def ledger_table(part: pd.DataFrame) -> list[str]:
         "backbone. Train images/s: median over seeds, with the frozen prefix's features cached where "
         "the backbone is frozen (so proj adapters train fastest). Peak train MiB: on CUDA the "
         "allocator's peak; on CPU how far resident memory rose while training (a lower bound: memory "
-        "an earlier run freed is reused). Inference: images/s of the adapted model unmerged and merged "
-        "over the same model without its adapter, 1,024 test images, best of 3 interleaved rounds, "
+        "an earlier run freed is reused), both including the frozen prefix's cached features "
+        "(e.g. conv1's outputs when conv2 is the first adapted layer). Inference: images/s of the "
+        "adapted model unmerged and merged over the same model without its adapter, 1,024 test "
+        "images, best of 3 interleaved rounds, "
         "median over seeds (— where there is no adapter, or it cannot merge). Timings come from the "
         "run's own worker, so other work on the machine adds noise to them.",
         "",
