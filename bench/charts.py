@@ -260,7 +260,7 @@ def acc_vs_params(agg: pd.DataFrame) -> alt.TopLevelMixin:
     y = alt.Y(
         "acc_mean:Q",
         title="test accuracy",
-        axis=alt.Axis(format=".0%"),
+        axis=alt.Axis(format=".1~%"),
         scale=alt.Scale(domain=list(ydom), nice=False, zero=False),
     )
     colors = color(df["method_family"], "method", "method_family", METHOD_COLORS)
@@ -406,7 +406,7 @@ def rank_sweep(agg: pd.DataFrame) -> alt.TopLevelMixin | None:
     )
     lines = base.mark_line(point=alt.OverlayMarkDef(filled=True, size=60)).encode(
         y=alt.Y(
-            "acc_mean:Q", title="test accuracy", axis=alt.Axis(format=".0%"), scale=alt.Scale(zero=False)
+            "acc_mean:Q", title="test accuracy", axis=alt.Axis(format=".1~%"), scale=alt.Scale(zero=False)
         ),
         tooltip=[
             "label",
