@@ -257,6 +257,8 @@ def aggregate(records: Iterable[dict], replicates: int = BOOTSTRAP_REPLICATES) -
     df["tuning_mode"] = [(r.get("tuning") or {}).get("mode", "fixed") for r in records]
     df["tune_trials"] = [(r.get("tuning") or {}).get("trials", np.nan) for r in records]
     df["head_lr"] = [r["config"].get("head_lr") or r["config"].get("lr") for r in records]
+    # Records written before the parameter ledger have none of its fields (and another peak_mem_mb).
+    df["has_ledger"] = ["adapter_file_bytes" in (r.get("metrics") or {}) for r in records]
 
     g = df.groupby(["setup", "key"], sort=True)
     out = g.agg(
@@ -290,6 +292,7 @@ def aggregate(records: Iterable[dict], replicates: int = BOOTSTRAP_REPLICATES) -
         total_params=("metrics.total_params", "max"),
         train_s_mean=("metrics.train_s", "mean"),
         # The ledger: timings vary with the machine's load, so the median over seeds.
+        has_ledger=("has_ledger", "all"),
         images_per_s_median=("metrics.images_per_s", "median"),
         peak_mem_mb_max=("metrics.peak_mem_mb", "max"),
         adapter_file_bytes=("metrics.adapter_file_bytes", "max"),

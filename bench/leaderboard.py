@@ -245,13 +245,16 @@ def csv_rows(agg: pd.DataFrame) -> list[dict]:
                 "source_acc_after_mean_fraction": _num(r["source_after_mean"]),
                 "acc_points_per_1k_params": _num(100 * r["acc_per_1k"]),
                 "train_s_mean": _num(r["train_s_mean"]),
-                "adapter_file_bytes": _num(r["adapter_file_bytes"]),
-                "trained_tensor_bytes": _num(r["trained_bytes"]),
-                "train_images_per_s_median": _num(r["images_per_s_median"]),
-                "peak_train_mem_mib_max": _num(r["peak_mem_mb_max"]),
-                "inference_unmerged_over_base_median": _num(r["infer_unmerged_rel_median"]),
-                "inference_merged_over_base_median": _num(r["infer_merged_rel_median"]),
             }
+            ledger = {  # blank for records from before the ledger
+                "adapter_file_bytes": r["adapter_file_bytes"],
+                "trained_tensor_bytes": r["trained_bytes"],
+                "train_images_per_s_median": r["images_per_s_median"],
+                "peak_train_mem_mib_max": r["peak_mem_mb_max"],
+                "inference_unmerged_over_base_median": r["infer_unmerged_rel_median"],
+                "inference_merged_over_base_median": r["infer_merged_rel_median"],
+            }
+            row.update({k: _num(v) if r["has_ledger"] else "" for k, v in ledger.items()})
             for prefix in ("vs_full", "vs_head"):
                 row[f"{prefix}_reference"] = r[f"{prefix}_ref"] or ""
                 for stat, name in (
@@ -477,7 +480,8 @@ def _ratio(x: float) -> str:
 
 def ledger_table(part: pd.DataFrame) -> list[str]:
     """What each configuration costs to store, train and run (medians over seeds)."""
-    if "adapter_file_bytes" not in part or part["images_per_s_median"].isna().all():
+    part = part[part["has_ledger"]]
+    if part.empty:  # records from before the ledger
         return []
     lines = ["| " + " | ".join(LEDGER_HEAD) + " |", "|---|--:|--:|--:|--:|--:|--:|--:|"]
     for _, r in part.sort_values(["trainable_params", "label"], kind="mergesort").iterrows():

@@ -145,6 +145,7 @@ def test_methods_meet_lora_at_the_nearest_budget_on_their_placement():
     assert comp["p_holm"].notna().sum() == len(comp)  # Holm over all of them, these included
     md = leaderboard.render_markdown(recs, "cmd")
     assert "## Methods at matched budgets" in md and "| proj | loha-proj-r8 | 5,000 |" in md
+    assert "## Parameter ledger" not in md  # records from before the ledger have none to show
 
 
 def test_unequal_seed_sets_pair_on_the_common_seeds():
