@@ -601,7 +601,8 @@ def header(records: list[dict], command: str, agg: pd.DataFrame) -> list[str]:
     gpu = _values(df["env.gpu"]) if df["env.gpu"].notna().any() else "none"
     lines.append(
         f"- **Where**: device {_values(df['env.device'])}; CPU {_values(df['env.cpu'])} "
-        f"({_values(df['env.threads'])} threads); GPU {gpu}; Python {_values(df['env.python'])}, "
+        f"({_values(df['env.threads'])} thread{'' if _values(df['env.threads']) == '1' else 's'} per run); "
+        f"GPU {gpu}; Python {_values(df['env.python'])}, "
         f"torch {_values(df['env.torch'])}, torchvision {_values(df['env.torchvision'])}, "
         f"optuna {_values(df['env.optuna'])}; git {_values(df['run.git_sha'])}"
     )
