@@ -78,8 +78,13 @@ def fmt_diff(row: pd.Series, prefix: str) -> str:
     return text + (f" (n={n})" if n < row["n"] else "")
 
 
+def fmt_num(x: float, spec: str = ".2f") -> str:
+    """A number in `spec`, or — when missing."""
+    return "—" if pd.isna(x) else format(x, spec)
+
+
 def fmt_prob(p: float) -> str:
-    return "—" if pd.isna(p) else f"{p:.2f}"
+    return fmt_num(p)
 
 
 def fmt_p(p: float, name: str = "p") -> str:
@@ -317,7 +322,7 @@ def _test_note(comp: pd.DataFrame) -> str:
     )
 
 
-def summary(df: pd.DataFrame) -> list[str]:
+def summary(df: pd.DataFrame, comp: pd.DataFrame | None = None) -> list[str]:
     """One sentence per question, for the configurations of one setup."""
     done = df[df["acc_mean"].notna()]
     if done.empty:
@@ -339,7 +344,7 @@ def summary(df: pd.DataFrame) -> list[str]:
                 f"Best under {share}% of the full model's trainable parameters: {_describe(under.iloc[0])}."
             )
 
-    comp = comparisons(df)
+    comp = comparisons(df) if comp is None else comp
     if len(comp):
         lines.append(_test_note(comp))
     rows = done.set_index("label")
@@ -423,9 +428,9 @@ BUDGET_HEAD = (
 )
 
 
-def budget_table(part: pd.DataFrame) -> list[str]:
-    """Each non-LoRA adapter configuration against LoRA at its budget (aggregate.comparisons)."""
-    comp = comparisons(part)
+def budget_table(part: pd.DataFrame, comp: pd.DataFrame) -> list[str]:
+    """Each non-LoRA adapter configuration against LoRA at its budget (`comp`: the setup's
+    aggregate.comparisons, as the summary prints them)."""
     comp = comp[comp["kind"].eq("budget")]
     if comp.empty:
         return []
@@ -447,7 +452,7 @@ def budget_table(part: pd.DataFrame) -> list[str]:
             _count(b["trainable_params"]),
             fmt_acc(b),
             diff,
-            "—" if pd.isna(c["p_holm"]) else f"{c['p_holm']:.3g}",
+            fmt_num(c["p_holm"], ".3g"),
         ]
         lines.append("| " + " | ".join(_cell(x) for x in cells) + " |")
     return [
@@ -474,10 +479,6 @@ LEDGER_HEAD = (
 )
 
 
-def _ratio(x: float) -> str:
-    return "—" if pd.isna(x) else f"{x:.2f}"
-
-
 def ledger_table(part: pd.DataFrame) -> list[str]:
     """What each configuration costs to store, train and run (medians over seeds)."""
     part = part[part["has_ledger"]]
@@ -488,12 +489,12 @@ def ledger_table(part: pd.DataFrame) -> list[str]:
         cells = [
             r["label"],
             _count(r["trainable_params"]),
-            "—" if pd.isna(r["adapter_file_bytes"]) else f"{r['adapter_file_bytes'] / 1024:,.1f}",
-            "—" if pd.isna(r["trained_bytes"]) else f"{r['trained_bytes'] / 1024:,.1f}",
-            "—" if pd.isna(r["images_per_s_median"]) else f"{r['images_per_s_median']:,.0f}",
-            "—" if pd.isna(r["peak_mem_mb_max"]) else f"{r['peak_mem_mb_max']:,.0f}",
-            _ratio(r["infer_unmerged_rel_median"]),
-            _ratio(r["infer_merged_rel_median"]),
+            fmt_num(r["adapter_file_bytes"] / 1024, ",.1f"),
+            fmt_num(r["trained_bytes"] / 1024, ",.1f"),
+            fmt_num(r["images_per_s_median"], ",.0f"),
+            fmt_num(r["peak_mem_mb_max"], ",.0f"),
+            fmt_num(r["infer_unmerged_rel_median"]),
+            fmt_num(r["infer_merged_rel_median"]),
         ]
         lines.append("| " + " | ".join(_cell(x) for x in cells) + " |")
     return [
@@ -687,6 +688,7 @@ def render_markdown(
     setups = list(agg["setup"].unique())
     for setup in setups:
         part = agg[agg["setup"].eq(setup)]
+        comp = comparisons(part)  # the summary and the matched-budget table print the same ones
         suffix = f" — {setup}" if len(setups) > 1 else ""
         lines += [
             "",
@@ -698,8 +700,8 @@ def render_markdown(
             "",
             f"## Summary{suffix}",
             "",
-        ] + [f"- {s}" for s in summary(part)]
-        extra = budget_table(part) + ledger_table(part)
+        ] + [f"- {s}" for s in summary(part, comp)]
+        extra = budget_table(part, comp) + ledger_table(part)
         if extra:
             lines += ["", *extra[:-1]]
     lines += chart_section(chart_links, csv_link)

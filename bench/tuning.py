@@ -184,10 +184,10 @@ def tune(cfg: RunConfig, spec: TuneSpec, ctx: Context, grid_study: str, storage)
     selection: the best trial's rates with what it took to find them. None: another worker is
     tuning it (ask again later)."""
     study, created = open_study(cfg, spec, grid_study, storage)
-    if finished(study) < spec.trials and not created and _tuned_elsewhere(study):
-        return None
-    if not created:  # resuming or taking over: claim it again
-        study.set_user_attr("claimed_at", time.time())
+    if finished(study) < spec.trials and not created:
+        if _tuned_elsewhere(study):
+            return None
+        study.set_user_attr("claimed_at", time.time())  # resuming or taking over: claim it again
     rates = tuned_rates(cfg)
     folder = f"{grid_study}-tune/{study.study_name.removeprefix(grid_study + '-tune-')}"
 

@@ -280,9 +280,11 @@ def _unmerge(module: nn.Module, model) -> None:
 def _delta(module: nn.Module, model) -> torch.Tensor:
     """The learned update as a matrix: merged minus base weight, from a merged copy (the layer
     itself is left as it is)."""
-    merged = copy.deepcopy(module)
-    base = copy.deepcopy(module)
-    _unmerge(base, model)
+    base = module
+    if module.merged:  # its base layer holds the merge: take the base weight from an unmerged copy
+        base = copy.deepcopy(module)
+        _unmerge(base, model)
+    merged = copy.deepcopy(base)
     _merge(merged, model)
     return (merged.get_base_layer().weight - base.get_base_layer().weight).flatten(1)
 
