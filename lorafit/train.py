@@ -136,7 +136,7 @@ class _Inputs:
 
 class PeakMemory:
     """Peak memory while the block runs, in MiB. CUDA: the allocator's peak (exact). CPU: how far
-    the process's resident memory rose above its level at the start, sampled every 5 ms from
+    the process's anonymous resident memory rose above its level at the start, sampled every 5 ms from
     /proc (Linux; elsewhere 0). Memory the allocator reuses from earlier runs in the same
     process does not show up as a rise, so on CPU it is a lower bound."""
 
@@ -151,12 +151,15 @@ class PeakMemory:
     def _rss_bytes(cls) -> int:
         try:
             with open(cls._STATM) as f:
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+                fields = f.read().split()
+            # resident minus file-backed/shared pages: tensors are anonymous memory, and a file
+            # mapping released meanwhile (an earlier run's memory-mapped cache) is not a fall in use.
+            return (int(fields[1]) - int(fields[2])) * os.sysconf("SC_PAGE_SIZE")
         except (OSError, ValueError, IndexError):
             return 0
 
-    def _watch(self) -> None:
-        start = peak = self._rss_bytes()
+    def _watch(self, start: int) -> None:
+        peak = start
         while not self._stop.wait(self.interval_s):
             peak = max(peak, self._rss_bytes())
         self.mb = max(0, max(peak, self._rss_bytes()) - start) / 2**20
@@ -165,7 +168,9 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
-            self._thread = threading.Thread(target=self._watch, daemon=True)
+            # The baseline is read here, not in the thread: the thread may first run after the
+            # block has already started allocating.
+            self._thread = threading.Thread(target=self._watch, args=(self._rss_bytes(),), daemon=True)
             self._thread.start()
         return self
 

@@ -1,5 +1,6 @@
 """The trainer: learns, stops on divergence, is deterministic, and the prefix cache changes nothing."""
 
+import gc
 import math
 import os
 import time
@@ -168,6 +169,7 @@ def test_large_features_go_to_disk_and_are_reused(digits, tmp_path):
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads /proc (Linux)")
 def test_peak_memory_sees_a_large_allocation_on_cpu():
+    gc.collect()  # earlier tests' garbage is not freed inside the measured block
     with PeakMemory(torch.device("cpu")) as peak:
         block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
         time.sleep(0.05)  # the sampler reads /proc every 5 ms
