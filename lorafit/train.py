@@ -148,7 +148,7 @@ class PeakMemory:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def _rss_bytes(cls) -> int:
+    def _anon_resident_bytes(cls) -> int:
         try:
             with open(cls._STATM) as f:
                 fields = f.read().split()
@@ -161,8 +161,8 @@ class PeakMemory:
     def _watch(self, start: int) -> None:
         peak = start
         while not self._stop.wait(self.interval_s):
-            peak = max(peak, self._rss_bytes())
-        self.mb = max(0, max(peak, self._rss_bytes()) - start) / 2**20
+            peak = max(peak, self._anon_resident_bytes())
+        self.mb = max(0, max(peak, self._anon_resident_bytes()) - start) / 2**20
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
@@ -170,7 +170,8 @@ class PeakMemory:
         else:
             # The baseline is read here, not in the thread: the thread may first run after the
             # block has already started allocating.
-            self._thread = threading.Thread(target=self._watch, args=(self._rss_bytes(),), daemon=True)
+            start = self._anon_resident_bytes()
+            self._thread = threading.Thread(target=self._watch, args=(start,), daemon=True)
             self._thread.start()
         return self
 
