@@ -298,15 +298,17 @@ def _describe(row: pd.Series) -> str:
     )
 
 
+def _ci(c: pd.Series) -> str:
+    """'+1.10 to +4.86': a comparison row's 95% interval of the difference, in points."""
+    return f"{100 * c['lo']:+.2f} to {100 * c['hi']:+.2f}"
+
+
 def _versus(c: pd.Series) -> str:
     """'+2.98 points (95% CI +1.10 to +4.86; p = 0.012, Holm p = 0.048)' for one comparison row."""
     text = f"{100 * c['diff']:+.2f} points"
     if c["n"] < 2:
         return text + f" on {c['n']} common seed, no test"
-    return (
-        f"{text} (95% CI {100 * c['lo']:+.2f} to {100 * c['hi']:+.2f}; {fmt_p(c['p'])}, "
-        f"{fmt_p(c['p_holm'], 'Holm p')})"
-    )
+    return f"{text} (95% CI {_ci(c)}; {fmt_p(c['p'])}, {fmt_p(c['p_holm'], 'Holm p')})"
 
 
 def _test_note(comp: pd.DataFrame) -> str:
@@ -442,7 +444,7 @@ def budget_table(part: pd.DataFrame, comp: pd.DataFrame) -> list[str]:
         a, b = rows.loc[c["a"]], rows.loc[c["b"]]
         diff = f"{100 * c['diff']:+.2f}"
         if c["n"] >= 2:
-            diff += f" ({100 * c['lo']:+.2f} to {100 * c['hi']:+.2f})"
+            diff += f" ({_ci(c)})"
         cells = [
             c["group"],
             c["a"],
@@ -500,17 +502,16 @@ def ledger_table(part: pd.DataFrame) -> list[str]:
     return [
         "## Parameter ledger",
         "",
-        "Adapter file: `torch.save` of the adapter's tensors alone; trained tensors: every tensor the "
-        "run trained (adapter, new head, unfrozen layers), what a task stores beside the shared "
-        "backbone. Train images/s: median over seeds, with the frozen prefix's features cached where "
-        "the backbone is frozen (so proj adapters train fastest). Peak train MiB: on CUDA the "
-        "allocator's peak; on CPU how far resident memory rose while training (a lower bound: memory "
-        "an earlier run freed is reused), both including the frozen prefix's cached features "
-        "(e.g. conv1's outputs when conv2 is the first adapted layer). Inference: images/s of the "
-        "adapted model unmerged and merged over the same model without its adapter, 1,024 test "
-        "images, best of 3 interleaved rounds, "
-        "median over seeds (— where there is no adapter, or it cannot merge). Timings come from the "
-        "run's own worker, so other work on the machine adds noise to them.",
+        "Adapter file: `torch.save` of the adapter's tensors alone; trained tensors: every tensor the run"
+        " trained (adapter, new head, unfrozen layers), what a task stores beside the shared backbone. "
+        "Train images/s: median over seeds, with the frozen prefix's features cached where the backbone "
+        "is frozen (so proj adapters train fastest). Peak train MiB: on CUDA the allocator's peak; on CPU"
+        " how far the process's anonymous resident memory rose while training (a lower bound: memory an "
+        "earlier run freed is reused), both including the frozen prefix's cached features (e.g. conv1's "
+        "outputs when conv2 is the first adapted layer). Inference: images/s of the adapted model "
+        "unmerged and merged over the same model without its adapter, 1,024 test images, best of 3 "
+        "interleaved rounds, median over seeds (— where there is no adapter, or it cannot merge). Timings"
+        " come from the run's own worker, so other work on the machine adds noise to them.",
         "",
         *lines,
         "",
