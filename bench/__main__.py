@@ -250,8 +250,9 @@ def cmd_run_grid(args) -> int:
     selections = None
     if spec is not None:
         print(
-            f"tuning stage: {spec.trials} trials per configuration ({spec.sampler}, {spec.pruner} pruning), "
-            f"then the seeds at the selected rates",
+            f"tuning stage: {spec.candidates} designed candidates per configuration at the seeds' budget "
+            f"(+ the probe's fallback, edge extensions, sensitivity neighbours), then the seeds at the "
+            f"selected rates",
             flush=True,
         )
         cells, selections = tuning.tune_cells(

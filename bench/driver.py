@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from bench.backbone import pretrained_backbone
 from bench.context import Context
-from bench.runner import run_cell
+from bench.runner import reuse_tuning_run, run_cell
 from bench.trials import RECORDED, RunFailed, finish_trial
 from lorafit.config import RunConfig
 from lorafit.errors import LorafitError
@@ -152,15 +152,14 @@ def run_grid(
                 epochs.update(1)
                 epochs.set_postfix(val_acc=f"{val_acc:.4f}")
 
+            selection = trial.user_attrs.get("tuning")
             try:
-                record = run_cell(
-                    cfg,
-                    ctx,
-                    study.study_name,
-                    trial.number,
-                    on_epoch=on_epoch,
-                    tuning=trial.user_attrs.get("tuning"),
-                )
+                # The tuning seed's cell at the selected rates is the tuning run itself.
+                record = reuse_tuning_run(cfg, ctx, study.study_name, trial.number, selection)
+                if record is None:
+                    record = run_cell(
+                        cfg, ctx, study.study_name, trial.number, on_epoch=on_epoch, tuning=selection
+                    )
             finally:
                 epochs.close()
         except (KeyboardInterrupt, LorafitError) as e:

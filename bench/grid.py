@@ -1,9 +1,10 @@
 """Grid files (studies/grid.toml) -> the list of RunConfig cells, one per configuration x seed.
 
     [data]       source, target: the datasets (default: the profile's; `--target` overrides)
-    [tune]       the tuning stage (bench/tuning.py): trials, sampler, pruner, seed, train_size,
-                 epochs, lr = [low, high], head_lr = [low, high], and profiles = [...] where it
-                 applies (default: every profile); [tune.<profile>] overrides keys for one profile
+    [tune]       the tuning stage (bench/protocol.py, bench/tuning.py): candidates, seed,
+                 lr = [low, high], head_lr = [low, high], max_extensions, sensitivity, and
+                 profiles = [...] where it applies (default: every profile); [tune.<profile>]
+                 overrides keys for one profile
     [lr]         <method> = <learning rate>      fixed-rate mode (profiles without tuning, or
     [lr.<profile>]                               --no-tune): one rate per method, per profile
     [[cell]]     any RunConfig field but seed, profile and protocol (the same fields a study's
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from bench.profiles import PROFILES, config_defaults
 from bench.profiles import profile as profile_table
-from bench.tuning import TuneSpec
+from bench.protocol import TuneSpec
 from lorafit import adapters
 from lorafit.config import CELL_FIELDS, RunConfig, cell_config
 from lorafit.errors import LorafitError

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import io
+import json
 import math
 import time
 import traceback
@@ -34,6 +35,8 @@ def build_model(cfg: RunConfig, backbone: SeedCNN | None, num_classes: int) -> S
         model = replace_head(copy.deepcopy(backbone), num_classes)
     adapters.inject(model, cfg.method, cfg.placement, cfg.adapter_settings)
     freeze.apply(model, cfg.policy)
+    if cfg.lr == 0:  # the tuning stage's fallback: everything but the head at rest
+        freeze.at_rest(model)
     return model
 
 
@@ -176,6 +179,30 @@ def _evaluate(
         probe.fc = copy.deepcopy(backbone.fc)
         m["source_acc_after"] = accuracy(probe, src.test, device=device)
     return m
+
+
+def reuse_tuning_run(
+    cfg: RunConfig, ctx: Context, study: str, trial: int | None, tuning: dict | None
+) -> dict | None:
+    """The record of a cell the tuning stage already ran: its selected candidate trained exactly
+    this configuration (the tuning seed at the selected rates), so the seed cell is that run,
+    copied under the cell's id, plus the parameter ledger (sizes and inference speeds depend only
+    on the architecture, measured on a freshly built model). None when there is no such run."""
+    source = (tuning or {}).get("record")
+    path = ctx.runs_dir / "records" / f"{source}.json" if source else None
+    if path is None or not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    if record["run"]["status"] != "complete" or RunConfig.from_dict(record["config"]) != cfg:
+        return None
+    record["run"].update(id=cfg.cell_id, study=study, trial=trial, reused_from=source)
+    record["tuning"] = tuning
+    splits = ctx.target(cfg)
+    backbone = None if cfg.method == "scratch" else pretrained_backbone(cfg, ctx)[0]
+    model = build_model(cfg, backbone, splits.num_classes)
+    record["metrics"].update(ledger(model, splits.test, ctx.torch_device))
+    write_json(record_path(ctx.runs_dir, study, cfg.cell_id), record)
+    return record
 
 
 LEDGER_IMAGES, LEDGER_ROUNDS = 1024, 3

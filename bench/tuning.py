@@ -1,94 +1,49 @@
-"""The tuning stage of the grid: before a configuration's seeds run, an Optuna study tunes its
-learning rates on the validation split, with the same budget for every configuration.
+"""The tuning stage of the grid: before a configuration's seeds run, its learning rates are chosen
+on the validation split by one rule applied to every configuration alike (bench.protocol).
 
-Every configuration gets the same number of finished trials (completed or pruned), the same
-sampler with the same seed, the same pruner, the same training subset, epochs and training seed.
-Two rates are tuned wherever both exist: `lr` for the adapter (or the backbone, for full
-fine-tuning and scratch) and `head_lr` for the new head; the linear probe has only `head_lr`.
-The seeds then run at the selected values, which every record and the leaderboard carry.
-Trials record under records/<grid study>-tune/. A tuning study is an ordinary Optuna study in
-the grid's storage, so it resumes after a crash and several workers can share the stage: each
-configuration is claimed and tuned by one worker (its trials in sequence, as with one worker),
-the others tune the rest and wait for it; a crashed worker's configuration is taken over once its
-heartbeat stops. A finished study is never re-tuned.
+Each candidate is one Optuna trial of the configuration's study (enqueued with its fixed rates,
+never sampled), trained exactly as the seed-`seed` cell at those rates would be: same images,
+epochs, schedule and early stopping. Its value is that run's validation accuracy. Two rates are
+tuned wherever both exist: `lr` for the adapter (or the backbone) and `head_lr` for the new head;
+the linear probe has only `head_lr`. Every configuration that contains the probe is tuned after
+the probe, so it can evaluate the probe's selected head rate with the rest at rest.
+
+A tuning study is an ordinary Optuna study in the grid's storage: a killed stage resumes with the
+candidates it has not finished, and several workers share the stage: each configuration is
+claimed by one worker (creating its study is the claim) and tuned candidate after candidate, as
+one worker would; the others tune the rest and wait for it; a crashed worker's configuration is
+taken over once its heartbeat stops. A finished study (its selection stored on it) is never
+re-tuned. Trials record under records/<grid study>-tune/<configuration>/.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import time
-from dataclasses import asdict, dataclass
+import uuid
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 from tqdm import tqdm
 
+from bench import protocol
 from bench.context import Context
-from bench.records import record_path, write_json
+from bench.protocol import Candidate, TuneSpec
 from bench.runner import run_cell
 from bench.storage import grace_seconds
-from bench.trials import RunFailed, finish_trial
+from bench.trials import RECORDED, RunFailed, finish_trial
 from lorafit.config import RunConfig
 from lorafit.errors import LorafitError
 
-SAMPLERS = ("tpe", "qmc", "random")
-PRUNERS = ("successive_halving", "median", "none")
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 POLL_S = 2.0
+RATE_RANGE = (0.0, 100.0)  # the trials' parameter distribution: wide enough for any extension
+WORKER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
-
-@dataclass(frozen=True)
-class TuneSpec:
-    """The tuning budget, the same for every configuration of a grid ([tune] in the grid file)."""
-
-    trials: int = 12
-    sampler: str = "tpe"
-    pruner: str = "successive_halving"
-    seed: int = 0  # the sampler's seed and the training seed of every tuning trial
-    train_size: int = 0  # images of the train split the trials train on (0: the profile's)
-    epochs: int = 0  # epochs per trial (0: the profile's)
-    lr: tuple[float, float] = (1e-5, 3e-2)  # log-uniform range of the adapter's / backbone's rate
-    head_lr: tuple[float, float] = (1e-4, 5e-2)  # log-uniform range of the new head's rate
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.trials, int) or self.trials < 1:
-            raise LorafitError(f"[tune] trials must be an integer >= 1, got {self.trials!r}")
-        if self.sampler not in SAMPLERS:
-            raise LorafitError(
-                f"[tune] unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}"
-            )
-        if self.pruner not in PRUNERS:
-            raise LorafitError(f"[tune] unknown pruner {self.pruner!r}; choose one of {', '.join(PRUNERS)}")
-        for key in ("lr", "head_lr"):
-            low, high = getattr(self, key)
-            if not 0 < low < high:
-                raise LorafitError(f"[tune] {key} must be [low, high] with 0 < low < high, got {[low, high]}")
-        for key in ("seed", "train_size", "epochs"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 0:
-                raise LorafitError(f"[tune] {key} must be an integer >= 0, got {getattr(self, key)!r}")
-
-    @classmethod
-    def from_table(cls, table: dict) -> TuneSpec:
-        known = set(cls.__dataclass_fields__)
-        bad = sorted(set(table) - known)
-        if bad:
-            raise LorafitError(
-                f"[tune] has unknown key(s) {', '.join(bad)}; allowed: {', '.join(sorted(known))}"
-            )
-        values = dict(table)
-        for key in ("lr", "head_lr"):
-            if key in values:
-                pair = values[key]
-                if not (
-                    isinstance(pair, list)
-                    and len(pair) == 2
-                    and all(isinstance(v, int | float) for v in pair)
-                ):
-                    raise LorafitError(f"[tune] {key} must be a [low, high] pair of numbers, got {pair!r}")
-                values[key] = (float(pair[0]), float(pair[1]))
-        return cls(**values)
+__all__ = ["TuneSpec", "tune", "tune_cells", "tuned_rates", "tuning_key", "probe_of"]
 
 
 def tuned_rates(cfg: RunConfig) -> tuple[str, ...]:
@@ -102,70 +57,74 @@ def tuning_key(cfg: RunConfig) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
 
+def contains_probe(cfg: RunConfig) -> bool:
+    """Every configuration that trains the pretrained backbone's new head and something more:
+    with the rest at rest it is the linear probe."""
+    return cfg.method not in ("head", "scratch")
+
+
+def probe_of(cfg: RunConfig) -> RunConfig:
+    """The linear probe of cfg's setup (same data, budget and backbone)."""
+    return cfg.replace(
+        name="head",
+        method="head",
+        placement="none",
+        shape="1x1",
+        rank=0,
+        alpha=1.0,
+        policy="head",
+        rslora=False,
+    )
+
+
+def _probe_key(cfg: RunConfig) -> str:
+    return tuning_key(cfg.replace(name="head"))
+
+
 def study_name(grid_study: str, cfg: RunConfig) -> str:
     rank = f"-r{cfg.rank}" if cfg.rank else ""
     return f"{grid_study}-tune-{cfg.name}{rank}-{tuning_key(cfg)}"
 
 
-def trial_config(cfg: RunConfig, spec: TuneSpec, rates: dict[str, float]) -> RunConfig:
-    """What one tuning trial runs: the configuration on the tuning subset, epochs and seed."""
-    lr = rates.get("lr", rates["head_lr"])  # the probe: lr is unused, recorded as its head rate
-    return cfg.replace(
-        seed=spec.seed,
-        train_size=spec.train_size or cfg.train_size,
-        epochs=spec.epochs or cfg.epochs,
-        patience=0,
-        lr=lr,
-        head_lr=rates["head_lr"],
-    )
-
-
-def _sampler(spec: TuneSpec, offset: int) -> optuna.samplers.BaseSampler:
-    seed = spec.seed + offset
-    if spec.sampler == "qmc":
-        return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed)
-    if spec.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    # Half the budget explores (seeded: the same draws for every configuration), then TPE.
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, spec.trials // 2), multivariate=True)
-
-
-def _pruner(spec: TuneSpec) -> optuna.pruners.BasePruner:
-    if spec.pruner == "successive_halving":  # ASHA-style: a third goes on at each rung
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
-    if spec.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
-    return optuna.pruners.NopPruner()
+def trial_config(cfg: RunConfig, spec: TuneSpec, cand: Candidate) -> RunConfig:
+    """What a candidate trains: the configuration's seed-`spec.seed` cell at the candidate's rates
+    (the seeds' own images, epochs, schedule and early stopping)."""
+    return cfg.replace(seed=spec.seed, lr=cand.lr, head_lr=cand.head_lr)
 
 
 def open_study(cfg: RunConfig, spec: TuneSpec, grid_study: str, storage) -> tuple[optuna.Study, bool]:
-    """The configuration's tuning study, and whether this call created it: creating it is how a
-    worker claims a configuration (the storage refuses a second study of the same name), so with
-    several workers each configuration is tuned by one of them, trial after trial, as by one."""
+    """The configuration's tuning study, and whether this call created it (the claim)."""
     name = study_name(grid_study, cfg)
     try:
         optuna.create_study(study_name=name, storage=storage, direction="maximize")
         created = True
     except optuna.exceptions.DuplicatedStudyError:
         created = False
-    study = optuna.load_study(
-        study_name=name, storage=storage, sampler=_sampler(spec, 0), pruner=_pruner(spec)
-    )
-    existing = len(study.get_trials(deepcopy=False))
-    if existing:  # a resumed study draws new values rather than replaying the seeded ones
-        study.sampler = _sampler(spec, existing)
+    # Candidates are enqueued, never sampled: the cheap RandomSampler keeps Optuna from modelling.
+    study = optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler(0))
     if created:
-        study.set_user_attr("claimed_at", time.time())
         study.set_user_attr("kind", "tuning")
-        budget = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(spec).items()}
-        study.set_user_attr("tune", budget)
+        study.set_user_attr("tune", spec.to_dict())
+        _claim(study)
+    elif study.user_attrs.get("tune") != spec.to_dict() and "selection" not in study.user_attrs:
+        raise LorafitError(
+            f"tuning study {name} was started with another [tune] design ({study.user_attrs.get('tune')}); "
+            f"use another --runs-dir or --storage, or restore the grid's [tune] section"
+        )
     return study, created
 
 
+def _claim(study: optuna.Study) -> None:
+    study.set_user_attr("claimed_at", time.time())
+    study.set_user_attr("owner", WORKER)
+
+
 def _tuned_elsewhere(study: optuna.Study) -> bool:
-    """Another worker is tuning this study: a trial of it runs, or it was claimed, or a trial
-    started or ended, less than a grace period ago (a crashed worker's trial is failed by the
-    heartbeat check; its study is then taken over)."""
+    """Another worker is tuning this study: a trial of it runs, or another worker claimed it or
+    finished a trial of it less than a grace period ago (a crashed worker's running trial is
+    failed by the heartbeat check; its study is then taken over)."""
+    if study.user_attrs.get("owner") == WORKER:
+        return False
     optuna.storages.fail_stale_trials(study)
     trials = study.get_trials(deepcopy=False)
     if any(t.state == TrialState.RUNNING for t in trials):
@@ -175,114 +134,195 @@ def _tuned_elsewhere(study: optuna.Study) -> bool:
     return time.time() - max(times) < grace_seconds()
 
 
-def finished(study: optuna.Study) -> int:
-    return sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
+def _evaluated(study: optuna.Study) -> dict[str, optuna.trial.FrozenTrial]:
+    """candidate id -> its finished trial (complete, or failed with a record); the first one wins."""
+    out: dict[str, optuna.trial.FrozenTrial] = {}
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        cid = t.user_attrs.get("candidate")
+        if cid is None or cid in out:
+            continue
+        if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and t.user_attrs.get(RECORDED)):
+            out[cid] = t
+    return out
 
 
-def tune(cfg: RunConfig, spec: TuneSpec, ctx: Context, grid_study: str, storage) -> dict[str, Any] | None:
-    """Run (or resume) cfg's tuning study until it has spec.trials finished trials; return the
-    selection: the best trial's rates with what it took to find them. None: another worker is
-    tuning it (ask again later)."""
-    study, created = open_study(cfg, spec, grid_study, storage)
-    if finished(study) < spec.trials and not created:
-        if _tuned_elsewhere(study):
-            return None
-        study.set_user_attr("claimed_at", time.time())  # resuming or taking over: claim it again
-    rates = tuned_rates(cfg)
-    folder = f"{grid_study}-tune/{study.study_name.removeprefix(grid_study + '-tune-')}"
+def _stored_candidates(study: optuna.Study) -> list[Candidate]:
+    """The extension candidates earlier rounds added (from the storage, in order of creation)."""
+    seen, out = set(), []
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        c = t.user_attrs.get("candidate_spec")
+        if c and c["role"] == "extension" and c["id"] not in seen:
+            seen.add(c["id"])
+            out.append(Candidate(**c))
+    return out
 
-    def objective(trial: optuna.Trial) -> float:
-        values = {r: trial.suggest_float(r, *getattr(spec, r), log=True) for r in rates}
 
-        def label(values: dict) -> str:
-            return f"  tune {trial.number:>2} " + " ".join(f"{r}={values[r]:.2e}" for r in rates)
+def _value(trial: optuna.trial.FrozenTrial) -> float | None:
+    """A candidate's validation accuracy; a diverged run counts at its best epoch before the
+    divergence (as its seeds would), a failed one has none."""
+    if trial.state == TrialState.COMPLETE:
+        return trial.value
+    return trial.user_attrs.get("val_acc")
 
-        run = trial_config(cfg, spec, values)
+
+class _Tuner:
+    """Evaluates one configuration's candidates in its study."""
+
+    def __init__(self, cfg: RunConfig, spec: TuneSpec, ctx: Context, grid_study: str, study) -> None:
+        self.cfg, self.spec, self.ctx, self.study = cfg, spec, ctx, study
+        self.rates = tuned_rates(cfg)
+        self.folder = f"{grid_study}-tune/{study.study_name.removeprefix(grid_study + '-tune-')}"
+
+    def evaluate(self, cands: list[Candidate]) -> dict[str, optuna.trial.FrozenTrial]:
+        """Every candidate of `cands` that has no finished trial yet is trained; returns all."""
+        done = _evaluated(self.study)
+        for cand in cands:
+            if cand.id in done:
+                continue
+            self.study.enqueue_trial(
+                cand.params(self.rates),
+                user_attrs={"candidate": cand.id, "candidate_spec": cand.to_dict()},
+                skip_if_exists=False,
+            )
+            self.study.optimize(self._objective, n_trials=1, catch=(RunFailed,))
+            done = _evaluated(self.study)
+        return done
+
+    def _objective(self, trial: optuna.Trial) -> float:
+        spec = trial.user_attrs.get("candidate_spec")
+        if spec is None:  # a stray trial (none was waiting): nothing to evaluate
+            trial.set_user_attr("skipped", "no queued candidate")
+            raise optuna.TrialPruned()
+        cand = Candidate(**spec)
+        for r in self.rates:  # the enqueued fixed values, stored as the trial's parameters
+            trial.suggest_float(r, *RATE_RANGE)
+        run = trial_config(self.cfg, self.spec, cand)
         trial.set_user_attr("config", run.to_dict())
-
-        def on_epoch(epoch: int, val_acc: float) -> None:
-            trial.report(val_acc, epoch)
-            if trial.should_prune():
-                trial.set_user_attr("pruned", f"epoch {epoch}: val_acc {val_acc:.4f} below the pruner's bar")
-                ctx.log(f"{label(values):<40} pruned    at epoch {epoch}: val_acc={val_acc:.4g}")
-                # A small record, so the sensitivity chart shows where pruned rates stood too.
-                write_json(
-                    record_path(ctx.runs_dir, folder, f"t{trial.number:04d}-{run.cell_id}"),
-                    {
-                        "run": {
-                            "id": f"t{trial.number:04d}-{run.cell_id}",
-                            "study": folder,
-                            "trial": trial.number,
-                            "status": "pruned",
-                            "error": None,
-                        },
-                        "config": run.to_dict(),
-                        "metrics": {"val_acc": val_acc, "pruned_epoch": epoch},
-                        "tuning": {"mode": "trial"},
-                    },
-                )
-                raise optuna.TrialPruned(f"epoch {epoch}")
-
+        label = f"  tune {cand.id:<9} " + " ".join(f"{r}={getattr(cand, r):.2e}" for r in self.rates)
+        run_id = f"t{trial.number:04d}-{run.cell_id}"
         record = run_cell(
             run,
-            ctx,
-            folder,
+            self.ctx,
+            self.folder,
             trial.number,
-            on_epoch=on_epoch,
-            run_id=f"t{trial.number:04d}-{run.cell_id}",
+            run_id=run_id,
+            tuning={"mode": "trial", "candidate": cand.id, "role": cand.role},
             with_ledger=False,
         )
-        return finish_trial(trial, label(values), record, ("val_acc",), log=ctx.log)
+        trial.set_user_attr("record", f"{self.folder}/{run_id}")
+        return finish_trial(trial, label, record, ("val_acc",), log=self.ctx.log)
 
-    todo = spec.trials - finished(study)
-    if todo > 0:
-        study.optimize(
-            objective,
-            n_trials=todo,
-            catch=(RunFailed,),
-            callbacks=[optuna.study.MaxTrialsCallback(spec.trials, states=FINISHED)],
-        )
-    # A worker that took over a study another was still finishing can leave a trial beyond the
-    # budget: wait for it, then choose among the first spec.trials finished trials only.
-    while any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False)):
-        optuna.storages.fail_stale_trials(study)
-        time.sleep(POLL_S)
-    budget = sorted(
-        (t for t in study.get_trials(deepcopy=False) if t.state in FINISHED), key=lambda t: t.number
-    )[: spec.trials]
-    complete = [t for t in budget if t.state == TrialState.COMPLETE]
-    if not complete:
-        raise LorafitError(
-            f"tuning study {study.study_name} has no completed trial (all pruned or failed); "
-            f"widen the [tune] ranges or raise trials"
-        )
-    best = max(complete, key=lambda t: (t.value, -t.number))
-    states = [t.state for t in study.get_trials(deepcopy=False) if t.state not in FINISHED] + [
-        t.state for t in budget
-    ]
-    return {
+
+def tune(
+    cfg: RunConfig,
+    spec: TuneSpec,
+    ctx: Context,
+    grid_study: str,
+    storage,
+    probe: dict | None = None,
+) -> dict[str, Any] | None:
+    """Run (or resume) cfg's tuning study to its selection and return it. `probe`: the probe's
+    selection, for a configuration that contains the probe (needed for its fallback candidate).
+    None: another worker is tuning it, or the probe's selection is not there yet (ask again later)."""
+    study, created = open_study(cfg, spec, grid_study, storage)
+    if "selection" in study.user_attrs:
+        return study.user_attrs["selection"]
+    if not created:
+        if _tuned_elsewhere(study):
+            return None
+        _claim(study)  # resuming or taking over
+    tuner = _Tuner(cfg, spec, ctx, grid_study, study)
+    rates = tuner.rates
+    cands = protocol.design(spec, rates)
+    done = tuner.evaluate(cands)
+    if contains_probe(cfg):
+        if probe is None:
+            return None  # the design is done; the fallback waits for the probe's selection
+        cands.append(protocol.fallback(probe["head_lr"]))
+    cands += _stored_candidates(study)
+    capped = []
+    while True:
+        done = tuner.evaluate(cands)
+        values = {cid: _value(t) for cid, t in done.items()}
+        best = protocol.select(cands, values)
+        grow = []
+        for axis, side in protocol.edge_sides(cands, best, rates):
+            if protocol.extensions_made(cands, axis, side) >= spec.max_extensions:
+                capped.append(f"{axis}{'+' if side > 0 else '-'}")
+                continue
+            grow += protocol.extend(cands, axis, side)
+        if not grow:
+            break
+        ctx.log(f"  edge rule: {best.id} lies in the outermost half-decade; adding {len(grow)} candidates")
+        cands += grow
+    eligible = [c for c in cands if c.eligible]
+    sensitivity = {}
+    if spec.sensitivity:
+        probes = []
+        for nb in protocol.neighbours(best, rates):
+            twin = next((c for c in eligible if protocol.same_point(c, nb, rates)), None)
+            probes.append((nb, twin))
+        done = tuner.evaluate([nb for nb, twin in probes if twin is None])
+        for nb, twin in probes:
+            trial = done[(twin or nb).id]
+            sensitivity[nb.id.removeprefix("s")] = {
+                "lr": nb.lr,
+                "head_lr": nb.head_lr,
+                "val_acc": _value(trial),
+            }
+    best_trial = done[best.id]
+    curve = protocol.expected_max([values[c.id] for c in eligible])
+    sides = [(a, s) for a in rates for s in (1, -1)]
+    selection = {
         "mode": "tuned",
+        "protocol": "design",
         "study": study.study_name,
-        "trials": sum(s in FINISHED for s in states),
-        "complete": states.count(TrialState.COMPLETE),
-        "pruned": states.count(TrialState.PRUNED),
-        "failed": states.count(TrialState.FAIL),
-        "best_trial": best.number,
-        "best_val_acc": best.value,
-        "lr": best.params.get("lr", best.params["head_lr"]),
-        "head_lr": best.params["head_lr"],
-        "spec": study.user_attrs["tune"],
+        "trials": len(eligible),
+        "complete": sum(values[c.id] is not None for c in eligible),
+        "failed": sum(values[c.id] is None for c in eligible),
+        "extensions": {
+            f"{a}{'+' if s > 0 else '-'}": protocol.extensions_made(cands, a, s)
+            for a, s in sides
+            if protocol.extensions_made(cands, a, s)
+        },
+        "edge": sorted(set(capped)),  # sides where the cap stopped the edge rule (should be empty)
+        "fallback": best.role == "fallback",
+        "best_candidate": best.id,
+        "best_trial": best_trial.number,
+        "best_val_acc": values[best.id],
+        "record": best_trial.user_attrs.get("record"),
+        "lr": best.lr,
+        "head_lr": best.head_lr,
+        "curve": curve,
+        "margin": protocol.margin(curve),
+        "sensitivity": sensitivity,
+        "spec": spec.to_dict(),
     }
+    study.set_user_attr("selection", selection)
+    return selection
+
+
+def _label(cfg: RunConfig) -> str:
+    return f"{cfg.name}{f'-r{cfg.rank}' if cfg.rank else ''}"
 
 
 def tune_cells(
     cells: list[RunConfig], spec: TuneSpec, ctx: Context, grid_study: str, storage, show_progress: bool = True
 ) -> tuple[list[RunConfig], dict[str, dict]]:
     """The tuning stage: every configuration of `cells` tuned (or its finished tuning reused), its
-    cells set to the selected rates. Returns the tuned cells and, per cell id, its selection."""
-    groups: dict[str, list[RunConfig]] = {}
-    for cfg in cells:
-        groups.setdefault(tuning_key(cfg), []).append(cfg)
+    cells set to the selected rates. Probes come first: a configuration that contains the probe
+    evaluates the probe's selection as its fallback (the probe of a grid without one is tuned too,
+    and runs no seeds). Returns the tuned cells and, per cell id, its selection."""
+    groups: dict[str, RunConfig] = {}
+    for cfg in sorted(cells, key=lambda c: c.method != "head"):
+        groups.setdefault(tuning_key(cfg), cfg)
+    for cfg in list(groups.values()):
+        if contains_probe(cfg) and not any(
+            _probe_key(g) == _probe_key(probe_of(cfg)) for g in groups.values()
+        ):
+            extra = probe_of(cfg)
+            groups = {tuning_key(extra): extra, **groups}
+    probes = {_probe_key(g): k for k, g in groups.items() if g.method == "head"}
     bar = tqdm(
         total=len(groups),
         desc="tuning",
@@ -295,23 +335,29 @@ def tune_cells(
     try:
         while len(chosen) < len(groups):
             progressed = False
-            for key, members in groups.items():
+            for key, head in groups.items():
                 if key in chosen:
                     continue
-                head = members[0]
-                label = f"{head.name}{f'-r{head.rank}' if head.rank else ''}"
+                probe = (
+                    chosen.get(probes.get(_probe_key(probe_of(head)), "")) if contains_probe(head) else None
+                )
                 if key not in waiting_for:
-                    ctx.log(f"tuning {label}: {spec.trials} trials ({', '.join(tuned_rates(head))})")
-                selection = tune(head, spec, ctx, grid_study, storage)
+                    ctx.log(
+                        f"tuning {_label(head)}: {spec.candidates} designed candidates "
+                        f"({', '.join(tuned_rates(head))})"
+                    )
+                selection = tune(head, spec, ctx, grid_study, storage, probe)
                 if selection is None:
                     if key not in waiting_for:
-                        ctx.log(f"tuning {label}: another worker is tuning it; going on, back later")
+                        ctx.log(f"tuning {_label(head)}: waiting (another worker tunes it, or its probe)")
                         waiting_for.add(key)
                     continue
+                ext = ", ".join(f"{k} x{v}" for k, v in selection["extensions"].items()) or "none"
                 ctx.log(
-                    f"tuned  {label}: lr={selection['lr']:.3g} head_lr={selection['head_lr']:.3g} "
-                    f"(val_acc {selection['best_val_acc']:.4f}, trial {selection['best_trial']} of "
-                    f"{selection['trials']})"
+                    f"tuned  {_label(head)}: lr={selection['lr']:.3g} head_lr={selection['head_lr']:.3g} "
+                    f"(val_acc {selection['best_val_acc']:.4f}, {selection['best_candidate']} of "
+                    f"{selection['trials']}; edge extensions {ext}; margin {selection['margin']:+.4f}"
+                    f"{'; fell back to the probe' if selection['fallback'] else ''})"
                 )
                 chosen[key] = selection
                 progressed = True

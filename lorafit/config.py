@@ -43,7 +43,7 @@ class RunConfig:
     test_size: int = 0
     rslora: bool = False  # scale alpha/sqrt(rank) instead of alpha/rank (rsLoRA)
     # adaptation
-    lr: float = 1e-3  # the adapter's (or, with nothing adapted, the backbone's) rate
+    lr: float = 1e-3  # the adapter's (or the backbone's) rate; 0: all but the new head at rest
     head_lr: float = 0.0  # the new head's rate; 0 = lr
     epochs: int = 3
     batch_size: int = 128
@@ -171,8 +171,12 @@ def validate(cfg: RunConfig) -> None:
         )
     if not cfg.alpha > 0:
         raise LorafitError(f"{cfg.name}: alpha must be > 0, got {cfg.alpha!r}")
-    if not cfg.lr > 0 or not cfg.pretrain_lr > 0 or cfg.head_lr < 0:
-        raise LorafitError(f"{cfg.name}: learning rates must be > 0 (head_lr >= 0; 0 means lr)")
+    if cfg.lr < 0 or not cfg.pretrain_lr > 0 or cfg.head_lr < 0:
+        raise LorafitError(f"{cfg.name}: learning rates must be >= 0 (head_lr 0 means lr)")
+    if cfg.lr == 0 and not (cfg.head_lr > 0 and cfg.method not in ("head", "scratch")):
+        raise LorafitError(
+            f"{cfg.name}: lr = 0 (all but the head at rest) needs a pretrained backbone and head_lr > 0"
+        )
     if not isinstance(cfg.rslora, bool):
         raise LorafitError(f"{cfg.name}: rslora must be true or false, got {cfg.rslora!r}")
     for key in ("epochs", "batch_size", "pretrain_epochs", "pretrain_batch_size"):

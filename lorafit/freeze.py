@@ -50,6 +50,14 @@ def apply(model: SeedCNN, policy: str) -> list[str]:
     return trainable
 
 
+def at_rest(model: SeedCNN) -> list[str]:
+    """Freeze everything but the new head `fc` (a run with lr = 0): the adapters keep their
+    identity initialisation and the backbone its weights, so the model is the linear probe's."""
+    for name, param in model.named_parameters():
+        param.requires_grad_(name.startswith("fc."))
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     params = list(model.parameters())

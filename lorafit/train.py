@@ -248,7 +248,7 @@ def fit(
 ) -> FitResult:
     """Train the parameters of `model` that require grad as `cfg` says (its epochs, lr, head_lr,
     batch_size, weight_decay, patience and seed), with AdamW + cosine decay; the head trains at
-    head_lr (0: lr), everything else at lr.
+    head_lr (0: lr), everything else at lr (0: at rest).
 
     Validation accuracy is measured after every epoch; the best epoch's weights are restored at
     the end, and training stops early after `patience` epochs without improvement (0: never). A
@@ -276,7 +276,7 @@ def _fit(
 ) -> FitResult:
     epochs, lr, batch_size, seed = cfg.epochs, cfg.lr, cfg.batch_size, cfg.seed
     weight_decay, patience = cfg.weight_decay, cfg.patience
-    if epochs < 1 or batch_size < 1 or not lr > 0:
+    if epochs < 1 or batch_size < 1 or lr < 0 or not (lr > 0 or cfg.head_lr > 0):
         raise LorafitError(f"bad training settings: epochs={epochs} batch_size={batch_size} lr={lr}")
     bf16 = bf16_supported(device) if bf16 is None else bf16
     torch.manual_seed(seed)
