@@ -256,6 +256,7 @@ def aggregate(records: Iterable[dict], replicates: int = BOOTSTRAP_REPLICATES) -
     df["rslora"] = [bool(r["config"].get("rslora", False)) for r in records]
     df["tuning_mode"] = [(r.get("tuning") or {}).get("mode", "fixed") for r in records]
     df["tune_trials"] = [(r.get("tuning") or {}).get("trials", np.nan) for r in records]
+    df["selection"] = [r.get("tuning") or {} for r in records]  # the same for every seed of a row
     df["head_lr"] = [r["config"].get("head_lr") or r["config"].get("lr") for r in records]
     # Records written before the parameter ledger have none of its fields (and another peak_mem_mb).
     df["has_ledger"] = ["adapter_file_bytes" in (r.get("metrics") or {}) for r in records]
@@ -273,6 +274,7 @@ def aggregate(records: Iterable[dict], replicates: int = BOOTSTRAP_REPLICATES) -
         head_lr=("head_lr", "first"),
         tuning_mode=("tuning_mode", "first"),
         tune_trials=("tune_trials", "first"),
+        selection=("selection", "first"),
         rslora=("rslora", "first"),
         profile=("config.profile", "first"),
         source=("config.source", "first"),

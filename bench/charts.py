@@ -28,6 +28,7 @@ TITLES = {
     "rank_sweep": "LoRA rank sweep: test accuracy vs rank per placement",
     "per_class": "Per-class test accuracy: best LoRA vs full fine-tuning",
     "lr_sensitivity": "Learning-rate sensitivity: validation accuracy of the tuning trials",
+    "tuning_curves": "Tuning curves: expected best validation accuracy vs number of candidates",
 }
 
 CI_NOTE = "mean over seeds, bars: 95% t-interval (clipped to 0–100%)"
@@ -484,6 +485,9 @@ def sensitivity_frame(records: list[dict]) -> pd.DataFrame:
             continue
         c = r["config"]
         head_lr = c.get("head_lr") or c["lr"]
+        role = (r.get("tuning") or {}).get("role")
+        if c["lr"] == 0:  # the probe's fallback (the rest at rest) has no place on a log axis
+            continue
         rows.append(
             {
                 "configuration": f"{c['name']}-r{c['rank']}" if c.get("rank") else c["name"],
@@ -491,7 +495,7 @@ def sensitivity_frame(records: list[dict]) -> pd.DataFrame:
                 "head_lr": head_lr,
                 "val_acc": r["metrics"].get("val_acc"),
                 "trial": r["run"].get("trial"),
-                "outcome": "pruned" if r["run"]["status"] == "pruned" else "completed",
+                "outcome": role or ("pruned" if r["run"]["status"] == "pruned" else "completed"),
             }
         )
     df = pd.DataFrame(rows)
@@ -516,7 +520,9 @@ def lr_sensitivity(records: list[dict]) -> alt.TopLevelMixin | None:
                 axis=alt.Axis(format=".0e", values=[10.0**k for k in range(-6, 1)]),
                 title="learning rate",
             ),
-            shape=alt.Shape("outcome:N", title=None, sort=["completed", "pruned"]),
+            shape=alt.Shape(
+                "outcome:N", title=None, sort=["completed", "pruned", "design", "extension", "sensitivity"]
+            ),
             y=alt.Y(
                 "val_acc:Q",
                 title="validation accuracy",
@@ -543,9 +549,51 @@ def lr_sensitivity(records: list[dict]) -> alt.TopLevelMixin | None:
     )
     subtitle = [
         "each configuration's tuning trials; x: the adapter's (or backbone's) rate, the head's for the probe",
-        "pruned trials at their last validation accuracy",
+        "pruned trials (first protocol) at their last validation accuracy; the probe's fallback (lr 0) is"
+        " in the leaderboard's tuning table",
     ]
     return chart.properties(title=alt.Title(TITLES["lr_sensitivity"], subtitle=subtitle))
+
+
+def tuning_curve_frame(agg: pd.DataFrame) -> pd.DataFrame:
+    """One row per (configuration, n): the expected best validation accuracy of n candidates."""
+    rows = []
+    for _, r in agg.iterrows():
+        s = r.get("selection")
+        if not isinstance(s, dict) or s.get("protocol") != "design":
+            continue
+        for n, value in enumerate(s["curve"], start=1):
+            rows.append(
+                {"configuration": r["label"], "family": r["family"], "candidates": n, "val_acc": value}
+            )
+    return pd.DataFrame(rows)
+
+
+def tuning_curves(agg: pd.DataFrame) -> alt.TopLevelMixin | None:
+    """Each row's expected-maximum tuning curve (Tang et al.'s unbiased estimator over its
+    evaluated candidates): flat at the right end means more candidates would not have helped."""
+    df = tuning_curve_frame(agg)
+    if df.empty:
+        return None
+    chart = (
+        alt.Chart(df)
+        .mark_line(point=alt.OverlayMarkDef(size=18))
+        .encode(
+            x=alt.X("candidates:Q", title="candidates evaluated (drawn at random from the tried set)"),
+            y=alt.Y(
+                "val_acc:Q",
+                title="expected best validation accuracy",
+                axis=alt.Axis(format=".1%"),
+                scale=alt.Scale(zero=False),
+            ),
+            color=color(df["family"]),
+            detail="configuration:N",
+            tooltip=["configuration", "candidates", alt.Tooltip("val_acc:Q", format=".2%")],
+        )
+        .properties(width=520, height=320)
+    )
+    subtitle = "one line per configuration; the tuning margin is the rise over the right half"
+    return chart.properties(title=alt.Title(TITLES["tuning_curves"], subtitle=subtitle))
 
 
 def render(records: list[dict], out_dir: Path, agg: pd.DataFrame | None = None) -> list[Path]:
@@ -563,6 +611,7 @@ def render(records: list[dict], out_dir: Path, agg: pd.DataFrame | None = None) 
         "rank_sweep": rank_sweep(agg),
         "per_class": per_class(records, agg),
         "lr_sensitivity": lr_sensitivity(records),
+        "tuning_curves": tuning_curves(agg),
     }
     reasons = {
         "acc_vs_params": "no configuration has a test accuracy",
@@ -570,6 +619,7 @@ def render(records: list[dict], out_dir: Path, agg: pd.DataFrame | None = None) 
         "rank_sweep": "no LoRA configuration with a result",
         "per_class": "no LoRA configuration with per-class analysis",
         "lr_sensitivity": "no tuning-stage records (fixed rates)",
+        "tuning_curves": "no row tuned by the designed-candidate protocol",
     }
     for stem, chart in charts.items():
         if chart is None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import charts
+from bench import charts, evidence
 from bench.aggregate import (
     BOOTSTRAP_REPLICATES,
     CONV_PLACEMENTS,
@@ -124,6 +124,8 @@ def _notes(row: pd.Series) -> str:
         notes.append(f"first error: {err[:100] + '…' if len(err) > 100 else err}")
     if row["n"] == 0:
         notes.insert(0, "**no result**")
+    if evidence.fell_back(row):
+        notes.insert(0, "**= the probe**: its tuning fell back to the probe (lr 0)")
     return "; ".join(notes)
 
 
@@ -270,6 +272,7 @@ def csv_rows(agg: pd.DataFrame) -> list[dict]:
                     ("p", "paired_t_p"),
                 ):
                     row[f"{prefix}_{name}"] = _num(r[f"{prefix}_{stat}"])
+            row.update(evidence.csv_fields(r))
             row.update(
                 {
                     "pareto": int(r["pareto"]),
@@ -414,6 +417,7 @@ def summary(df: pd.DataFrame, comp: pd.DataFrame | None = None) -> list[str]:
             f"below): ahead with a 95% CI above zero: {', '.join(ahead) or 'none'}; behind with one "
             f"below zero: {', '.join(behind) or 'none'}."
         )
+    lines.append(evidence.containment_line(evidence.containment(df)))
     return lines
 
 
@@ -615,6 +619,18 @@ def header(records: list[dict], command: str, agg: pd.DataFrame) -> list[str]:
     return lines
 
 
+RATES_DESIGN = (
+    "new head; tuned: chosen by the grid's tuning stage on the validation split among the same "
+    "designed candidates for every configuration, each trained at the seeds' budget (see Tuning "
+    "evidence; the record names its Optuna study), n trials: the candidates it evaluated; fixed: set "
+    "in the grid file. "
+)
+RATES_FIRST = (  # records of the first tuning protocol (pruned TPE trials on a subset)
+    "new head; tuned: chosen by the grid's tuning stage on the validation split with the same budget "
+    "for every configuration (the record names its Optuna study), fixed: set in the grid file. "
+)
+
+
 def legend(df: pd.DataFrame) -> list[str]:
     lines = [
         "Test accuracy: mean over seeds ± the half-width of a 95% t-interval, t(0.975, n−1)·sd/√n, "
@@ -636,9 +652,8 @@ def legend(df: pd.DataFrame) -> list[str]:
         "seeds per replicate, shared by every configuration; fixed RNG seed) in which the configuration is "
         "on that front.",
         "Rates: the AdamW learning rates of the adapter (or, with nothing adapted, the backbone) and of the "
-        "new head; tuned: chosen by the grid's tuning stage on the validation split with the same budget for "
-        "every configuration (the record names its Optuna study), fixed: set in the grid file. "
-        "LoRA scaling: alpha/rank"
+        + (RATES_DESIGN if df["selection"].map(evidence.is_design).any() else RATES_FIRST)
+        + "LoRA scaling: alpha/rank"
         + (", alpha/√rank for rsLoRA rows" if df["rslora"].any() else "")
         + "; alpha = rank (scale 1) unless the grid set it (the seed post's adapter: alpha 1).",
         "Baselines in bold. Source acc after: the adapted network under the original source head "
@@ -702,7 +717,12 @@ def render_markdown(
             f"## Summary{suffix}",
             "",
         ] + [f"- {s}" for s in summary(part, comp)]
-        extra = budget_table(part, comp) + ledger_table(part)
+        extra = (
+            budget_table(part, comp)
+            + evidence.tuning_table(part)
+            + evidence.containment_table(evidence.containment(part))
+            + ledger_table(part)
+        )
         if extra:
             lines += ["", *extra[:-1]]
     lines += chart_section(chart_links, csv_link)

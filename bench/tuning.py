@@ -174,18 +174,21 @@ class _Tuner:
         self.folder = f"{grid_study}-tune/{study.study_name.removeprefix(grid_study + '-tune-')}"
 
     def evaluate(self, cands: list[Candidate]) -> dict[str, optuna.trial.FrozenTrial]:
-        """Every candidate of `cands` that has no finished trial yet is trained; returns all."""
+        """Every candidate of `cands` that has no finished trial yet is trained; returns all. A
+        waiting trial left by a crashed worker (the heartbeat check re-queues its candidate) is
+        taken first, as Optuna pops the oldest."""
         done = _evaluated(self.study)
         for cand in cands:
-            if cand.id in done:
-                continue
-            self.study.enqueue_trial(
-                cand.params(self.rates),
-                user_attrs={"candidate": cand.id, "candidate_spec": cand.to_dict()},
-                skip_if_exists=False,
-            )
-            self.study.optimize(self._objective, n_trials=1, catch=(RunFailed,))
-            done = _evaluated(self.study)
+            while cand.id not in done:
+                waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+                if not any(t.user_attrs.get("candidate") == cand.id for t in waiting):
+                    self.study.enqueue_trial(
+                        cand.params(self.rates),
+                        user_attrs={"candidate": cand.id, "candidate_spec": cand.to_dict()},
+                        skip_if_exists=False,
+                    )
+                self.study.optimize(self._objective, n_trials=1, catch=(RunFailed,))
+                done = _evaluated(self.study)
         return done
 
     def _objective(self, trial: optuna.Trial) -> float:
@@ -194,6 +197,9 @@ class _Tuner:
             trial.set_user_attr("skipped", "no queued candidate")
             raise optuna.TrialPruned()
         cand = Candidate(**spec)
+        if cand.id in _evaluated(self.study):  # a re-queued copy of a finished candidate
+            trial.set_user_attr("skipped", f"candidate {cand.id} already finished")
+            raise optuna.TrialPruned()
         for r in self.rates:  # the enqueued fixed values, stored as the trial's parameters
             trial.suggest_float(r, *RATE_RANGE)
         run = trial_config(self.cfg, self.spec, cand)

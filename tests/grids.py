@@ -52,5 +52,5 @@ rank = 8
 policy = "lora"
 """
 
-# The report grid with a tuning stage on the smoke profile (3 trials per configuration).
-TUNED_GRID = "[tune]\ntrials = 3\nepochs = 2\ntrain_size = 800\n" + REPORT_GRID
+# The report grid with a tuning stage on the smoke profile (4 designed candidates per configuration).
+TUNED_GRID = "[tune]\ncandidates = 4\n" + REPORT_GRID

@@ -1,6 +1,8 @@
 """What makes a comparison citable: the tuning stage gives every configuration the same budget,
 two learning rates reach two parameter groups, seeds are paired, degenerate ranks are refused."""
 
+import json
+import os
 import signal
 import subprocess
 import sys
@@ -13,7 +15,7 @@ import torch
 from grids import TUNED_GRID
 from optuna.trial import TrialState
 
-from bench import tuning
+from bench import protocol
 from bench.__main__ import main
 from bench.backbone import backbone_digest
 from bench.context import Context
@@ -42,110 +44,136 @@ def _tuning_studies(runs: Path) -> dict[str, list[optuna.trial.FrozenTrial]]:
     }
 
 
-def test_tuning_stage_end_to_end_same_budget_and_resume(tmp_path, tiny_grid, capsys):
+def _candidates(trials) -> dict[str, optuna.trial.FrozenTrial]:
+    """candidate id -> its finished trial."""
+    return {
+        t.user_attrs["candidate"]: t
+        for t in trials
+        if "candidate" in t.user_attrs and t.state in (TrialState.COMPLETE, TrialState.FAIL)
+    }
+
+
+def test_tuning_stage_end_to_end_designed_candidates_fallback_and_resume(tmp_path, tiny_grid, capsys):
     runs = tmp_path / "runs"
-    argv = [
-        "run",
-        "grid",
-        "--grid",
-        str(tiny_grid(TUNED_GRID, "tuned")),
-        "--runs-dir",
-        str(runs),
-        "--no-progress",
-    ]
+    argv = ["run", "grid", "--grid", str(tiny_grid(TUNED_GRID, "tuned")), "--runs-dir", str(runs)]
+    argv += ["--no-progress"]
     assert main([*argv, "--seeds", "2"]) == 0
     out = capsys.readouterr().out
-    assert "tuning stage: 3 trials per configuration" in out and "4 done" in out
+    assert "tuning stage: 4 designed candidates per configuration" in out and "4 done" in out
     studies = _tuning_studies(runs)
     assert len(studies) == 2  # one per configuration, seeds share it
-    for trials in studies.values():  # the same budget for every configuration
-        assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 3
-    head = next(t for name, t in studies.items() if "-tune-head-" in name)
-    lora = next(t for name, t in studies.items() if "-tune-lora-proj-r8-" in name)
-    assert all(set(t.params) == {"head_lr"} for t in head)  # the probe has only its head's rate
-    assert all(set(t.params) == {"lr", "head_lr"} for t in lora)
-    records = load_records(runs, "tuned-smoke")
-    assert len(records) == 4
-    for rec in records:  # the seeds run at the selected values, and say so
+    head = _candidates(next(t for name, t in studies.items() if "-tune-head-" in name))
+    lora = _candidates(next(t for name, t in studies.items() if "-tune-lora-proj-r8-" in name))
+    design = [f"d{i:02d}" for i in range(4)]
+    # The same designed candidates for every configuration: identical (lr, head_lr) pairs, and the
+    # probe (which has only a head) at the same head rates.
+    assert set(design) <= set(head) and set(design) <= set(lora)
+    assert all(set(head[d].params) == {"head_lr"} for d in design)
+    assert all(set(lora[d].params) == {"lr", "head_lr"} for d in design)
+    assert [head[d].params["head_lr"] for d in design] == [lora[d].params["head_lr"] for d in design]
+    assert [lora[d].params for d in design] == [
+        {"lr": c.lr, "head_lr": c.head_lr}
+        for c in protocol.design(protocol.TuneSpec(candidates=4), ("lr", "head_lr"))
+    ]
+    # The fallback: the probe's selected head rate with the adapter at rest reproduces the probe's
+    # validation accuracy exactly (same seed, same head initialisation, same data order).
+    probe_sel = next(
+        r["tuning"] for r in load_records(runs, "tuned-smoke") if r["config"]["method"] == "head"
+    )
+    fallback = lora["fallback"]
+    assert fallback.params == {"lr": 0.0, "head_lr": probe_sel["head_lr"]}
+    assert fallback.value == probe_sel["best_val_acc"] == head[probe_sel["best_candidate"]].value
+    assert (
+        fallback.user_attrs["trainable_params"]
+        == head[probe_sel["best_candidate"]].user_attrs["trainable_params"]
+    )
+    seeds = load_records(runs, "tuned-smoke")
+    assert len(seeds) == 4
+    for rec in seeds:  # the seeds run at the selected values, and say so
         sel = rec["tuning"]
-        assert sel["mode"] == "tuned" and sel["trials"] == 3 and sel["study"] in studies
-        best = next(t for t in studies[sel["study"]] if t.number == sel["best_trial"])
-        assert best.value == max(t.value for t in studies[sel["study"]] if t.state == TrialState.COMPLETE)
-        assert rec["config"]["head_lr"] == best.params["head_lr"] == sel["head_lr"]
-        assert rec["config"]["lr"] == best.params.get("lr", best.params["head_lr"])
+        assert sel["mode"] == "tuned" and sel["protocol"] == "design" and sel["study"] in studies
+        trials = _candidates(studies[sel["study"]])
+        eligible = {c: t for c, t in trials.items() if not c.startswith("s")}  # not the neighbours
         assert (
-            rec["config"]["epochs"] == 3 and rec["config"]["train_size"] == 2000
-        )  # the profile's, not tuning's
+            sel["trials"] == len(eligible) and max(t.value for t in eligible.values()) == sel["best_val_acc"]
+        )
+        best = trials[sel["best_candidate"]]
+        assert rec["config"]["head_lr"] == best.params["head_lr"] == sel["head_lr"]
+        # Selection at the judged budget: the selected trial trained the seed-0 cell itself (the
+        # profile's images, epochs and early stopping), so seed 0 reuses it and its validation
+        # accuracy is the selection's value.
+        assert (rec["config"]["epochs"], rec["config"]["train_size"]) == (3, 2000)
+        assert RunConfig.from_dict(best.user_attrs["config"]).replace(
+            seed=rec["config"]["seed"]
+        ) == RunConfig.from_dict(rec["config"])
+        if rec["config"]["seed"] == 0:
+            assert (
+                rec["run"]["reused_from"] == sel["record"]
+                and rec["metrics"]["val_acc"] == sel["best_val_acc"]
+            )
+            assert "infer_unmerged_rel" in rec["metrics"]  # the ledger is measured for the cell
+        assert len(sel["curve"]) == sel["trials"] and sel["curve"][-1] == sel["best_val_acc"]
+        assert set(sel["sensitivity"]) >= {"head_lr-", "head_lr+"}
     tuning_records = load_records(runs, "tuned-smoke-tune")
-    finished = (TrialState.COMPLETE, TrialState.PRUNED)  # pruned ones at their last validation accuracy
-    assert len(tuning_records) == sum(t.state in finished for ts in studies.values() for t in ts)
-    assert {r["config"]["train_size"] for r in tuning_records} == {800}
+    assert len(tuning_records) == sum(len(_candidates(ts)) for ts in studies.values())  # one per candidate
     # Resumed: nothing is re-tuned, nothing re-run.
     assert main(argv + ["--seeds", "2"]) == 0
     out = capsys.readouterr().out
     assert "  tune " not in out and "4 done" in out
     assert {k: len(v) for k, v in _tuning_studies(runs).items()} == {k: len(v) for k, v in studies.items()}
-    # The leaderboard shows the tuned rates and the trials' sensitivity chart; no tuning row.
+    # The leaderboard shows the tuned rates, the tuning evidence and the charts; no tuning row.
     out_md = tmp_path / "lb.md"
     assert (
         main(["leaderboard", "--runs-dir", str(runs), "--study", "tuned-smoke", "--output", str(out_md)]) == 0
     )
     md = out_md.read_text()
-    assert md.count("(tuned, 3 trials)") == 2 and "800 train images" not in md
-    assert (runs / "charts" / "tuned-smoke" / "lr_sensitivity.png").is_file()
-    assert "Learning-rate sensitivity" in md
+    assert "## Tuning evidence" in md and "## Containment checks" in md and "tuning margin" in md
+    for chart in ("lr_sensitivity", "tuning_curves"):
+        assert (runs / "charts" / "tuned-smoke" / f"{chart}.png").is_file()
     # Fixed-rate mode on request: the grid's [lr] rates, and the record says so.
     assert main([*argv, "--no-tune", "--only", "head"]) == 0
     fixed = [r for r in load_records(runs, "tuned-smoke") if r["tuning"]["mode"] == "fixed"]
     assert len(fixed) == 1 and fixed[0]["config"]["lr"] == 5e-3
 
 
-def test_killed_tuning_stage_resumes(tmp_path, tiny_grid):
-    grid = tiny_grid(TUNED_GRID.replace("trials = 3", "trials = 4"), "killed")
+def test_killed_tuning_stage_resumes_without_rerunning_candidates(tmp_path, tiny_grid):
+    grid = tiny_grid(TUNED_GRID, "killed")
     runs = tmp_path / "runs"
-    cmd = [
-        sys.executable,
-        "-m",
-        "bench",
-        "run",
-        "grid",
-        "--grid",
-        str(grid),
-        "--runs-dir",
-        str(runs),
-        "--no-progress",
-    ]
-    env = {
-        **__import__("os").environ,
-        "LORAFIT_HEARTBEAT_S": "1",
-        "LORAFIT_GRACE_S": "3",
-        "PYTHONUNBUFFERED": "1",
-    }
+    cmd = [sys.executable, "-m", "bench", "run", "grid", "--grid", str(grid), "--runs-dir", str(runs)]
+    cmd += ["--no-progress"]
+    env = {**os.environ, "LORAFIT_HEARTBEAT_S": "1", "LORAFIT_GRACE_S": "3", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    deadline = time.time() + 120
-    for line in proc.stdout:  # killed inside the tuning stage, after its first finished trial
-        if line.startswith("  tune ") or time.time() > deadline:
+    deadline, seen = time.time() + 120, 0
+    for line in proc.stdout:  # killed inside the tuning stage, after a few finished candidates
+        seen += line.startswith("  tune ")
+        if seen >= 6 or time.time() > deadline:
             break
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not load_records(runs, "killed-smoke"), "the grid's cells had not started"
+    before = {name: _candidates(ts) for name, ts in _tuning_studies(runs).items()}
+    assert sum(len(c) for c in before.values()) >= 5  # the last printed one may not be stored yet
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    for trials in _tuning_studies(runs).values():
-        assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 4
+    for name, trials in _tuning_studies(runs).items():
+        finished = [t for t in trials if "candidate" in t.user_attrs and t.state == TrialState.COMPLETE]
+        ids = [t.user_attrs["candidate"] for t in finished]
+        assert len(ids) == len(set(ids)), f"{name}: a candidate ran twice"
+        for cid, t in before.get(name, {}).items():  # finished ones kept, not re-run
+            assert _candidates(trials)[cid].number == t.number
     assert len(load_records(runs, "killed-smoke")) == 2
 
 
-def test_two_workers_share_the_tuning_stage_without_changing_its_budget(tmp_path, tiny_grid):
-    """Each configuration is claimed by one worker and tuned as one worker would: exactly the
-    budget's trials per study, one selection per configuration, every cell run once."""
+def test_two_workers_share_the_tuning_stage_without_changing_its_candidates(tmp_path, tiny_grid):
+    """Each configuration is claimed by one worker and tuned as one worker would: every candidate
+    once, one selection per configuration, every cell run once."""
     grid = tiny_grid(TUNED_GRID, "pair")
     runs = tmp_path / "runs"
     cmd = [sys.executable, "-m", "bench", "run", "grid", "--grid", str(grid), "--runs-dir", str(runs)]
     cmd += ["--no-progress", "--threads", "1"]
-    env = {**__import__("os").environ, "LORAFIT_HEARTBEAT_S": "1", "LORAFIT_GRACE_S": "3"}
+    env = {**os.environ, "LORAFIT_HEARTBEAT_S": "1", "LORAFIT_GRACE_S": "3"}
     workers = [
         subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ]
@@ -158,10 +186,12 @@ def test_two_workers_share_the_tuning_stage_without_changing_its_budget(tmp_path
     studies = _tuning_studies(runs)
     assert len(studies) == 2
     for trials in studies.values():
-        assert len(trials) == 3 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+        ids = [t.user_attrs["candidate"] for t in trials if t.state == TrialState.COMPLETE]
+        assert len(ids) == len(set(ids)) and {f"d{i:02d}" for i in range(4)} <= set(ids)
+    selections = {json.dumps(r["tuning"], sort_keys=True) for r in load_records(runs, "pair-smoke")}
     records = load_records(runs, "pair-smoke")
-    assert len(records) == 2 and len({r["run"]["id"] for r in records}) == 2
-    assert "another worker is tuning it" in outs[1], outs[1]
+    assert len(records) == 2 and len({r["run"]["id"] for r in records}) == 2 and len(selections) == 2
+    assert "waiting" in outs[1], outs[1]
 
 
 def test_two_learning_rates_reach_two_parameter_groups():
@@ -236,8 +266,17 @@ def test_effective_rank_is_recorded(tmp_path, tiny_grid, capsys):
     assert 1 <= records["seed-post"]["analysis"]["adapters"]["adapter"]["effective_rank"] <= 8
 
 
-def test_tune_spec_rejects_bad_tables():
-    with pytest.raises(LorafitError, match="trials"):
-        tuning.TuneSpec.from_table({"trials": 0})
-    with pytest.raises(LorafitError, match="pair"):
-        tuning.TuneSpec.from_table({"lr": 1e-3})
+@pytest.mark.parametrize(
+    "table, message",
+    [
+        ({"trials": 8}, "first tuning protocol.*use candidates"),
+        ({"pruner": "median"}, "first tuning protocol"),
+        ({"candidates": 12}, "power of two"),
+        ({"lr": 1e-3}, "pair"),
+        ({"head_lr": [1e-1, 1e-3]}, "0 < low < high"),
+        ({"budget": 3}, "unknown key"),
+    ],
+)
+def test_tune_spec_rejects_bad_tables(table, message):
+    with pytest.raises(LorafitError, match=message):
+        protocol.TuneSpec.from_table(table)

@@ -20,7 +20,8 @@ import pytest
 from grids import REPORT_GRID
 
 from bench import aggregate as agg
-from bench import charts, leaderboard, report
+from bench import charts, evidence, leaderboard, report
+from bench.protocol import TuneSpec
 from bench.records import load_records, record_path, write_json
 from lorafit import metrics
 from lorafit.errors import LorafitError
@@ -248,8 +249,8 @@ def test_markdown_header_table_summary_and_links():
     assert "mnist → emnist-byclass" in md and "git abc123" in md
     assert "3 seeds (0, 1, 2; 3 per configuration)" in md
     # one row per configuration; the best one first; 78.00 ± t*0.01/sqrt(3) with n
-    table = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| #")]
-    assert len(table) == 10 and "**full**" in table[0]
+    table = _md_rows(md)
+    assert len(table) == 10 and "**full**" in table[0][1]
     assert "78.00 ± 2.48 (n=3)" in md
     assert "Best configuration overall: **full**" in md
     assert "Best under 1% of the full model's trainable parameters: **lora-conv2-r8**" in md
@@ -484,7 +485,9 @@ def _byclass(record, merged_right):
 
 
 def _md_rows(md: str) -> list[list[str]]:
-    lines = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| #")]
+    """The main results table's rows (the other tables have other headers)."""
+    results = md.split("## Results", 1)[1].split("\n\n")[1]
+    lines = [line for line in results.splitlines() if line.startswith("| ") and not line.startswith("| #")]
     return [[c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in lines]
 
 
@@ -628,3 +631,70 @@ def test_chart_labels_baselines_and_front_without_overlaps():
             overlap_x = left[i] < left[j] + w.iloc[j] and left[j] < left[i] + w.iloc[i]
             close = abs(py.iloc[i] - py.iloc[j]) < charts.LINE_PX
             assert not (overlap_x and close), (placed["label"][i], placed["label"][j])
+
+
+def test_containment_checks_find_the_inversion():
+    checks = evidence.containment(agg.aggregate(grid_records()))
+    why = {(c["container"], c["contained"]): c["why"] for _, c in checks.iterrows()}
+    assert why[("lora-proj-r16", "lora-proj-r8")] == "rank nesting"
+    assert why[("lora-proj-r8", "head")] == why[("seed-post-r8", "head")] == "adapter ⊇ probe"
+    assert why[("full", "lora-proj-r8")] == "full ⊇ adapter"
+    assert why[("lora-convs-kxk-r8", "lora-conv2-r8")] == "placement nesting"
+    assert ("lora-proj-r8", "lora-proj-r16") not in why and ("head", "full") not in why
+    assert not any("scratch" in pair for pair in why) and not any("lora-all-r4" in pair for pair in why)
+    inverted = checks[checks["inverted"]]  # convs kxk r8 at 70% is below conv2 r8 at 74% on every seed
+    assert list(zip(inverted["container"], inverted["contained"])) == [("lora-convs-kxk-r8", "lora-conv2-r8")]
+    md = leaderboard.render_markdown(grid_records(), "cmd")
+    assert "## Containment checks" in md and "1 inversion beyond paired noise" in md
+
+
+def _design_selection(**changes) -> dict:
+    selection = {
+        "mode": "tuned",
+        "protocol": "design",
+        "study": "grid-local-tune-lora-proj-r8-0000",
+        "trials": 17,
+        "best_candidate": "d03",
+        "best_val_acc": 0.80,
+        "lr": 1e-3,
+        "head_lr": 1e-2,
+        "extensions": {"lr+": 1},
+        "edge": [],
+        "fallback": False,
+        "curve": [0.70, 0.78, 0.80],
+        "margin": 0.02,
+        "sensitivity": {
+            "lr-": {"lr": 3.2e-4, "head_lr": 1e-2, "val_acc": 0.79},
+            "lr+": {"lr": 3.2e-3, "head_lr": 1e-2, "val_acc": 0.81},
+        },
+        "spec": TuneSpec().to_dict(),
+    }
+    return {**selection, **changes}
+
+
+def test_tuning_evidence_table_csv_and_fallback_mark():
+    recs = grid_records()
+    for r in recs:
+        if r["config"]["name"] == "lora-proj" and r["config"]["rank"] == 8:
+            r["tuning"] = _design_selection()
+        if r["config"]["name"] == "lora-conv2":
+            r["tuning"] = _design_selection(fallback=True, best_candidate="fallback", lr=0.0)
+    md = leaderboard.render_markdown(recs, "cmd")
+    assert "## Tuning evidence" in md and "same 16 designed candidates" in md
+    row = next(line for line in md.splitlines() if line.startswith("| lora-proj-r8 | 0.001 / 0.01 |"))
+    assert (
+        "| d03 | 17 | lr+ ×1 | 80.00 | 2.00 | -1.00 | +1.00 | — | — | a neighbour scored higher: lr ×√10 |"
+        in row
+    )
+    fallback = next(line for line in md.splitlines() if line.startswith("| lora-conv2-r8 | 0 / 0.01 |"))
+    assert "fell back to the probe" in fallback
+    main_row = next(
+        line for line in md.splitlines() if line.startswith("| ") and "| lora-conv2-r8 | lora |" in line
+    )
+    assert "**= the probe**" in main_row
+    rows = {r["configuration"]: r for r in leaderboard.csv_rows(agg.aggregate(recs))}
+    assert rows["lora-proj-r8"]["tuning_margin_fraction"] == "0.02"
+    assert rows["lora-proj-r8"]["tuning_edge_extensions"] == "lr+:1"
+    assert (
+        rows["lora-conv2-r8"]["tuning_fell_back_to_probe"] == "1" and rows["full"]["tuning_candidates"] == ""
+    )
