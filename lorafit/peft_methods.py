@@ -62,8 +62,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from lorafit.adapters import AdapterMethod, AdapterSettings, register
 from lorafit.errors import LorafitError
+from lorafit.registry import AdapterMethod, AdapterSettings, register
 
 ADAPTER = "default"  # the PEFT adapter name every injected layer uses
 PLACEMENTS = ("proj", "conv1", "conv2", "conv3", "convs", "all")
