@@ -255,17 +255,6 @@ def test_degenerate_rank_is_refused_with_its_bound():
         RunConfig(name="x", method="lora", placement="all", shape="kxk", rank=16, policy="lora")
 
 
-def test_effective_rank_is_recorded(tmp_path, tiny_grid, capsys):
-    runs = tmp_path / "runs"
-    assert main(["run", "grid", "--grid", str(tiny_grid()), "--runs-dir", str(runs), "--no-progress"]) == 0
-    records = {r["config"]["name"]: r for r in load_records(runs)}
-    ranks = records["lora-proj"]["analysis"]["adapters"]
-    assert ranks == {"proj": {"method": "lora", "nominal_rank": 2, "rank_bound": 2, "effective_rank": 2}}
-    assert records["lora-proj"]["metrics"]["effective_rank_min"] == 2
-    assert records["head"]["analysis"]["adapters"] == {} and records["head"]["tuning"] == {"mode": "fixed"}
-    assert 1 <= records["seed-post"]["analysis"]["adapters"]["adapter"]["effective_rank"] <= 8
-
-
 @pytest.mark.parametrize(
     "table, message",
     [

@@ -138,6 +138,13 @@ def test_smoke_grid_end_to_end_and_resume(tmp_path, tiny_grid, capsys):
             assert m["adapter_file_bytes"] > 4 * adapter_only
             assert m["infer_unmerged_rel"] > 0 and m["infer_merged_rel"] > 0
     assert len(list((runs / "backbones").glob("*.pt"))) == 1
+    # Honest ranks: every learned update's effective rank is recorded, and fixed rates say so.
+    by_name = {r["config"]["name"]: r for r in (json.loads(p.read_text()) for p in records)}
+    ranks = by_name["lora-proj"]["analysis"]["adapters"]
+    assert ranks == {"proj": {"method": "lora", "nominal_rank": 2, "rank_bound": 2, "effective_rank": 2}}
+    assert by_name["lora-proj"]["metrics"]["effective_rank_min"] == 2
+    assert by_name["head"]["analysis"]["adapters"] == {} and by_name["head"]["tuning"] == {"mode": "fixed"}
+    assert 1 <= by_name["seed-post"]["analysis"]["adapters"]["adapter"]["effective_rank"] <= 8
     trials = _trials(runs, "tiny-smoke")
     assert sorted(t.state.name for t in trials) == ["COMPLETE"] * 4
     # A second invocation finds nothing to do: no new trial, no new record, no pretraining.
