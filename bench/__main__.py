@@ -29,6 +29,16 @@ def data_names() -> list[str]:
 
 
 ROOT = Path(__file__).resolve().parent.parent
+# The subcommands whose module brings its own arguments and main(args).
+COMMANDS = {
+    "leaderboard": ("bench.reporting.leaderboard", "leaderboard.md (and the charts) from the records"),
+    "charts": ("bench.reporting.charts", "the charts alone (HTML with inlined JS, and PNG)"),
+    "report": (
+        "bench.reporting.run_report",
+        "per-run analysis: classification report, confusion matrix, top confusions",
+    ),
+    "perf": ("bench.perf", "throughput: the suite vs the seed post's pipeline, ratios from one run"),
+}
 DEFAULT_GRID = ROOT / "studies" / "grid.toml"
 
 
@@ -152,20 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--profile", default=None, help="smoke | local | paper (default: the file's)")
     _common(study)
 
-    from bench import charts, leaderboard, perf, report
-
-    leaderboard.add_arguments(
-        sub.add_parser("leaderboard", help="leaderboard.md (and the charts) from the records")
-    )
-    charts.add_arguments(sub.add_parser("charts", help="the charts alone (HTML with inlined JS, and PNG)"))
-    report.add_arguments(
-        sub.add_parser(
-            "report", help="per-run analysis: classification report, confusion matrix, top confusions"
-        )
-    )
-    perf.add_arguments(
-        sub.add_parser("perf", help="throughput: the suite vs the seed post's pipeline, ratios from one run")
-    )
+    for command, (module, text) in COMMANDS.items():
+        importlib.import_module(module).add_arguments(sub.add_parser(command, help=text))
     return parser
 
 
@@ -387,9 +385,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run_grid(args)
         if args.command == "study":
             return cmd_study(args)
-        if args.command in ("leaderboard", "charts", "report", "perf"):
-            module = importlib.import_module(f"bench.{args.command}")
-            return module.main(args)
+        if args.command in COMMANDS:
+            return importlib.import_module(COMMANDS[args.command][0]).main(args)
     except LorafitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

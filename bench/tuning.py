@@ -135,13 +135,24 @@ def _tuned_elsewhere(study: optuna.Study) -> bool:
 
 
 def _evaluated(study: optuna.Study) -> dict[str, optuna.trial.FrozenTrial]:
-    """candidate id -> its finished trial (complete, or failed with a record); the first one wins."""
+    """candidate id -> its finished trial: complete, diverged (recorded), or failed with an error
+    twice (a run that raised is retried once, as a grid cell whose worker crashed is); the first
+    one wins."""
     out: dict[str, optuna.trial.FrozenTrial] = {}
+    errors: dict[str, int] = {}
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         cid = t.user_attrs.get("candidate")
         if cid is None or cid in out:
             continue
-        if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and t.user_attrs.get(RECORDED)):
+        if (
+            t.state == TrialState.FAIL
+            and t.user_attrs.get(RECORDED)
+            and t.user_attrs.get("status") == "failed"
+        ):
+            errors[cid] = errors.get(cid, 0) + 1
+            if errors[cid] >= 2:
+                out[cid] = t
+        elif t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and t.user_attrs.get(RECORDED)):
             out[cid] = t
     return out
 

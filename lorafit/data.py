@@ -14,21 +14,27 @@ released splits are found, else resplit.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torchvision
-from sklearn.model_selection import train_test_split
 
 from lorafit import files as store
 from lorafit import glyphs
 from lorafit.errors import LorafitError
+from lorafit.splits import (  # noqa: F401  (re-exported: data.Split etc. are the API)
+    Split,
+    Splits,
+    hash_tensor,
+    image_digest,
+    stratified,
+    subsample,
+    take,
+    three_way,
+)
 
 PROTOCOLS = ("auto", "official", "resplit", "synthetic")
 _FIX = store.FIX
@@ -161,48 +167,6 @@ register(
 )
 
 
-@dataclass(frozen=True)
-class Split:
-    images: torch.Tensor  # uint8 [N,1,28,28], upright
-    labels: torch.Tensor  # int64 [N]
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    @functools.cached_property
-    def digest(self) -> str:
-        """sha256 of the image bytes, computed once per split (feature caches are keyed by it)."""
-        return image_digest(self.images)
-
-
-def hash_tensor(h, tensor: torch.Tensor) -> None:
-    """Feed a tensor's shape, dtype and exact bytes into hash object h."""
-    t = tensor.detach().to("cpu").contiguous()
-    h.update(str((tuple(t.shape), str(t.dtype))).encode())
-    h.update(memoryview(t.view(torch.uint8).numpy()))
-
-
-def image_digest(images: torch.Tensor) -> str:
-    h = hashlib.sha256()
-    hash_tensor(h, images)
-    return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class Splits:
-    name: str
-    protocol: str  # "official" | "resplit" | "synthetic"
-    train: Split
-    val: Split
-    test: Split
-    classes: tuple[str, ...]
-    files: dict[str, str] = field(default_factory=dict)  # file name -> sha256 of every data file read
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-
 def default_cache_dir() -> Path:
     """Where downloads, decompressed copies, checksum results and tensor caches go:
     $LORAFIT_CACHE_DIR if set, else ~/.cache/lorafit/data. Never the data directory itself."""
@@ -263,55 +227,6 @@ def _classes(entry: Dataset, root: Path, checks: store.Checks, files: dict[str, 
 
 # ---------------------------------------------------------------------------------------------
 # Splitting
-
-
-def _stratified(labels: torch.Tensor, test_size: float | int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded (keep, carve) index arrays, stratified by label whenever sklearn can.
-
-    Classes with a single member cannot be stratified, so they stay in the first part; if the carve
-    is smaller than the number of classes, the split falls back to a plain random one.
-    """
-    y = labels.numpy()
-    idx = np.arange(len(y))
-    values, counts = np.unique(y, return_counts=True)
-    rare = np.isin(y, values[counts < 2])
-    if isinstance(test_size, float):
-        test_size = max(1, round(test_size * len(y)))
-    try:
-        try:
-            keep, carve = train_test_split(
-                idx[~rare], test_size=test_size, stratify=y[~rare], random_state=seed
-            )
-        except ValueError:
-            keep, carve = train_test_split(idx[~rare], test_size=test_size, random_state=seed)
-    except ValueError as e:
-        raise LorafitError(
-            f"cannot carve {test_size} of {len(y)} images ({e}); use more data or other fractions"
-        ) from e
-    return np.sort(np.concatenate([keep, idx[rare]])), np.sort(carve)
-
-
-def _take(images: torch.Tensor, labels: torch.Tensor, idx: np.ndarray) -> Split:
-    t = torch.from_numpy(idx)
-    return Split(images[t].contiguous(), labels[t].contiguous())
-
-
-def _three_way(
-    images: torch.Tensor, labels: torch.Tensor, seed: int, val_fraction: float, test_fraction: float
-) -> tuple[Split, Split, Split]:
-    rest, test = _stratified(labels, test_fraction, seed)
-    keep, val = _stratified(labels[rest], val_fraction / (1 - test_fraction), seed)
-    return _take(images, labels, rest[keep]), _take(images, labels, rest[val]), _take(images, labels, test)
-
-
-def subsample(split: Split, n: int, seed: int) -> Split:
-    """n images of split, stratified by label and deterministic for seed (n >= len: split itself)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise LorafitError(f"subsample size must be a positive integer, got {n!r}")
-    if n >= len(split):
-        return split
-    _, chosen = _stratified(split.labels, n, seed)
-    return _take(split.images, split.labels, chosen)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,7 +343,7 @@ def _load(name, data_dir, protocol, seed, val_fraction, test_fraction, download,
         val_fraction, test_fraction = n_val / total, n_test / total
         _check_fractions("synthetic", val_fraction, test_fraction)
         images, labels, classes = entry.generate(total, seed)
-        train, val, test = _three_way(images, labels, seed, val_fraction, test_fraction)
+        train, val, test = three_way(images, labels, seed, val_fraction, test_fraction)
         return Splits(name, "synthetic", train, val, test, classes, {})
 
     root, cache = _dirs(data_dir, cache_dir)
@@ -472,10 +387,10 @@ def _load(name, data_dir, protocol, seed, val_fraction, test_fraction, download,
 
     if protocol == "official":
         images, labels = read("train")
-        keep, val = _stratified(labels, val_fraction, seed)
-        train, val, test = _take(images, labels, keep), _take(images, labels, val), Split(*read("test"))
+        keep, val = stratified(labels, val_fraction, seed)
+        train, val, test = take(images, labels, keep), take(images, labels, val), Split(*read("test"))
     else:
         images, labels = read("test" if parts["test"] else "train")
-        train, val, test = _three_way(images, labels, seed, val_fraction, test_fraction)
+        train, val, test = three_way(images, labels, seed, val_fraction, test_fraction)
     train, val, test = (subsample(part, n, seed) if n else part for part, n in zip((train, val, test), sizes))
     return Splits(name, protocol, train, val, test, classes, files)

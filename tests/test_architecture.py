@@ -75,3 +75,12 @@ def test_parsing_a_grid_imports_neither_optuna_nor_the_executor():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_no_module_over_400_lines():
+    sizes = {
+        p.relative_to(ROOT).as_posix(): len(p.read_text().splitlines())
+        for pkg in PACKAGES
+        for p in (ROOT / pkg).rglob("*.py")
+    }
+    assert {path: n for path, n in sizes.items() if n > 400} == {}

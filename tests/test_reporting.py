@@ -19,10 +19,12 @@ import pandas as pd
 import pytest
 from grids import REPORT_GRID
 
-from bench import aggregate as agg
-from bench import charts, evidence, leaderboard, report
 from bench.protocol import TuneSpec
 from bench.records import load_records, record_path, write_json
+from bench.reporting import aggregate as agg
+from bench.reporting import charts, columns, evidence, fmt, labels, leaderboard, stats
+from bench.reporting import run_report as report
+from bench.reporting.charts_accuracy import acc_vs_params, per_class_frame
 from lorafit import metrics
 from lorafit.errors import LorafitError
 
@@ -202,7 +204,7 @@ def test_pareto_front_on_a_known_set():
     df = pd.DataFrame(
         {"params": [10, 20, 15, 30, 5, 40, 1, 20], "acc": [0.5, 0.6, 0.4, 0.6, 0.3, 0.9, np.nan, 0.6]}
     )
-    front = agg.pareto_front(df, "params", "acc")
+    front = stats.pareto_front(df, "params", "acc")
     # (15, .4) loses to (10, .5); (30, .6) to (20, .6); NaN is never on it; equal points both stay.
     assert front.tolist() == [True, True, False, False, True, True, False, True]
 
@@ -359,7 +361,7 @@ def test_charts_are_offline_html_and_png(tmp_path):
         else:
             assert p.read_bytes()[:8] == PNG_SIGNATURE
     # the per-class data: the best LoRA row vs full, every class in order, means over seeds
-    per_class = charts.per_class_frame(recs, agg.aggregate(recs))
+    per_class = per_class_frame(recs, agg.aggregate(recs))
     assert list(per_class["class"]) == CLASSES * 2
     assert per_class["configuration"].str.startswith("lora-proj-r16").sum() == 4
 
@@ -505,7 +507,7 @@ def test_csv_and_markdown_agree():
     assert text == leaderboard.render_csv(agg.aggregate(list(reversed(recs))))  # deterministic
     rows = list(csvlib.DictReader(io.StringIO(text)))
     table = _md_rows(md)
-    head = leaderboard.TABLE_HEAD
+    head = [c.header for c in columns.COLUMNS if c.header]
     assert len(rows) == len(table) == 10
     for c, m in zip(rows, table):
         cell = dict(zip(head, m))
@@ -610,26 +612,26 @@ def test_report_shows_shape_only_for_conv_placements():
 
 def test_chart_labels_baselines_and_front_without_overlaps():
     df = agg.aggregate(grid_records())
-    spec = charts.acc_vs_params(df).to_dict()
+    spec = acc_vs_params(df).to_dict()
     layers = spec["layer"]
     kinds = [json.dumps(layer.get("transform", "")) for layer in layers]
     adapter = next(i for i, k in enumerate(kinds) if "'adapter'" in k)
     baseline = next(i for i, k in enumerate(kinds) if "'baseline'" in k)
     assert adapter < baseline  # baselines drawn over the adapters
     part = df[df["acc_mean"].notna()]
-    xdom, ydom = charts._domains(part)
-    placed = charts.label_layout(part, part["pareto"] | part["baseline"], xdom, ydom)
+    xdom, ydom = labels.domains(part)
+    placed = labels.label_layout(part, part["pareto"] | part["baseline"], xdom, ydom)
     assert set(placed["label"]) == set(part.loc[part["pareto"] | part["baseline"], "label"])
     # boxes in pixels, as the layout sees them: none overlaps another
     lx = np.log(xdom)
-    px = charts.WIDTH * (np.log(placed["label_x"]) - lx[0]) / (lx[1] - lx[0])
-    py = charts.HEIGHT * (ydom[1] - placed["label_y"]) / (ydom[1] - ydom[0])
-    w = placed["label"].str.len() * charts.CHAR_PX
+    px = labels.WIDTH * (np.log(placed["label_x"]) - lx[0]) / (lx[1] - lx[0])
+    py = labels.HEIGHT * (ydom[1] - placed["label_y"]) / (ydom[1] - ydom[0])
+    w = placed["label"].str.len() * labels.CHAR_PX
     left = np.where(placed["align"] == "left", px, px - w)
     for i in range(len(placed)):
         for j in range(i):
             overlap_x = left[i] < left[j] + w.iloc[j] and left[j] < left[i] + w.iloc[i]
-            close = abs(py.iloc[i] - py.iloc[j]) < charts.LINE_PX
+            close = abs(py.iloc[i] - py.iloc[j]) < labels.LINE_PX
             assert not (overlap_x and close), (placed["label"][i], placed["label"][j])
 
 
@@ -692,9 +694,36 @@ def test_tuning_evidence_table_csv_and_fallback_mark():
         line for line in md.splitlines() if line.startswith("| ") and "| lora-conv2-r8 | lora |" in line
     )
     assert "**= the probe**" in main_row
-    rows = {r["configuration"]: r for r in leaderboard.csv_rows(agg.aggregate(recs))}
+    rows = {r["configuration"]: r for r in columns.csv_rows(agg.aggregate(recs))}
     assert rows["lora-proj-r8"]["tuning_margin_fraction"] == "0.02"
     assert rows["lora-proj-r8"]["tuning_edge_extensions"] == "lr+:1"
     assert (
         rows["lora-conv2-r8"]["tuning_fell_back_to_probe"] == "1" and rows["full"]["tuning_candidates"] == ""
     )
+
+
+def test_a_new_leaderboard_column_is_one_entry(monkeypatch):
+    """One Column declares the metric's aggregation, its table cell, its CSV field and its legend."""
+    recs = grid_records()
+    for r in recs:
+        if r["metrics"].get("test_acc") is not None:
+            r["metrics"]["test_macro_f1"] = r["metrics"]["test_acc"] - 0.1
+    new = columns.Column(
+        "macro_f1_mean",
+        "macro F1 %",
+        cell=lambda r: fmt.pct(r["macro_f1_mean"]),
+        csv=lambda r: {"macro_f1_mean_fraction": columns.num(r["macro_f1_mean"])},
+        metric="test_macro_f1",
+        legend="Macro F1: the unweighted mean of the per-class F1 scores.",
+    )
+    monkeypatch.setattr(columns, "COLUMNS", [*columns.COLUMNS[:-1], new, columns.COLUMNS[-1]])
+    df = agg.aggregate(recs)
+    md = leaderboard.render_markdown(recs, "cmd", agg=df)
+    header = next(line for line in md.splitlines() if line.startswith("| # |"))
+    assert header.endswith("| macro F1 % | notes |")
+    full = next(row for row in _md_rows(md) if row[1] == "**full**")
+    assert full[-2] == "75.00"  # 85% accuracy - 10 points, mean over seeds
+    assert "Macro F1: the unweighted mean of the per-class F1 scores." in md
+    rows = {r["configuration"]: r for r in columns.csv_rows(df)}
+    assert float(rows["full"]["macro_f1_mean_fraction"]) == pytest.approx(0.75)
+    assert list(rows["full"])[-2:] == ["macro_f1_mean_fraction", "error"]

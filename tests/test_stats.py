@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 from test_reporting import make_record
 
-from bench import aggregate as agg
-from bench import leaderboard
+from bench.reporting import aggregate as agg
+from bench.reporting import fmt, leaderboard, stats
+from bench.reporting.comparisons import comparisons
 from lorafit import metrics
 
 T_975_2 = 4.302652729749464  # Student t, 2 degrees of freedom, 97.5% quantile (tables: 4.303)
@@ -41,21 +42,21 @@ def per_seed(name, method, placement, rank, policy, params, accs, seeds=None):
 def test_paired_difference_on_the_common_seeds():
     a = {0: 0.80, 1: 0.82, 2: 0.87}
     b = {0: 0.78, 1: 0.79, 2: 0.81, 3: 0.10}  # seed 3 has no partner and is ignored
-    out = agg.paired(a, b)
+    out = stats.paired(a, b)
     diffs = [0.02, 0.03, 0.06]
     half = T_975_2 * np.std(diffs, ddof=1) / math.sqrt(3)
     assert out["n"] == 3 and out["diff"] == pytest.approx(np.mean(diffs))
     assert (out["lo"], out["hi"]) == pytest.approx((np.mean(diffs) - half, np.mean(diffs) + half))
     assert out["p"] == pytest.approx(t2_pvalue(diffs))
-    one = agg.paired({0: 0.8, 1: 0.9}, {1: 0.7})
+    one = stats.paired({0: 0.8, 1: 0.9}, {1: 0.7})
     assert (
         one["n"] == 1 and one["diff"] == pytest.approx(0.2) and math.isnan(one["p"]) and math.isnan(one["lo"])
     )
-    assert agg.paired({0: 0.8}, {1: 0.7})["n"] == 0
+    assert stats.paired({0: 0.8}, {1: 0.7})["n"] == 0
 
 
 def test_holm_matches_a_hand_computation_and_keeps_nan():
-    got = agg.holm([0.01, 0.04, 0.03, float("nan")])
+    got = stats.holm([0.01, 0.04, 0.03, float("nan")])
     assert got[:3] == pytest.approx([0.03, 0.06, 0.06]) and math.isnan(got[3])
 
 
@@ -91,19 +92,13 @@ def test_rows_show_paired_differences_to_full_and_head():
     assert conv["vs_full_hi"] - conv["vs_full_lo"] == pytest.approx(2 * half)
     assert conv["vs_head_diff"] == pytest.approx(diffs("lora-conv2", "head").mean())
     rows = df.reset_index().set_index("label", drop=False)
-    assert (
-        math.isnan(df.loc["full", "vs_full_diff"])
-        and leaderboard.fmt_diff(rows.loc["full"], "vs_full") == "ref"
-    )
-    assert (
-        leaderboard.fmt_diff(rows.loc["lora-conv2-r8"], "vs_full")
-        == f"{100 * d.mean():+.2f} ± {100 * half:.2f}"
-    )
+    assert math.isnan(df.loc["full", "vs_full_diff"]) and fmt.fmt_diff(rows.loc["full"], "vs_full") == "ref"
+    assert fmt.fmt_diff(rows.loc["lora-conv2-r8"], "vs_full") == f"{100 * d.mean():+.2f} ± {100 * half:.2f}"
 
 
 def test_summary_comparisons_are_paired_and_holm_adjusted():
     df = agg.aggregate(study_records())
-    comp = agg.comparisons(df).set_index("kind")
+    comp = comparisons(df).set_index("kind")
     expected = {
         "seed": diffs("lora-proj", "seed-post"),
         "pretraining": diffs("full", "scratch"),
@@ -134,7 +129,7 @@ def test_methods_meet_lora_at_the_nearest_budget_on_their_placement():
         for r in per_seed(name, method, placement, rank, "lora", params, accs)
     ]
     df = agg.aggregate(recs)
-    comp = agg.comparisons(df)
+    comp = comparisons(df)
     budget = comp[comp["kind"].eq("budget")].set_index("a")
     assert dict(budget["b"]) == {
         "dora-proj-r8": "lora-proj-r8",
@@ -151,7 +146,7 @@ def test_methods_meet_lora_at_the_nearest_budget_on_their_placement():
 def test_unequal_seed_sets_pair_on_the_common_seeds():
     recs = study_records()
     recs = [r for r in recs if not (r["config"]["name"] == "scratch" and r["config"]["seed"] == 2)]
-    comp = agg.comparisons(agg.aggregate(recs)).set_index("kind")
+    comp = comparisons(agg.aggregate(recs)).set_index("kind")
     assert comp.loc["pretraining", "n"] == 2
     assert comp.loc["pretraining", "diff"] == pytest.approx(diffs("full", "scratch")[:2].mean())
     md = leaderboard.render_markdown(recs, "cmd")
@@ -196,7 +191,7 @@ def test_pareto_probability_with_unequal_seed_sets_is_a_probability():
 
 def test_pareto_probability_without_results_is_nan():
     part = pd.DataFrame({"seed_acc": [{}, {0: 0.5}], "trainable_params": [10.0, np.nan]})
-    assert agg.pareto_probability(part).isna().all()
+    assert stats.pareto_probability(part).isna().all()
 
 
 # --------------------------------------------------------------------- case-merged accuracy

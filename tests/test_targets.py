@@ -7,9 +7,9 @@ import torch
 from grids import REPORT_GRID
 from idxfiles import balanced, write_split
 
-from bench import aggregate
 from bench.__main__ import main
 from bench.records import load_records
+from bench.reporting import aggregate
 from lorafit import adapters, data
 from lorafit.adapters import AdapterMethod, AdapterSettings
 from lorafit.model import SeedCNN

@@ -22,7 +22,7 @@ import math
 
 import pandas as pd
 
-from bench.aggregate import paired
+from bench.reporting.stats import paired
 
 SINGLE_CONVS = ("conv1", "conv2", "conv3")
 RANK_NESTED = ("lora", "dora", "loha")

@@ -16,9 +16,9 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from bench.aggregate import CONV_PLACEMENTS
-from bench.charts import save
 from bench.records import find_record, record_path, write_atomic
+from bench.reporting.aggregate import CONV_PLACEMENTS
+from bench.reporting.chartkit import save
 from lorafit import metrics
 from lorafit.errors import LorafitError
 

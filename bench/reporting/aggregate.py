@@ -1,28 +1,29 @@
-"""The leaderboard's statistics, from the stored records alone (pandas, scipy, statsmodels).
+"""Records -> one row per (setup, configuration), from the stored records alone (pandas).
 
-One row per (setup, configuration): seeds, means, 95% t-intervals, trainable parameters, the
-Pareto flag and the probability of being on the front under a paired bootstrap over seeds,
-paired differences to full fine-tuning and to the linear probe, case-merged accuracy. Plus the
-summary's paired comparisons with Holm-adjusted p-values. No markdown and no charts here:
-`bench.leaderboard` and `bench.charts` render what this module computes.
-
-Pairing: seed s of one configuration and seed s of another share the pretrained backbone, the
-data order and the initialisation of their shared parts, so configurations of one setup are
-compared seed by seed (on the seeds both have), not as independent samples.
+Each row: seeds, means, 95% t-intervals, trainable parameters, the Pareto flag and the
+probability of being on the front under a paired bootstrap over seeds, paired differences to
+full fine-tuning and to the linear probe, case-merged accuracy, and the tuning selection. The
+statistics are bench.reporting.stats'; the summary's comparisons bench.reporting.comparisons'. No
+markdown and no charts here: the leaderboard and the charts render what this module computes.
 """
 
 from __future__ import annotations
 
 import json
-import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
-from scipy import stats
-from statsmodels.stats.multitest import multipletests
 
 from bench.records import frame
+from bench.reporting.columns import metric_aggregations
+from bench.reporting.stats import (
+    BOOTSTRAP_REPLICATES,
+    paired,
+    pareto_front,
+    pareto_probability,
+    t_halfwidth,
+)
 from lorafit import adapters, metrics
 from lorafit.adapters import CONV_PLACEMENTS
 
@@ -46,9 +47,6 @@ METRICS = (
     "val_images",
     "test_images",
 )
-LEVEL = 0.95  # every interval
-BOOTSTRAP_REPLICATES = 2000
-BOOTSTRAP_SEED = 0
 # The two references every row is compared with (paired, per seed): method -> column prefix.
 REFERENCES = {"full": "vs_full", "head": "vs_head"}
 
@@ -105,105 +103,6 @@ def labels(out: pd.DataFrame) -> list[str]:
     return result
 
 
-# ---------------------------------------------------------------------------- statistics
-def t_halfwidth(sd: pd.Series | float, n: pd.Series | int, level: float = LEVEL) -> pd.Series | float:
-    """Half-width of the t-interval for a mean: t(1-(1-level)/2, n-1) * sd / sqrt(n); NaN when n < 2."""
-    n_arr = np.asarray(n, dtype=float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        q = stats.t.ppf(0.5 + level / 2, np.where(n_arr >= 2, n_arr - 1, np.nan))
-        half = q * np.asarray(sd, dtype=float) / np.sqrt(n_arr)
-    return pd.Series(half, index=n.index) if isinstance(n, pd.Series) else float(half)
-
-
-def pareto_front(df: pd.DataFrame, x: str, y: str) -> pd.Series:
-    """True for rows no other row dominates (x no larger and y no smaller, one strictly).
-
-    Minimises x (trainable parameters) and maximises y (accuracy); rows with a missing x or y
-    are never on the front. Equal points are all kept.
-    """
-    valid = df[x].notna() & df[y].notna()
-    xs, ys = df.loc[valid, x].to_numpy(float), df.loc[valid, y].to_numpy(float)
-    front = pd.Series(False, index=df.index)
-    front[valid] = ~_dominated(xs, ys[None, :])[0]
-    return front
-
-
-def _dominated(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    """ys: (replicates, points) -> (replicates, points) bool, point i dominated by some j in its replicate."""
-    x_le = xs[None, :] <= xs[:, None]  # [i, j]: j has no more parameters than i
-    x_lt = xs[None, :] < xs[:, None]
-    y_ge = ys[:, None, :] >= ys[:, :, None]  # [r, i, j]: j at least as accurate as i
-    y_gt = ys[:, None, :] > ys[:, :, None]
-    return (x_le[None] & y_ge & (x_lt[None] | y_gt)).any(axis=2)
-
-
-def paired(a: Mapping[int, float], b: Mapping[int, float], level: float = LEVEL) -> dict:
-    """a − b over the seeds both have: n, mean difference, its t-interval (lo, hi) and the paired
-    t-test's two-sided p (scipy.stats.ttest_rel). One common seed: the difference alone; none: NaN.
-    Identical differences on every seed make the test degenerate (scipy: p = 0, zero-width interval)."""
-    seeds = sorted(set(a) & set(b))
-    out = {"n": len(seeds), "diff": np.nan, "lo": np.nan, "hi": np.nan, "p": np.nan}
-    if not seeds:
-        return out
-    x, y = np.array([a[s] for s in seeds], float), np.array([b[s] for s in seeds], float)
-    out["diff"] = float(np.mean(x - y))
-    if len(seeds) >= 2:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # scipy's precision warning on near-equal data
-            test = stats.ttest_rel(x, y)
-            ci = test.confidence_interval(level)
-        out.update(lo=float(ci.low), hi=float(ci.high), p=float(test.pvalue))
-    return out
-
-
-def holm(pvalues: Iterable[float]) -> np.ndarray:
-    """Holm-adjusted p-values (statsmodels), over the non-NaN ones; NaN stays NaN."""
-    p = np.asarray(list(pvalues), dtype=float)
-    out = np.full(p.shape, np.nan)
-    ok = ~np.isnan(p)
-    if ok.any():
-        out[ok] = multipletests(p[ok], method="holm")[1]
-    return out
-
-
-def pareto_probability(
-    part: pd.DataFrame, replicates: int = BOOTSTRAP_REPLICATES, seed: int = BOOTSTRAP_SEED
-) -> pd.Series:
-    """P(on the accuracy/trainable-parameter front) when the seeds are resampled, per row of one setup.
-
-    Paired bootstrap: each replicate draws as many seeds as the setup has, with replacement, from
-    all the seeds of the setup, once, and every configuration takes the mean of its per-seed
-    accuracies weighted by how often each of its seeds was drawn — configurations keep the
-    pairing on the seeds they share. A configuration none of whose seeds was drawn (only possible
-    with unequal seed sets) is resampled from its own seeds for that replicate. The front of each
-    replicate is `pareto_front`'s. Fixed RNG seed: deterministic. Rows without a result, or without
-    a parameter count, get NaN.
-    """
-    seed_acc = part["seed_acc"]
-    valid = seed_acc.map(len).gt(0) & part["trainable_params"].notna()
-    result = pd.Series(np.nan, index=part.index)
-    if not valid.any():
-        return result
-    rows = part.index[valid]
-    all_seeds = sorted({s for i in rows for s in seed_acc[i]})
-    acc = np.array([[seed_acc[i].get(s, np.nan) for s in all_seeds] for i in rows])  # (configs, seeds)
-    has = ~np.isnan(acc)
-    rng = np.random.default_rng(seed)
-    k = len(all_seeds)
-    draws = rng.integers(0, k, size=(replicates, k))
-    counts = np.zeros((replicates, k))
-    np.add.at(counts, (np.arange(replicates)[:, None], draws), 1)
-    weight = counts @ has.T.astype(float)  # (replicates, configs)
-    means = (counts @ np.where(has, acc, 0).T) / np.where(weight > 0, weight, 1)
-    for r, c in zip(*np.nonzero(weight == 0)):  # none of the configuration's seeds drawn
-        own = acc[c, has[c]]
-        means[r, c] = own[rng.integers(0, len(own), size=len(own))].mean()
-    xs = part.loc[rows, "trainable_params"].to_numpy(float)
-    on_front = ~_dominated(xs, means)
-    result[rows] = on_front.mean(axis=0)
-    return result
-
-
 # ---------------------------------------------------------------------------- aggregation
 def _first_valid(s: pd.Series):
     s = s.dropna()
@@ -241,7 +140,9 @@ def aggregate(records: Iterable[dict], replicates: int = BOOTSTRAP_REPLICATES) -
     if not records:
         return pd.DataFrame()
     df = frame(records)
-    for m in METRICS:  # numeric even when a column is all None (e.g. source accuracy of scratch runs)
+    for m in dict.fromkeys(
+        METRICS + tuple(v[0].removeprefix("metrics.") for v in metric_aggregations().values())
+    ):  # numeric even when a column is all None (e.g. source accuracy of scratch runs)
         col = f"metrics.{m}"
         df[col] = pd.to_numeric(df[col], errors="coerce") if col in df else np.nan
     if "run.error" not in df:
@@ -287,20 +188,12 @@ def aggregate(records: Iterable[dict], replicates: int = BOOTSTRAP_REPLICATES) -
         acc_mean=("acc", "mean"),
         acc_sd=("acc", "std"),
         merged_acc_mean=("merged_acc", "mean"),
-        bal_acc_mean=("metrics.test_balanced_acc", "mean"),
-        source_before_mean=("metrics.source_acc_before", "mean"),
-        source_after_mean=("metrics.source_acc_after", "mean"),
         trainable_params=("metrics.trainable_params", "max"),
         total_params=("metrics.total_params", "max"),
-        train_s_mean=("metrics.train_s", "mean"),
-        # The ledger: timings vary with the machine's load, so the median over seeds.
         has_ledger=("has_ledger", "all"),
-        images_per_s_median=("metrics.images_per_s", "median"),
-        peak_mem_mb_max=("metrics.peak_mem_mb", "max"),
-        adapter_file_bytes=("metrics.adapter_file_bytes", "max"),
-        trained_bytes=("metrics.adapter_bytes", "max"),
-        infer_unmerged_rel_median=("metrics.infer_unmerged_rel", "median"),
-        infer_merged_rel_median=("metrics.infer_merged_rel", "median"),
+        # Every column's own metric (bench.reporting.columns): the ledger's timings vary with the
+        # machine's load, so they take the median over seeds.
+        **metric_aggregations(),
     ).reset_index()
     out["seeds"] = g["config.seed"].agg(lambda s: tuple(sorted(s))).to_numpy()
     out["accs"] = g["acc"].agg(lambda s: tuple(s.dropna())).to_numpy()  # per seed, seed order
@@ -376,66 +269,3 @@ def median_halfwidth(part: pd.DataFrame) -> float:
     """The median over rows of the 95% CI half-width of test accuracy (rows with an interval)."""
     ci = part["acc_ci"].dropna()
     return float(ci.median()) if len(ci) else np.nan
-
-
-# ---------------------------------------------------------------------------- comparisons
-def matched_lora(lora: pd.DataFrame, row: pd.Series) -> pd.Series | None:
-    """LoRA's configuration at `row`'s budget: same placement and policy, the nearest number of
-    trainable parameters on a log scale (the smaller on a tie); None when LoRA has none there."""
-    same = lora[lora["placement"].eq(row["placement"]) & lora["policy"].eq(row["policy"])]
-    if same.empty:
-        return None
-    distance = (np.log(same["trainable_params"].astype(float)) - np.log(float(row["trainable_params"]))).abs()
-    order = same.assign(_d=distance.round(12)).sort_values(["_d", "trainable_params"], kind="mergesort")
-    return order.iloc[0]
-
-
-def comparisons(part: pd.DataFrame) -> pd.DataFrame:
-    """The summary's paired comparisons for one setup (sorted by accuracy), one row each:
-    kind, group, a and b (labels; the difference is a − b), n, diff, lo, hi, p, and p_holm —
-    Holm-adjusted over every comparison of the setup that has a p-value.
-
-    kinds: 'seed' (the best LoRA with at most the seed post's trainable parameters vs the seed
-    post's setup), 'pretraining' (full fine-tuning vs scratch), 'placement' (LoRA on a conv
-    placement vs LoRA on proj at the same rank and policy; group: placement, shape, policy),
-    'budget' (every other adapter method vs LoRA on the same placement and policy with the
-    nearest number of trainable parameters, on a log scale; group: placement).
-    """
-    done = part[part["acc_mean"].notna()]
-    lora = done[done["method"].eq("lora")]
-    pairs: list[tuple[str, str, pd.Series, pd.Series]] = []
-    seed = reference(done, "seed")
-    if seed is not None:
-        rivals = lora[lora["trainable_params"] <= seed["trainable_params"]]
-        if len(rivals):
-            pairs.append(("seed", "", rivals.iloc[0], seed))
-    full, scratch = reference(done, "full"), reference(done, "scratch")
-    if full is not None and scratch is not None:
-        pairs.append(("pretraining", "", full, scratch))
-    proj = (
-        lora[lora["placement"].eq("proj")].drop_duplicates(["rank", "policy"]).set_index(["rank", "policy"])
-    )
-    conv = lora[lora["placement"].isin(CONV_PLACEMENTS)].sort_values("rank", kind="mergesort")
-    for (placement, shape, policy), rows in conv.groupby(["placement", "shape", "policy"], sort=True):
-        for _, c in rows.iterrows():
-            if (c["rank"], policy) in proj.index:
-                pairs.append(("placement", f"{placement} {shape} {policy}", c, proj.loc[(c["rank"], policy)]))
-    for _, m in done[~done["method"].isin(BASELINES) & ~done["method"].eq("lora")].iterrows():
-        match = matched_lora(lora, m)
-        if match is not None:
-            pairs.append(("budget", m["placement"], m, match))
-    table = pd.DataFrame(
-        [
-            {
-                "kind": kind,
-                "group": group,
-                "a": a["label"],
-                "b": b["label"],
-                **paired(a["seed_acc"], b["seed_acc"]),
-            }
-            for kind, group, a, b in pairs
-        ],
-        columns=["kind", "group", "a", "b", "n", "diff", "lo", "hi", "p"],
-    )
-    table["p_holm"] = holm(table["p"])
-    return table

@@ -1,0 +1,108 @@
+"""The leaderboard's header (what was measured, on what, with how many seeds) and the legend."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from bench.records import frame
+from bench.reporting.aggregate import config_key, median_halfwidth, setup_of
+from bench.reporting.fmt import values
+
+PROTOCOL_NOTES = {
+    "resplit": "EMNIST byclass test split re-partitioned 70/10/20 — "
+    "not comparable to published byclass-test numbers",
+    "official": "official EMNIST byclass train/test splits (validation carved from train)",
+    "synthetic": "synthetic offline glyphs — a smoke test of the pipeline; "
+    "the numbers say nothing about MNIST/EMNIST",
+}
+
+
+def _sizes(part: pd.DataFrame) -> str:
+    cols = ["metrics.train_images", "metrics.val_images", "metrics.test_images"]
+    triples = sorted({tuple(int(v) for v in t) for t in part[cols].dropna().itertuples(index=False)})
+    return (
+        ", ".join(f"{a:,} train / {b:,} validation / {c:,} test images" for a, b, c in triples)
+        or "unknown sizes"
+    )
+
+
+def _what(part: pd.DataFrame) -> str:
+    protocol = values(part["env.protocol"].fillna(part["config.protocol"]))
+    notes = "".join(f" ({PROTOCOL_NOTES[p]})" for p in protocol.split(", ") if p in PROTOCOL_NOTES)
+    return (
+        f"profile {values(part['config.profile'])}; {values(part['config.source'])} → "
+        f"{values(part['config.target'])}; protocol **{protocol}**{notes}; adapt on {_sizes(part)}; "
+        f"{values(part['config.epochs'])} adaptation epochs (batch {values(part['config.batch_size'])}, "
+        f"patience {values(part['config.patience'])}), backbone pretrained "
+        f"{values(part['config.pretrain_epochs'])} "
+        f"epochs"
+    )
+
+
+def _precision(part: pd.DataFrame, rows: pd.DataFrame) -> str:
+    per_config = part.groupby("key").size()
+    lo, hi = per_config.min(), per_config.max()
+    seeds = sorted(part["config.seed"].unique())
+    half = median_halfwidth(rows)
+    width = "n/a (no row has two seeds)" if pd.isna(half) else f"± {100 * half:.2f} points"
+    return (
+        f"{len(seeds)} seeds ({', '.join(str(s) for s in seeds)}; {lo if lo == hi else f'{lo}–{hi}'} per "
+        f"configuration), paired across configurations; median 95% CI half-width of test accuracy over "
+        f"the {len(rows)} rows: {width}"
+    )
+
+
+def header(records: list[dict], command: str, agg: pd.DataFrame) -> list[str]:
+    df = frame(records)
+    for col in (
+        "env.device",
+        "env.cpu",
+        "env.gpu",
+        "env.threads",
+        "env.python",
+        "env.torch",
+        "env.torchvision",
+        "env.optuna",
+        "env.protocol",
+        "run.git_sha",
+        "run.created_at",
+        "config.pretrain_epochs",
+        "metrics.train_images",
+        "metrics.val_images",
+        "metrics.test_images",
+    ):
+        if col not in df:
+            df[col] = None
+    df["setup"] = [setup_of(r) for r in records]
+    df["key"] = [config_key(r) for r in records]
+    statuses = df["run.status"].value_counts().sort_index()
+    lines = [
+        "# Leaderboard",
+        "",
+        f"Generated from {len(records)} run records ({', '.join(f'{n} {s}' for s, n in statuses.items())}) "
+        f"of {df.groupby(['setup', 'key']).ngroups} configurations; studies: {values(df['run.study'])}. "
+        "Never edit by hand; regenerate with:",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        "## What, where, when",
+        "",
+    ]
+    for setup, part in df.groupby("setup", sort=True):
+        lines.append(f"- **What**: {_what(part)}")
+        lines.append(f"- **Seeds**: {_precision(part, agg[agg['setup'].eq(setup)])}")
+    gpu = values(df["env.gpu"]) if df["env.gpu"].notna().any() else "none"
+    lines.append(
+        f"- **Where**: device {values(df['env.device'])}; CPU {values(df['env.cpu'])} "
+        f"({values(df['env.threads'])} thread{'' if values(df['env.threads']) == '1' else 's'} per run); "
+        f"GPU {gpu}; Python {values(df['env.python'])}, "
+        f"torch {values(df['env.torch'])}, torchvision {values(df['env.torchvision'])}, "
+        f"optuna {values(df['env.optuna'])}; git {values(df['run.git_sha'])}"
+    )
+    created = df["run.created_at"].dropna().sort_values()
+    lines.append(
+        f"- **When**: {created.iloc[0]} … {created.iloc[-1]}" if len(created) else "- **When**: unknown"
+    )
+    return lines
