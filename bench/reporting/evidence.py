@@ -136,9 +136,10 @@ def containment_table(checks: pd.DataFrame) -> list[str]:
     return [
         "## Containment checks",
         "",
-        "Every pair where one configuration can represent everything the other can (module docstring of "
-        "`bench/evidence.py`): Δ = container − contained, paired by seed. An inversion (the interval "
-        "entirely below zero) means the container's training or tuning did not find what it contains.",
+        "Every pair where one configuration can represent everything the other can (module docstring "
+        "of `bench/reporting/evidence.py`): Δ = container − contained, paired by seed. An inversion (the "
+        "interval entirely below zero) means the container's training or tuning did not find what it "
+        "contains.",
         "",
         *lines,
         "",

@@ -123,7 +123,8 @@ def summary(df: pd.DataFrame, comp: pd.DataFrame | None = None) -> list[str]:
         ahead = cs[(cs["lo"] > 0)]["a"].tolist()
         behind = cs[(cs["hi"] < 0)]["a"].tolist()
         lines.append(
-            f"Methods vs LoRA at the nearest budget on {placement} ({len(cs)} comparisons, table "
+            f"Methods vs LoRA at the nearest budget on {placement} ({len(cs)} "
+            f"comparison{'s' if len(cs) != 1 else ''}, table "
             f"below): ahead with a 95% CI above zero: {', '.join(ahead) or 'none'}; behind with one "
             f"below zero: {', '.join(behind) or 'none'}."
         )
