@@ -27,6 +27,7 @@ from bench.protocol import TuneSpec
 from lorafit import adapters
 from lorafit.config import CELL_FIELDS, RunConfig, cell_config
 from lorafit.errors import LorafitError
+from lorafit.names import modern, modernize
 
 DATA_KEYS = ("source", "target")
 PLACEHOLDER_LR = 1e-3  # a tuned cell's rate before the tuning stage sets it
@@ -53,8 +54,12 @@ def _expand(cell: dict) -> list[dict]:
 def _rates(path: Path, doc: dict, profile: str) -> dict[str, float]:
     """[lr] with the profile's [lr.<profile>] applied."""
     methods = adapters.methods()
-    lrs = {k: v for k, v in doc.get("lr", {}).items() if not isinstance(v, dict)}
-    per_profile = {k: v for k, v in doc.get("lr", {}).items() if isinstance(v, dict)}
+    lrs = {modern("method", k): v for k, v in doc.get("lr", {}).items() if not isinstance(v, dict)}
+    per_profile = {
+        k: {modern("method", m): r for m, r in v.items()}
+        for k, v in doc.get("lr", {}).items()
+        if isinstance(v, dict)
+    }
     bad = sorted(set(lrs) - set(methods)) + sorted(set(per_profile) - set(PROFILES))
     for table in per_profile.values():
         bad += sorted(set(table) - set(methods))
@@ -129,7 +134,7 @@ def load_grid(
             )
         if "name" not in cell or "method" not in cell:
             raise LorafitError(f"{path}: every [[cell]] needs a name and a method")
-        for entry in _expand(cell):
+        for entry in _expand(modernize(cell)):
             if "lr" not in entry and tuned:
                 entry["lr"] = lrs.get(entry["method"], PLACEHOLDER_LR)
             if "lr" not in entry:

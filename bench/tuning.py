@@ -18,8 +18,6 @@ re-tuned. Trials record under records/<grid study>-tune/<configuration>/.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import socket
 import time
@@ -43,18 +41,12 @@ POLL_S = 2.0
 RATE_RANGE = (0.0, 100.0)  # the trials' parameter distribution: wide enough for any extension
 WORKER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
-__all__ = ["TuneSpec", "tune", "tune_cells", "tuned_rates", "tuning_key", "probe_of"]
+__all__ = ["TuneSpec", "tune", "tune_cells", "tuned_rates", "probe_of"]
 
 
 def tuned_rates(cfg: RunConfig) -> tuple[str, ...]:
     """The rates a configuration has: the probe trains only its head."""
     return ("head_lr",) if cfg.method == "head" else ("lr", "head_lr")
-
-
-def tuning_key(cfg: RunConfig) -> str:
-    """A configuration's identity for tuning: its RunConfig minus the seed and the rates."""
-    d = {k: v for k, v in cfg.to_dict().items() if k not in ("seed", "lr", "head_lr")}
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def contains_probe(cfg: RunConfig) -> bool:
@@ -78,12 +70,11 @@ def probe_of(cfg: RunConfig) -> RunConfig:
 
 
 def _probe_key(cfg: RunConfig) -> str:
-    return tuning_key(cfg.replace(name="head"))
+    return cfg.replace(name="head").tuning_key
 
 
 def study_name(grid_study: str, cfg: RunConfig) -> str:
-    rank = f"-r{cfg.rank}" if cfg.rank else ""
-    return f"{grid_study}-tune-{cfg.name}{rank}-{tuning_key(cfg)}"
+    return f"{grid_study}-tune-{cfg.label}-{cfg.tuning_key}"
 
 
 def trial_config(cfg: RunConfig, spec: TuneSpec, cand: Candidate) -> RunConfig:
@@ -319,10 +310,6 @@ def tune(
     return selection
 
 
-def _label(cfg: RunConfig) -> str:
-    return f"{cfg.name}{f'-r{cfg.rank}' if cfg.rank else ''}"
-
-
 def tune_cells(
     cells: list[RunConfig], spec: TuneSpec, ctx: Context, grid_study: str, storage, show_progress: bool = True
 ) -> tuple[list[RunConfig], dict[str, dict]]:
@@ -332,13 +319,13 @@ def tune_cells(
     and runs no seeds). Returns the tuned cells and, per cell id, its selection."""
     groups: dict[str, RunConfig] = {}
     for cfg in sorted(cells, key=lambda c: c.method != "head"):
-        groups.setdefault(tuning_key(cfg), cfg)
+        groups.setdefault(cfg.tuning_key, cfg)
     for cfg in list(groups.values()):
         if contains_probe(cfg) and not any(
             _probe_key(g) == _probe_key(probe_of(cfg)) for g in groups.values()
         ):
             extra = probe_of(cfg)
-            groups = {tuning_key(extra): extra, **groups}
+            groups = {extra.tuning_key: extra, **groups}
     probes = {_probe_key(g): k for k, g in groups.items() if g.method == "head"}
     bar = tqdm(
         total=len(groups),
@@ -360,18 +347,18 @@ def tune_cells(
                 )
                 if key not in waiting_for:
                     ctx.log(
-                        f"tuning {_label(head)}: {spec.candidates} designed candidates "
+                        f"tuning {head.label}: {spec.candidates} designed candidates "
                         f"({', '.join(tuned_rates(head))})"
                     )
                 selection = tune(head, spec, ctx, grid_study, storage, probe)
                 if selection is None:
                     if key not in waiting_for:
-                        ctx.log(f"tuning {_label(head)}: waiting (another worker tunes it, or its probe)")
+                        ctx.log(f"tuning {head.label}: waiting (another worker tunes it, or its probe)")
                         waiting_for.add(key)
                     continue
                 ext = ", ".join(f"{k} x{v}" for k, v in selection["extensions"].items()) or "none"
                 ctx.log(
-                    f"tuned  {_label(head)}: lr={selection['lr']:.3g} head_lr={selection['head_lr']:.3g} "
+                    f"tuned  {head.label}: lr={selection['lr']:.3g} head_lr={selection['head_lr']:.3g} "
                     f"(val_acc {selection['best_val_acc']:.4f}, {selection['best_candidate']} of "
                     f"{selection['trials']}; edge extensions {ext}; margin {selection['margin']:+.4f}"
                     f"{'; fell back to the probe' if selection['fallback'] else ''})"
@@ -385,7 +372,7 @@ def tune_cells(
         bar.close()
     tuned, selections = [], {}
     for cfg in cells:
-        selection = chosen[tuning_key(cfg)]
+        selection = chosen[cfg.tuning_key]
         final = cfg.replace(lr=selection["lr"], head_lr=selection["head_lr"])
         tuned.append(final)
         selections[final.cell_id] = selection

@@ -82,10 +82,10 @@ register(
 # ------------------------------------------------------------ the seed post's residual adapter
 register(
     AdapterMethod(
-        name="seed",
+        name="residual",
         description="the seed post's residual adapter h + (alpha/r) h B^T A^T after relu(proj); "
         "folds into fc",
-        placements=("seed",),
+        placements=("post-proj",),
         layer_types=(nn.Identity,),
         wrap=lambda base, s, model: SeedResidualLoRA(model.fc.in_features, s.rank, s.alpha).to(
             model.fc.weight.device

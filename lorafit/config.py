@@ -20,6 +20,7 @@ from lorafit.errors import LorafitError
 from lorafit.freeze import POLICIES
 from lorafit.lora import SHAPES
 from lorafit.model import SeedCNN
+from lorafit.names import RENAMED, modern
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ class RunConfig:
     widths: tuple[int, int, int] = (32, 64, 128)
 
     def __post_init__(self) -> None:
+        for key in RENAMED:  # old spellings (records, grid files) are read as the new ones
+            object.__setattr__(self, key, modern(key, getattr(self, key)))
         # 8 and 8.0 are one setting: store float fields as floats so the hash and id agree.
         for f in fields(self):
             value = getattr(self, f.name)
@@ -93,10 +96,25 @@ class RunConfig:
         return _digest(self.to_dict())
 
     @property
+    def label(self) -> str:
+        """How tables, logs and ids name the configuration: name-rN (name alone without a rank)."""
+        return label(self.name, self.rank)
+
+    @property
+    def effective_head_lr(self) -> float:
+        """The new head's rate: head_lr, or lr where head_lr is 0."""
+        return head_rate(self.lr, self.head_lr)
+
+    @property
+    def tuning_key(self) -> str:
+        """The configuration's identity for tuning: everything but the seed and the rates."""
+        d = {k: v for k, v in self.to_dict().items() if k not in ("seed", "lr", "head_lr")}
+        return _digest(d)[:8]
+
+    @property
     def cell_id(self) -> str:
-        """Stable, readable id: name, rank, seed and a hash of everything else."""
-        rank = f"-r{self.rank}" if self.rank else ""
-        return f"{self.name}{rank}-s{self.seed}-{self.digest()[:8]}"
+        """Stable, readable id: label, seed and a hash of everything else."""
+        return f"{self.label}-s{self.seed}-{self.digest()[:8]}"
 
     def pretraining(self) -> RunConfig:
         """The source-task run that trains this configuration's shared backbone."""
@@ -133,6 +151,16 @@ class RunConfig:
             "batch_size": self.pretrain_batch_size,
             "size": self.pretrain_size,
         }
+
+
+def label(name: str, rank: int | None) -> str:
+    """name-rN, or the name alone for a configuration without a rank (records use it too)."""
+    return f"{name}-r{rank}" if rank else str(name)
+
+
+def head_rate(lr: float, head_lr: float | None) -> float:
+    """The new head's rate: head_lr, or lr where head_lr is 0 (records use it too)."""
+    return head_lr or lr
 
 
 def _digest(d: dict) -> str:

@@ -4,7 +4,7 @@
     full     pretrained init, everything trainable (adapters too, if any were injected)
     head     linear probe: only fc
     lora     adapters + fc
-    seed     the seed post's policy: conv2 + adapters + fc; conv1, conv3, proj frozen
+    conv2    the seed post's policy: conv2 + adapters + fc; conv1, conv3, proj frozen (was "seed")
     bitfit   every bias + adapters + fc
 
 Which tensors are "adapters" is asked of the adapter registry (lorafit.adapters), not read off names.
@@ -18,7 +18,7 @@ from lorafit import adapters
 from lorafit.errors import LorafitError
 from lorafit.model import SeedCNN
 
-POLICIES = ("scratch", "full", "head", "lora", "seed", "bitfit")
+POLICIES = ("scratch", "full", "head", "lora", "conv2", "bitfit")
 
 
 def _trains(policy: str, name: str, is_adapter: bool) -> bool:
@@ -30,7 +30,7 @@ def _trains(policy: str, name: str, is_adapter: bool) -> bool:
         return False
     if is_adapter:
         return True
-    if policy == "seed":
+    if policy == "conv2":
         return name.startswith("conv2.")
     if policy == "bitfit":
         return name.endswith(".bias")

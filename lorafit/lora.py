@@ -1,7 +1,7 @@
 """LoRA adapters for the seed CNN, PEFT-style: each wraps its frozen base layer as `base_layer`,
 adds a low-rank branch whose B starts at zero (so the adapted model equals the base at init), and
 can `merge()` the update into the base weights and `unmerge()` it again. These are the layers;
-lorafit.adapters registers them as the native "lora" and "seed" methods and places them.
+lorafit.adapters registers them as the native "lora" and "residual" methods and places them.
 
     LoRALinear        W x + (alpha/r) B A x                     A: in->r, B: r->out
     LoRAConv2d 1x1    conv(x) + (alpha/r) B(A(x))               A, B: 1x1 convs, A has the base stride

@@ -22,7 +22,7 @@ SLOTS: dict[str, tuple[str, ...]] = {
     **{c: (f"{c}.conv",) for c in CONV_NAMES},
     "convs": _CONVS,
     "all": (*_CONVS, "proj"),
-    "seed": ("adapter",),
+    "post-proj": ("adapter",),
 }
 PLACEMENTS = tuple(SLOTS)
 CONV_PLACEMENTS = ("conv1", "conv2", "conv3", "convs", "all")  # where a conv shape means something

@@ -294,7 +294,7 @@ def _fit(
 
     steps_per_epoch = math.ceil(len(train) / batch_size)
     opt = torch.optim.AdamW(
-        param_groups(model, params, lr, cfg.head_lr or lr), lr=lr, weight_decay=weight_decay
+        param_groups(model, params, lr, cfg.effective_head_lr), lr=lr, weight_decay=weight_decay
     )
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
     result = FitResult(status="complete", bf16=bf16, cached_stages=STAGES[:start])

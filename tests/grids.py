@@ -4,7 +4,7 @@ TINY_GRID = """
 [lr]
 head = 5e-3
 lora = 3e-3
-seed = 3e-3
+residual = 3e-3
 
 [[cell]]
 name = "head"
@@ -20,11 +20,11 @@ policy = "lora"
 
 [[cell]]
 name = "seed-post"
-method = "seed"
-placement = "seed"
+method = "residual"
+placement = "post-proj"
 rank = 8
 alpha = 1.0
-policy = "seed"
+policy = "conv2"
 """
 
 # The tiny grid with three slower conv placements instead of proj and conv3, so that a worker is

@@ -25,11 +25,11 @@ def _names(model):
     return {n for n, _ in model.named_parameters()}
 
 
-@pytest.mark.parametrize("placement", ["none", "proj", "convs", "seed"])
+@pytest.mark.parametrize("placement", ["none", "proj", "convs", "post-proj"])
 @pytest.mark.parametrize("policy", freeze.POLICIES)
 def test_policy_trainable_set(policy, placement):
     model = SeedCNN(num_classes=62)
-    method = {"none": "full", "seed": "seed"}.get(placement, "lora")
+    method = {"none": "full", "post-proj": "residual"}.get(placement, "lora")
     adapters.inject(model, method, placement, AdapterSettings(rank=2))
     names = _names(model)
     adapter_names = {n for n in names if "lora_" in n}
@@ -39,7 +39,7 @@ def test_policy_trainable_set(policy, placement):
         "full": names,
         "head": head,
         "lora": adapter_names | head,
-        "seed": adapter_names | head | {n for n in names if n.startswith("conv2.")},
+        "conv2": adapter_names | head | {n for n in names if n.startswith("conv2.")},
         "bitfit": adapter_names | head | {n for n in names if n.endswith(".bias")},
     }[policy]
     assert set(freeze.apply(model, policy)) == expected
@@ -51,8 +51,8 @@ def test_policy_trainable_set(policy, placement):
 
 def test_seed_policy_freezes_conv1_conv3_proj():
     model = SeedCNN(num_classes=62)
-    adapters.inject(model, "seed", "seed", AdapterSettings(rank=8))
-    freeze.apply(model, "seed")
+    adapters.inject(model, "residual", "post-proj", AdapterSettings(rank=8))
+    freeze.apply(model, "conv2")
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     assert frozen == {
         "conv1.conv.weight",

@@ -11,6 +11,7 @@ import pytest
 
 from bench.__main__ import DEFAULT_GRID, main
 from bench.grid import load_grid, load_tuning
+from lorafit import names
 from lorafit.adapters import AdapterSettings, count
 from lorafit.config import RunConfig
 from lorafit.errors import LorafitError
@@ -67,7 +68,7 @@ def test_grid_file_declares_the_ablation():
         "lora-conv2",
         "lora-conv3",
         "lora-convs-kxk",
-        "lora-proj-seed",
+        "lora-proj-conv2",
         "lora-proj-bitfit",
         *(f"{m}-{p}" for m in ("dora", "loha", "lokr", "ia3") for p in ("proj", "convs")),
         "oft-proj",  # OFT takes proj only
@@ -101,7 +102,7 @@ def test_grid_file_declares_the_ablation():
     for extra in sorted((ROOT / "studies" / "grids").glob("*.toml")):  # every shipped grid parses
         assert load_tuning(extra, "local") == local, extra
     seed = next(c for c in cells if c.name == "seed-post")
-    assert (seed.placement, seed.policy, seed.rank, seed.alpha) == ("seed", "seed", 8, 1.0)
+    assert (seed.placement, seed.policy, seed.rank, seed.alpha) == ("post-proj", "conv2", 8, 1.0)
     assert next(c for c in cells if c.name == "lora-proj" and c.rank == 16).alpha == 16.0  # scale 1
 
 
@@ -219,8 +220,8 @@ BAD_GRIDS = {
         "ia3 has no rank",
     ),
     "method on the wrong placement": (
-        '[lr]\nlora = 1e-3\n[[cell]]\nname = "x"\nmethod = "lora"\nplacement = "seed"\nrank = 2\npolicy = "lora"',
-        "cannot be placed on 'seed'",
+        '[lr]\nlora = 1e-3\n[[cell]]\nname = "x"\nmethod = "lora"\nplacement = "post-proj"\nrank = 2\npolicy = "lora"',
+        "cannot be placed on 'post-proj'",
     ),
 }
 
@@ -317,3 +318,25 @@ def test_output_to_a_file_has_no_progress_bar_escapes(tmp_path, tiny_grid):
     assert proc.stdout.strip().splitlines()[-1] == (
         f"next: python -m bench leaderboard --runs-dir {runs} --study tiny-smoke"
     )
+
+
+def test_old_spellings_of_the_seed_post_are_read_as_the_new_ones(tmp_path, capsys, monkeypatch):
+    """Method, placement and policy "seed" (before the rename) still parse, as residual, post-proj
+    and conv2, with one line on stderr per renamed value; old records too (RunConfig.from_dict)."""
+    monkeypatch.setattr(names, "_told", set())  # the note is printed once per process
+    old = tmp_path / "old.toml"
+    old.write_text(
+        '[lr]\nseed = 3e-3\n[[cell]]\nname = "seed-post"\nmethod = "seed"\nplacement = "seed"\nrank = 8\n'
+        'alpha = 1.0\npolicy = "seed"\n'
+    )
+    (cell,) = load_grid(old, "smoke")
+    assert (cell.method, cell.placement, cell.policy, cell.lr) == ("residual", "post-proj", "conv2", 3e-3)
+    shipped = next(c for c in load_grid(DEFAULT_GRID, "smoke") if c.name == "seed-post")
+    assert cell == shipped.replace(lr=3e-3)
+    notes = capsys.readouterr().err.splitlines()
+    assert notes == [
+        "note: method 'seed' is now spelled 'residual'; the old spelling is read as the new one",
+        "note: placement 'seed' is now spelled 'post-proj'; the old spelling is read as the new one",
+        "note: policy 'seed' is now spelled 'conv2'; the old spelling is read as the new one",
+    ]
+    assert RunConfig.from_dict({**cell.to_dict(), "method": "seed", "policy": "seed"}) == cell

@@ -29,7 +29,7 @@ def inject(
     model: SeedCNN, placement: str, rank: int = 8, alpha: float = 1.0, shape: str = "1x1"
 ) -> list[str]:
     """The native methods: the seed post's adapter on its slot, LoRA everywhere else."""
-    method = "seed" if placement == "seed" else "lora"
+    method = "residual" if placement == "post-proj" else "lora"
     return adapters.inject(model, method, placement, AdapterSettings(rank=rank, alpha=alpha, shape=shape))
 
 
@@ -53,12 +53,12 @@ def expected_adapter_params(placement: str, shape: str, r: int) -> int:
     total = sum(r * (CONV_IO[c][0] * k2 + CONV_IO[c][1]) for c in convs)
     if placement in ("proj", "all"):
         total += r * (128 * 9 + 256)
-    if placement == "seed":
+    if placement == "post-proj":
         total += 2 * r * 256
     return total
 
 
-PLACEMENTS = ["proj", "conv1", "conv2", "conv3", "convs", "all", "seed"]
+PLACEMENTS = ["proj", "conv1", "conv2", "conv3", "convs", "all", "post-proj"]
 
 
 def test_model_shapes_and_count():
@@ -70,7 +70,7 @@ def test_model_shapes_and_count():
     assert count_parameters(model)[1] == 403_774
 
 
-@pytest.mark.parametrize("placement", [p for p in PLACEMENTS if p != "seed"])
+@pytest.mark.parametrize("placement", [p for p in PLACEMENTS if p != "post-proj"])
 @pytest.mark.parametrize("shape", ["1x1", "kxk"])
 def test_weight_space_lora_equals_base_at_init(placement, shape):
     base = _model()
@@ -174,8 +174,8 @@ def test_bad_arguments_raise(kwargs, match):
 @pytest.mark.parametrize(
     "method,placement,match",
     [
-        ("lora", "seed", "cannot be placed on 'seed'"),
-        ("seed", "proj", "cannot be placed on 'proj'"),
+        ("lora", "post-proj", "cannot be placed on 'post-proj'"),
+        ("residual", "proj", "cannot be placed on 'proj'"),
         ("head", "proj", "placement must be none"),
         ("hypernet", "proj", "unknown adapter method"),
     ],
@@ -189,7 +189,7 @@ def test_methods_take_only_their_placements(method, placement, match):
 @pytest.mark.parametrize("shape", ["1x1", "kxk"])
 def test_registry_count_equals_injected_parameters(placement, shape):
     model = _model()
-    method = "seed" if placement == "seed" else "lora"
+    method = "residual" if placement == "post-proj" else "lora"
     settings = AdapterSettings(rank=4, alpha=4, shape=shape)
     expected = adapters.count(model, method, placement, settings)
     adapters.inject(model, method, placement, settings)
@@ -217,7 +217,7 @@ def test_rank_bounds_per_layer():
 
 def test_inject_returns_adapted_names():
     assert inject(_model(), "all", rank=2) == ["conv1.conv", "conv2.conv", "conv3.conv", "proj"]
-    assert inject(_model(), "seed", rank=2) == ["adapter"]
+    assert inject(_model(), "post-proj", rank=2) == ["adapter"]
 
 
 def test_peft_parity_linear_and_kxk_conv():

@@ -267,8 +267,8 @@ def _one_line(e: pytest.ExceptionInfo) -> str:
 @pytest.mark.parametrize("method", METHODS)
 def test_seed_slot_is_refused_and_peft_cannot_wrap_it(method):
     with pytest.raises(LorafitError) as e:
-        adapters.inject(_model(), method, "seed", settings(method))
-    assert "cannot be placed on 'seed'" in _one_line(e) and "PEFT" in str(e.value)
+        adapters.inject(_model(), method, "post-proj", settings(method))
+    assert "cannot be placed on 'post-proj'" in _one_line(e) and "PEFT" in str(e.value)
     holder = peft_methods._Holder(nn.Identity())  # what the installed PEFT does with the slot's layer
     with pytest.raises((ValueError, TypeError, StopIteration)):
         peft.inject_adapter_in_model(peft_methods.peft_config(method, settings(method), ["layer"]), holder)

@@ -98,7 +98,12 @@ def test_early_stopping_restores_best_epoch(digits):
 
 @pytest.mark.parametrize(
     "placement,policy,cut",
-    [("proj", "lora", "proj"), ("none", "head", "fc"), ("seed", "seed", "conv2"), ("conv3", "lora", "conv3")],
+    [
+        ("proj", "lora", "proj"),
+        ("none", "head", "fc"),
+        ("post-proj", "conv2", "conv2"),
+        ("conv3", "lora", "conv3"),
+    ],
 )
 def test_prefix_cache_matches_uncached(digits, placement, policy, cut):
     train, val = digits
@@ -109,7 +114,7 @@ def test_prefix_cache_matches_uncached(digits, placement, policy, cut):
         torch.manual_seed(5)
         model = replace_head(SeedCNN(10), 10)
         model.load_state_dict(backbone.state_dict())
-        method = {"none": "head", "seed": "seed"}.get(placement, "lora")
+        method = {"none": "head", "post-proj": "residual"}.get(placement, "lora")
         adapters.inject(model, method, placement, AdapterSettings(rank=4, alpha=4))
         freeze.apply(model, policy)
         assert STAGES[frozen_prefix_length(model)] == cut

@@ -26,8 +26,10 @@ from bench.reporting.stats import (
 )
 from lorafit import adapters, metrics
 from lorafit.adapters import CONV_PLACEMENTS
+from lorafit.config import head_rate, label
+from lorafit.names import modernize
 
-BASELINES = ("scratch", "full", "head", "seed")  # bold in the table: the reference points
+BASELINES = ("scratch", "full", "head", "residual")  # bold in the table: the reference points
 # Metric columns every record may lack (failed runs): reindexed so aggregation never KeyErrors.
 METRICS = (
     "test_acc",
@@ -53,8 +55,8 @@ REFERENCES = {"full": "vs_full", "head": "vs_head"}
 
 # ---------------------------------------------------------------------------- identities
 def config_key(record: dict) -> str:
-    """A configuration's identity: its whole RunConfig except the seed."""
-    return json.dumps({k: v for k, v in record["config"].items() if k != "seed"}, sort_keys=True)
+    """A configuration's identity: its whole RunConfig except the seed (old spellings modernised)."""
+    return json.dumps({k: v for k, v in modernize(record["config"]).items() if k != "seed"}, sort_keys=True)
 
 
 def setup_of(record: dict) -> str:
@@ -71,7 +73,7 @@ def family(method: str, placement: str, shape: str, policy: str) -> str:
     placement (with its conv shape and freeze policy when they differ from the default)."""
     if method in adapters.BASELINES:
         return method
-    if method == "seed":
+    if method == "residual":
         return "seed post"
     name = f"{method} {placement}"
     if placement in CONV_PLACEMENTS and shape != "1x1":
@@ -84,22 +86,22 @@ def family(method: str, placement: str, shape: str, policy: str) -> str:
 def method_family(method: str) -> str:
     """The colour of the accuracy-vs-parameters charts: the method itself (baselines by name, the
     seed post's residual adapter as "seed post"), whatever its placement, rank or policy."""
-    return "seed post" if method == "seed" else method
+    return "seed post" if method == "residual" else method
 
 
 def labels(out: pd.DataFrame) -> list[str]:
     """name-rN like the cell ids; configurations that still collide get their differing settings."""
-    plain = [f"{n}-r{r}" if r else str(n) for n, r in zip(out["name"], out["rank"])]
+    plain = [label(n, r) for n, r in zip(out["name"], out["rank"])]
     configs = [json.loads(k) for k in out["key"]]
     setups = list(out["setup"])
     result = list(plain)
-    for i, label in enumerate(plain):
-        twins = [j for j, (lab, s) in enumerate(zip(plain, setups)) if lab == label and s == setups[i]]
+    for i, name in enumerate(plain):
+        twins = [j for j, (lab, s) in enumerate(zip(plain, setups)) if lab == name and s == setups[i]]
         if len(twins) > 1:
             differing = sorted(
                 k for k in configs[i] if len({json.dumps(configs[j].get(k)) for j in twins}) > 1
             )
-            result[i] = label + " " + " ".join(f"{k}={configs[i].get(k)}" for k in differing)
+            result[i] = name + " " + " ".join(f"{k}={configs[i].get(k)}" for k in differing)
     return result
 
 
@@ -134,7 +136,7 @@ def aggregate(records: Iterable[dict], replicates: int = BOOTSTRAP_REPLICATES) -
     then trainable parameters, then label.
     """
     records = sorted(
-        (r for r in records if not is_tuning_trial(r)),
+        ({**r, "config": modernize(r["config"])} for r in records if not is_tuning_trial(r)),
         key=lambda r: (setup_of(r), config_key(r), r["config"].get("seed", 0), r["run"]["id"]),
     )
     if not records:
@@ -158,7 +160,7 @@ def aggregate(records: Iterable[dict], replicates: int = BOOTSTRAP_REPLICATES) -
     df["tuning_mode"] = [(r.get("tuning") or {}).get("mode", "fixed") for r in records]
     df["tune_trials"] = [(r.get("tuning") or {}).get("trials", np.nan) for r in records]
     df["selection"] = [r.get("tuning") or {} for r in records]  # the same for every seed of a row
-    df["head_lr"] = [r["config"].get("head_lr") or r["config"].get("lr") for r in records]
+    df["head_lr"] = [head_rate(r["config"].get("lr"), r["config"].get("head_lr")) for r in records]
     # Records written before the parameter ledger have none of its fields (and another peak_mem_mb).
     df["has_ledger"] = ["adapter_file_bytes" in (r.get("metrics") or {}) for r in records]
 

@@ -48,7 +48,7 @@ def acc_vs_params(agg: pd.DataFrame) -> alt.TopLevelMixin | None:
     )
     df["kind"] = df["baseline"].map({True: "baseline", False: "adapter"})
     df["where"] = [
-        "seed slot" if p == "seed" else "baseline" if b else "proj" if p == "proj" else "conv layers"
+        "post-proj" if p == "post-proj" else "baseline" if b else "proj" if p == "proj" else "conv layers"
         for b, p in zip(df["baseline"], df["placement"])
     ]
     xdom, ydom = domains(df)
@@ -120,7 +120,7 @@ def acc_vs_params(agg: pd.DataFrame) -> alt.TopLevelMixin | None:
         "where:N",
         title="placement",
         scale=alt.Scale(
-            domain=["proj", "conv layers", "seed slot", "baseline"],
+            domain=["proj", "conv layers", "post-proj", "baseline"],
             range=["circle", "triangle-up", "diamond", "square"],
         ),
     )

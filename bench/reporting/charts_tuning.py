@@ -8,6 +8,7 @@ import pandas as pd
 
 from bench.reporting.aggregate import is_tuning_trial
 from bench.reporting.chartkit import TITLES, chart, color
+from lorafit.config import head_rate, label
 
 
 def sensitivity_frame(records: list[dict]) -> pd.DataFrame:
@@ -17,13 +18,13 @@ def sensitivity_frame(records: list[dict]) -> pd.DataFrame:
         if not is_tuning_trial(r) or r["run"].get("status") not in ("complete", "pruned"):
             continue
         c = r["config"]
-        head_lr = c.get("head_lr") or c["lr"]
+        head_lr = head_rate(c["lr"], c.get("head_lr"))
         role = (r.get("tuning") or {}).get("role")
         if c["lr"] == 0:  # the probe's fallback (the rest at rest) has no place on a log axis
             continue
         rows.append(
             {
-                "configuration": f"{c['name']}-r{c['rank']}" if c.get("rank") else c["name"],
+                "configuration": label(c["name"], c.get("rank")),
                 "rate": head_lr if c["method"] == "head" else c["lr"],
                 "head_lr": head_lr,
                 "val_acc": r["metrics"].get("val_acc"),

@@ -37,7 +37,7 @@ def comparisons(part: pd.DataFrame) -> pd.DataFrame:
     done = part[part["acc_mean"].notna()]
     lora = done[done["method"].eq("lora")]
     pairs: list[tuple[str, str, pd.Series, pd.Series]] = []
-    seed = reference(done, "seed")
+    seed = reference(done, "residual")
     if seed is not None:
         rivals = lora[lora["trainable_params"] <= seed["trainable_params"]]
         if len(rivals):

@@ -71,8 +71,8 @@ def contains(a: pd.Series, b: pd.Series) -> str | None:
         if a["method"] in RANK_NESTED or (a["method"] == "oft" and a["rank"] % b["rank"] == 0):
             return "rank nesting"
     if diff == {"policy"}:
-        if (a["policy"] in ("bitfit", "seed", "full") and b["policy"] == "lora") or (
-            a["policy"] == "full" and b["policy"] in ("bitfit", "seed")
+        if (a["policy"] in ("bitfit", "conv2", "full") and b["policy"] == "lora") or (
+            a["policy"] == "full" and b["policy"] in ("bitfit", "conv2")
         ):
             return "policy nesting"
     if diff and diff <= {"placement", "shape"} and a["method"] == "lora":
