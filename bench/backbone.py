@@ -2,7 +2,9 @@
 
 Pretrained once per (source data identity, widths, seed, pretraining settings), cached on disk
 under runs/backbones/<digest>.pt|.json with a file lock, so two workers never pretrain the same
-backbone twice, and memoised in the Context. Cells differ only in what happens after it.
+backbone twice, and memoised in the Context. Cells differ only in what happens after it. A copy
+goes to the user's cache folder (<cache>/backbones), so another runs directory with the same
+settings and source files copies it instead of pretraining again.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import hashlib
 import io
 import json
 import sys
+from pathlib import Path
 
 import torch
 from filelock import FileLock
@@ -19,6 +22,7 @@ from tqdm import tqdm
 from bench.context import Context
 from bench.records import write_json
 from lorafit.config import RunConfig
+from lorafit.data import default_cache_dir
 from lorafit.errors import LorafitError
 from lorafit.io import write_atomic
 from lorafit.model import SeedCNN
@@ -30,6 +34,29 @@ def backbone_digest(cfg: RunConfig, ctx: Context) -> str:
     src = ctx.source(cfg)
     key = {**cfg.pretrain_dict(), "protocol": src.protocol, "files": sorted(src.files.items())}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _shared_dir() -> Path:
+    """Backbones shared by every runs directory of this user: <cache folder>/backbones
+    ($LORAFIT_CACHE_DIR, default ~/.cache/lorafit/data, as for the data caches)."""
+    return default_cache_dir() / "backbones"
+
+
+def _shared_copy(digest: str) -> tuple[Path, Path] | None:
+    folder = _shared_dir()
+    pair = (folder / f"{digest}.pt", folder / f"{digest}.json")
+    return pair if all(p.is_file() for p in pair) else None
+
+
+def _share(digest: str, weights: Path, info_path: Path) -> None:
+    """Best effort: a read-only or full cache folder only costs a later pretraining."""
+    folder = _shared_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(folder / f"{digest}.pt", weights.read_bytes())
+        write_atomic(folder / f"{digest}.json", info_path.read_bytes())
+    except OSError:
+        pass
 
 
 def pretrained_backbone(
@@ -47,6 +74,12 @@ def pretrained_backbone(
     folder.mkdir(parents=True, exist_ok=True)
     weights, info_path = folder / f"{digest}.pt", folder / f"{digest}.json"
     with FileLock(str(folder / f"{digest}.lock")):
+        shared = _shared_copy(digest)
+        if not (weights.exists() and info_path.exists()) and shared:
+            # Content-keyed (settings + source files), so another runs directory's is the same model.
+            write_atomic(weights, shared[0].read_bytes())
+            write_atomic(info_path, shared[1].read_bytes())
+            ctx.log(f"backbone {digest}: copied from the shared backbone cache {shared[0].parent}")
         if weights.exists() and info_path.exists():
             model = SeedCNN(src.num_classes, cfg.widths)
             model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
@@ -94,6 +127,7 @@ def pretrained_backbone(
         torch.save(model.state_dict(), buffer)
         write_atomic(weights, buffer.getvalue())
         write_json(info_path, info)
+        _share(digest, weights, info_path)
         ctx.log(
             f"backbone {digest}: {cfg.source} test accuracy {info['source_test_acc']:.4f} "
             f"({result.train_s:.1f} s)"

@@ -27,6 +27,7 @@ PROFILES: dict[str, dict] = {
         pretrain_epochs=2,
         pretrain_batch_size=128,
         pretrain_lr=2e-3,
+        ledger_images=256,  # the parameter ledger's inference timing (not a RunConfig field)
     ),
     "local": dict(
         source="mnist",
@@ -45,6 +46,7 @@ PROFILES: dict[str, dict] = {
         pretrain_epochs=2,
         pretrain_batch_size=128,
         pretrain_lr=2e-3,
+        ledger_images=1024,
     ),
     "paper": dict(
         source="mnist",
@@ -61,6 +63,7 @@ PROFILES: dict[str, dict] = {
         pretrain_epochs=10,
         pretrain_batch_size=128,
         pretrain_lr=2e-3,
+        ledger_images=1024,
     ),
 }
 

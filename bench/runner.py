@@ -15,6 +15,7 @@ import torch
 
 from bench.backbone import pretrained_backbone
 from bench.context import Context
+from bench.profiles import PROFILES
 from bench.provenance import env_info, git_sha
 from bench.records import record_path, write_json
 from lorafit import adapters, data, freeze, metrics
@@ -113,7 +114,9 @@ def run_cell(
             model, backbone, preds, splits, src, ctx, info, result, trainable, total
         )
         if with_ledger:
-            record["metrics"].update(ledger(model, splits.test, device))
+            record["metrics"].update(
+                timed_elsewhere(ctx, study, cfg) or ledger(model, splits.test, device, cfg)
+            )
         record["analysis"] = _analysis(splits, preds)
         record["analysis"]["adapters"] = _adapter_ranks(model, cfg)
         ranks = [
@@ -200,12 +203,36 @@ def reuse_tuning_run(
     splits = ctx.target(cfg)
     backbone = None if cfg.method == "scratch" else pretrained_backbone(cfg, ctx)[0]
     model = build_model(cfg, backbone, splits.num_classes)
-    record["metrics"].update(ledger(model, splits.test, ctx.torch_device))
+    record["metrics"].update(
+        timed_elsewhere(ctx, study, cfg) or ledger(model, splits.test, ctx.torch_device, cfg)
+    )
     write_json(record_path(ctx.runs_dir, study, cfg.cell_id), record)
     return record
 
 
-LEDGER_IMAGES, LEDGER_ROUNDS = 1024, 3
+LEDGER_IMAGES, LEDGER_ROUNDS = 1024, 3  # images: the profile's ledger_images where it sets one
+# What the ledger measures that depends on the architecture only, not on the trained weights.
+ARCHITECTURE_LEDGER = (
+    "adapter_file_bytes",
+    "infer_unmerged_rel",
+    "infer_merged_rel",
+    "ledger_images",
+    "ledger_rounds",
+)
+
+
+def timed_elsewhere(ctx: Context, study: str, cfg: RunConfig) -> dict | None:
+    """The ledger another seed of this configuration already measured in this study (file size
+    and inference speeds depend on the architecture only), with the run it came from; None when
+    no other seed has one. So inference is timed once per configuration, not once per seed."""
+    for path in sorted((ctx.runs_dir / "records" / study).glob(f"{cfg.label}-s*.json")):
+        record = json.loads(path.read_text())
+        metrics = record.get("metrics") or {}
+        if record["config"].get("seed") == cfg.seed or not all(k in metrics for k in ARCHITECTURE_LEDGER):
+            continue
+        if RunConfig.from_dict({**record["config"], "seed": cfg.seed}) == cfg:
+            return {k: metrics[k] for k in ARCHITECTURE_LEDGER} | {"ledger_from": record["run"]["id"]}
+    return None
 
 
 def _saved_bytes(tensors: dict[str, torch.Tensor]) -> int:
@@ -214,22 +241,25 @@ def _saved_bytes(tensors: dict[str, torch.Tensor]) -> int:
     return buffer.getbuffer().nbytes
 
 
-def ledger(model: SeedCNN, split: data.Split, device: torch.device) -> dict:
+def ledger(model: SeedCNN, split: data.Split, device: torch.device, cfg: RunConfig | None = None) -> dict:
     """The parameter ledger beyond the counts: the adapter's file size (torch.save of its tensors
     alone; None without one) and inference speed unmerged and merged over the base model's
-    (images/s ratios on LEDGER_IMAGES test images, best of LEDGER_ROUNDS interleaved rounds;
+    (images/s ratios on the profile's ledger_images test images, best of LEDGER_ROUNDS interleaved rounds;
     None without an adapter, merged None where the method cannot merge)."""
+    n = PROFILES.get(cfg.profile, {}).get("ledger_images", LEDGER_IMAGES) if cfg else LEDGER_IMAGES
     out = {
         "adapter_file_bytes": _saved_bytes(adapters.adapter_state(model)) if model.adapted else None,
         "infer_unmerged_rel": None,
         "infer_merged_rel": None,
+        "ledger_images": min(n, len(split)),
+        "ledger_rounds": LEDGER_ROUNDS,
     }
     if not model.adapted:
         return out
     base = adapters.without_adapters(model)
     if base is None:
         return out
-    images = split.images[:LEDGER_IMAGES]
+    images = split.images[:n]
     variants = {"base": base, "unmerged": model}
     if adapters.mergeable(model):
         variants["merged"] = copy.deepcopy(model)

@@ -136,6 +136,7 @@ def test_tuning_stage_end_to_end_designed_candidates_fallback_and_resume(tmp_pat
     assert len(fixed) == 1 and fixed[0]["config"]["lr"] == 5e-3
 
 
+@pytest.mark.slow
 def test_killed_tuning_stage_resumes_without_rerunning_candidates(tmp_path, tiny_grid):
     grid = tiny_grid(TUNED_GRID, "killed")
     runs = tmp_path / "runs"
@@ -166,6 +167,7 @@ def test_killed_tuning_stage_resumes_without_rerunning_candidates(tmp_path, tiny
     assert len(load_records(runs, "killed-smoke")) == 2
 
 
+@pytest.mark.slow
 def test_two_workers_share_the_tuning_stage_without_changing_its_candidates(tmp_path, tiny_grid):
     """Each configuration is claimed by one worker and tuned as one worker would: every candidate
     once, one selection per configuration, every cell run once."""

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import optuna
 import pytest
+from grids import TINY_GRID
 
 from bench.__main__ import DEFAULT_GRID, main
 from bench.grid import load_grid, load_tuning
+from bench.records import load_records
 from lorafit import names
 from lorafit.adapters import AdapterSettings, count
 from lorafit.config import RunConfig
@@ -116,7 +118,8 @@ def test_smoke_grid_end_to_end_and_resume(tmp_path, tiny_grid, capsys):
     argv = ["run", "grid", "--grid", str(grid), "--runs-dir", str(runs), "--no-progress"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "4 done" in out and "pretraining backbone" in out
+    # pretrained here, or copied from the session's shared backbone cache (another test made it)
+    assert "4 done" in out and ("pretraining backbone" in out or "from the shared backbone cache" in out)
     records = sorted((runs / "records" / "tiny-smoke").glob("*.json"))
     assert len(records) == 4
     for path in records:
@@ -154,9 +157,17 @@ def test_smoke_grid_end_to_end_and_resume(tmp_path, tiny_grid, capsys):
     assert "4 done" in out and "pretraining" not in out
     assert len(_trials(runs, "tiny-smoke")) == 4
     assert sorted((runs / "records" / "tiny-smoke").glob("*.json")) == records
-    # More seeds later: only the new cells run.
+    # More seeds later: only the new cells run, and they reuse their configuration's inference timing
+    # (the ledger depends on the architecture only); the smoke profile times 256 images.
     assert main(argv + ["--seeds", "2"]) == 0
     assert len(_trials(runs, "tiny-smoke")) == 8
+    by_seed = {}
+    for rec in load_records(runs, "tiny-smoke"):
+        by_seed.setdefault(rec["config"]["name"], {})[rec["config"]["seed"]] = rec
+    for name, seeds in by_seed.items():
+        first, second = seeds[0]["metrics"], seeds[1]["metrics"]
+        assert "ledger_from" not in first and second["ledger_from"] == seeds[0]["run"]["id"], name
+        assert second["infer_unmerged_rel"] == first["infer_unmerged_rel"] and first["ledger_images"] == 256
 
 
 BAD_GRIDS = {
@@ -268,6 +279,7 @@ def test_bad_arguments_exit_2_with_one_line(args, message, tmp_path, capsys):
     assert not runs.exists() or not any(runs.rglob("*"))
 
 
+@pytest.mark.slow
 def test_cli_process_exit_status_and_no_traceback(tmp_path):
     """The real entry point, as a user runs it."""
     proc = subprocess.run(
@@ -305,6 +317,7 @@ def test_load_grid_rejects_empty_list(tmp_path, tiny_grid):
         load_grid(path, "smoke")
 
 
+@pytest.mark.slow
 def test_output_to_a_file_has_no_progress_bar_escapes(tmp_path, tiny_grid):
     """In a log file (not a terminal) the grid prints its one-line summaries and the next command,
     without tqdm's bars or their cursor escapes, even without --no-progress."""
@@ -340,3 +353,24 @@ def test_old_spellings_of_the_seed_post_are_read_as_the_new_ones(tmp_path, capsy
         "note: policy 'seed' is now spelled 'conv2'; the old spelling is read as the new one",
     ]
     assert RunConfig.from_dict({**cell.to_dict(), "method": "seed", "policy": "seed"}) == cell
+
+
+def test_a_second_runs_dir_copies_the_backbone_from_the_shared_cache(
+    tmp_path, tiny_grid, monkeypatch, capsys
+):
+    monkeypatch.setenv("LORAFIT_CACHE_DIR", str(tmp_path / "cache"))
+    grid = tiny_grid(
+        TINY_GRID.split("[[cell]]")[0] + '[[cell]]\nname = "head"\nmethod = "head"\npolicy = "head"\n'
+    )
+    for runs in ("a", "b"):
+        assert (
+            main(["run", "grid", "--grid", str(grid), "--runs-dir", str(tmp_path / runs), "--no-progress"])
+            == 0
+        )
+    first, second = capsys.readouterr().out.split("1 done", 1)
+    assert "pretraining backbone" in first and "pretraining" not in second
+    assert "copied from the shared backbone cache" in second
+    (a,), (b,) = ((tmp_path / r / "backbones").glob("*.pt") for r in ("a", "b"))
+    assert a.name == b.name and a.read_bytes() == b.read_bytes()
+    (rec_a,), (rec_b,) = (load_records(tmp_path / r, "tiny-smoke") for r in ("a", "b"))
+    assert rec_a["metrics"]["test_acc"] == rec_b["metrics"]["test_acc"]

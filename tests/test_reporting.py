@@ -443,6 +443,7 @@ def test_report_on_a_smoke_run(smoke_runs, capsys):
     assert (folder / f"{run_id}.confusion.png").read_bytes()[:8] == PNG_SIGNATURE
 
 
+@pytest.mark.slow
 def test_leaderboard_on_a_smoke_run_is_byte_identical_when_regenerated(smoke_runs, tmp_path):
     out = tmp_path / "lb.md"
     argv = ["--runs-dir", str(smoke_runs), "--output", str(out)]

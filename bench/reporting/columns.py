@@ -290,6 +290,7 @@ COLUMNS: list[Column] = [
         "infer_unmerged_rel_median", "inference_unmerged_over_base_median", "infer_unmerged_rel", "median"
     ),
     _ledger("infer_merged_rel_median", "inference_merged_over_base_median", "infer_merged_rel", "median"),
+    _ledger("ledger_images", "inference_timed_on_images", "ledger_images", "max"),
     Column("selection", csv=evidence.csv_fields),
     Column(
         "pareto",

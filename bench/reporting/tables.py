@@ -70,6 +70,18 @@ LEDGER_HEAD = (
 )
 
 
+def _timing(part: pd.DataFrame) -> str:
+    """How inference was timed: records from before ledger_images timed 1,024 images on every seed."""
+    sizes = sorted({int(n) for n in part["ledger_images"].dropna()})
+    if not sizes:
+        return "1,024 test images, best of 3 interleaved rounds, median over seeds"
+    return (
+        f"{' / '.join(f'{n:,}' for n in sizes)} test images, best of 3 interleaved rounds, timed once per "
+        "configuration on the first of its seeds to run (the others reuse it: file size and inference "
+        "speed depend on the architecture, not on the trained weights)"
+    )
+
+
 def ledger_table(part: pd.DataFrame) -> list[str]:
     """What each configuration costs to store, train and run (medians over seeds)."""
     part = part[part["has_ledger"]]
@@ -98,9 +110,9 @@ def ledger_table(part: pd.DataFrame) -> list[str]:
         " how far the process's anonymous resident memory rose while training (a lower bound: memory an "
         "earlier run freed is reused), both including the frozen prefix's cached features (e.g. conv1's "
         "outputs when conv2 is the first adapted layer). Inference: images/s of the adapted model "
-        "unmerged and merged over the same model without its adapter, 1,024 test images, best of 3 "
-        "interleaved rounds, median over seeds (— where there is no adapter, or it cannot merge). Timings"
-        " come from the run's own worker, so other work on the machine adds noise to them.",
+        f"unmerged and merged over the same model without its adapter, {_timing(part)} (— where there "
+        "is no adapter, or it cannot merge). Timings come from the run's own worker, so other work on the "
+        "machine adds noise to them.",
         "",
         *lines,
         "",
