@@ -212,6 +212,7 @@ def cmd_run_grid(args) -> int:
 
     from bench import driver, grid, profiles, storage, tuning
     from bench.context import Context
+    from bench.plan import Cell
 
     profiles.profile(args.profile)
     pick_device(args.device)
@@ -245,7 +246,6 @@ def cmd_run_grid(args) -> int:
         f"storage {storage.redact(args.storage or storage.default_url(runs))}",
         flush=True,
     )
-    selections = None
     if spec is not None:
         print(
             f"tuning stage: {spec.candidates} designed candidates per configuration at the seeds' budget "
@@ -253,13 +253,13 @@ def cmd_run_grid(args) -> int:
             f"selected rates",
             flush=True,
         )
-        cells, selections = tuning.tune_cells(
-            cells, spec, ctx, name, store, show_progress=not args.no_progress
-        )
+        plan = tuning.tune_cells(cells, spec, ctx, name, store, show_progress=not args.no_progress)
         if args.tune_only:
             print(f"grid {name}: tuning stage done; the seeds run with the same command without --tune-only")
             return 0
-    status = driver.run_grid(study, cells, ctx, show_progress=not args.no_progress, tuning=selections)
+    else:
+        plan = [Cell(c) for c in cells]
+    status = driver.run_grid(study, plan, ctx, show_progress=not args.no_progress)
     counts = {s: list(status.values()).count(s) for s in sorted(set(status.values()))}
     print(
         f"grid {name}: "

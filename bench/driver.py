@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from bench.backbone import pretrained_backbone
 from bench.context import Context
+from bench.plan import Cell
 from bench.runner import reuse_tuning_run, run_cell
 from bench.trials import RECORDED, RunFailed, finish_trial
 from lorafit.config import RunConfig
@@ -49,37 +50,33 @@ def _live(trials) -> bool:
     return any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials)
 
 
-def grid_status(study: optuna.Study, cells: list[RunConfig]) -> dict[str, str]:
+def grid_status(study: optuna.Study, cells: list[Cell]) -> dict[str, str]:
     """cell id -> done | pending | missing | gave-up (its worker crashed twice)."""
     by_cell = _cell_trials(study)
     status = {}
-    for cfg in cells:
-        trials = by_cell.get(cfg.cell_id, [])
+    for cell in cells:
+        trials = by_cell.get(cell.id, [])
         if _done(trials):
-            status[cfg.cell_id] = "done"
+            status[cell.id] = "done"
         elif _live(trials):
-            status[cfg.cell_id] = "pending"
+            status[cell.id] = "pending"
         elif sum(t.state == TrialState.FAIL and not t.user_attrs.get(ABORTED) for t in trials) >= 2:
-            status[cfg.cell_id] = "gave-up"
+            status[cell.id] = "gave-up"
         else:
-            status[cfg.cell_id] = "missing"
+            status[cell.id] = "missing"
     return status
 
 
-def enqueue_missing(
-    study: optuna.Study, cells: list[RunConfig], tuning: dict[str, dict] | None = None
-) -> int:
-    """Queue a trial for every cell that has none; it carries the cell's config and, for a tuned
-    grid, how its rates were chosen."""
+def enqueue_missing(study: optuna.Study, cells: list[Cell]) -> int:
+    """Queue a trial for every cell that has none; it carries the cell's config and how its rates
+    were chosen."""
     status = grid_status(study, cells)
     n = 0
     # Seed by seed (workers take waiting trials oldest first): a grid stopped part way has whole
     # seeds of every configuration, so its rows stay paired.
-    for cfg in sorted(cells, key=lambda c: c.seed):
-        if status[cfg.cell_id] == "missing":
-            attrs = {"cell_id": cfg.cell_id, "config": cfg.to_dict()}
-            if tuning and cfg.cell_id in tuning:
-                attrs["tuning"] = tuning[cfg.cell_id]
+    for cell in sorted(cells, key=lambda c: c.seed):
+        if status[cell.id] == "missing":
+            attrs = {"cell_id": cell.id, "config": cell.config.to_dict(), "tuning": cell.tuning}
             study.enqueue_trial({}, user_attrs=attrs)
             n += 1
     return n
@@ -102,18 +99,16 @@ def _owner(study: optuna.Study, cell_id: str, number: int) -> int | None:
 
 def run_grid(
     study: optuna.Study,
-    cells: list[RunConfig],
+    cells: list[Cell],
     ctx: Context,
     show_progress: bool = True,
-    tuning: dict[str, dict] | None = None,
 ) -> dict[str, str]:
     """Work on the grid until every cell is done (or gave up); return the final status per cell.
-    `tuning`: per cell id, how its rates were chosen (the tuning stage's selection).
 
     Progress bars go to a terminal only (tqdm's own rule, disable=None); in a file or CI log only
     the one-line cell summaries appear. `show_progress=False` turns the bars off everywhere."""
-    enqueue_missing(study, cells, tuning)
-    by_id = {c.cell_id: c for c in cells}
+    enqueue_missing(study, cells)
+    by_id = {c.id: c.config for c in cells}
     status = grid_status(study, cells)
     bars_off = None if show_progress else True
     bar = tqdm(
@@ -190,7 +185,7 @@ def run_grid(
                 time.sleep(POLL_S)
                 continue
             if "missing" in status.values():
-                enqueue_missing(study, cells, tuning)
+                enqueue_missing(study, cells)
                 continue
             return status
     finally:

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from bench import protocol
 from bench.context import Context
+from bench.plan import Cell
 from bench.protocol import Candidate, TuneSpec
 from bench.runner import run_cell
 from bench.storage import grace_seconds
@@ -312,11 +313,11 @@ def tune(
 
 def tune_cells(
     cells: list[RunConfig], spec: TuneSpec, ctx: Context, grid_study: str, storage, show_progress: bool = True
-) -> tuple[list[RunConfig], dict[str, dict]]:
+) -> list[Cell]:
     """The tuning stage: every configuration of `cells` tuned (or its finished tuning reused), its
     cells set to the selected rates. Probes come first: a configuration that contains the probe
     evaluates the probe's selection as its fallback (the probe of a grid without one is tuned too,
-    and runs no seeds). Returns the tuned cells and, per cell id, its selection."""
+    and runs no seeds). Returns the cells at their selected rates, each with its selection."""
     groups: dict[str, RunConfig] = {}
     for cfg in sorted(cells, key=lambda c: c.method != "head"):
         groups.setdefault(cfg.tuning_key, cfg)
@@ -370,10 +371,10 @@ def tune_cells(
                 time.sleep(POLL_S)
     finally:
         bar.close()
-    tuned, selections = [], {}
-    for cfg in cells:
-        selection = chosen[cfg.tuning_key]
-        final = cfg.replace(lr=selection["lr"], head_lr=selection["head_lr"])
-        tuned.append(final)
-        selections[final.cell_id] = selection
-    return tuned, selections
+    return [
+        Cell(
+            cfg.replace(lr=chosen[cfg.tuning_key]["lr"], head_lr=chosen[cfg.tuning_key]["head_lr"]),
+            chosen[cfg.tuning_key],
+        )
+        for cfg in cells
+    ]
