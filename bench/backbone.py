@@ -48,13 +48,13 @@ def _shared_copy(digest: str) -> tuple[Path, Path] | None:
     return pair if all(p.is_file() for p in pair) else None
 
 
-def _share(digest: str, weights: Path, info_path: Path) -> None:
+def _share(digest: str, weights: bytes, info: dict) -> None:
     """Best effort: a read-only or full cache folder only costs a later pretraining."""
     folder = _shared_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        write_atomic(folder / f"{digest}.pt", weights.read_bytes())
-        write_atomic(folder / f"{digest}.json", info_path.read_bytes())
+        write_atomic(folder / f"{digest}.pt", weights)
+        write_json(folder / f"{digest}.json", info)
     except OSError:
         pass
 
@@ -127,7 +127,7 @@ def pretrained_backbone(
         torch.save(model.state_dict(), buffer)
         write_atomic(weights, buffer.getvalue())
         write_json(info_path, info)
-        _share(digest, weights, info_path)
+        _share(digest, buffer.getvalue(), info)
         ctx.log(
             f"backbone {digest}: {cfg.source} test accuracy {info['source_test_acc']:.4f} "
             f"({result.train_s:.1f} s)"

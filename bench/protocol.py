@@ -140,6 +140,13 @@ def design(spec: TuneSpec, rates: tuple[str, ...]) -> list[Candidate]:
     return out
 
 
+def contains_probe(method: str) -> bool:
+    """Whether a configuration of `method` contains the linear probe: it trains the pretrained
+    backbone's new head and something more, so with the rest at rest it is the probe (scratch has
+    no pretrained backbone)."""
+    return method not in ("head", "scratch")
+
+
 def fallback(probe_head_lr: float) -> Candidate:
     """The probe's selected head rate with everything else at rest."""
     return Candidate("fallback", 0.0, probe_head_lr, "fallback")

@@ -200,12 +200,12 @@ def reuse_tuning_run(
         return None
     record["run"].update(id=cfg.cell_id, study=study, trial=trial, reused_from=source)
     record["tuning"] = tuning
-    splits = ctx.target(cfg)
-    backbone = None if cfg.method == "scratch" else pretrained_backbone(cfg, ctx)[0]
-    model = build_model(cfg, backbone, splits.num_classes)
-    record["metrics"].update(
-        timed_elsewhere(ctx, study, cfg) or ledger(model, splits.test, ctx.torch_device, cfg)
-    )
+    timed = timed_elsewhere(ctx, study, cfg)
+    if timed is None:  # the configuration's first seed here: build the model to time it
+        splits = ctx.target(cfg)
+        backbone = None if cfg.method == "scratch" else pretrained_backbone(cfg, ctx)[0]
+        timed = ledger(build_model(cfg, backbone, splits.num_classes), splits.test, ctx.torch_device, cfg)
+    record["metrics"].update(timed)
     write_json(record_path(ctx.runs_dir, study, cfg.cell_id), record)
     return record
 

@@ -50,12 +50,6 @@ def tuned_rates(cfg: RunConfig) -> tuple[str, ...]:
     return ("head_lr",) if cfg.method == "head" else ("lr", "head_lr")
 
 
-def contains_probe(cfg: RunConfig) -> bool:
-    """Every configuration that trains the pretrained backbone's new head and something more:
-    with the rest at rest it is the linear probe."""
-    return cfg.method not in ("head", "scratch")
-
-
 def probe_of(cfg: RunConfig) -> RunConfig:
     """The linear probe of cfg's setup (same data, budget and backbone)."""
     return cfg.replace(
@@ -71,7 +65,9 @@ def probe_of(cfg: RunConfig) -> RunConfig:
 
 
 def _probe_key(cfg: RunConfig) -> str:
-    return cfg.replace(name="head").tuning_key
+    """The tuning key of cfg's probe: the same for a grid's probe, whatever its name, and for
+    every configuration whose probe it is."""
+    return probe_of(cfg).tuning_key
 
 
 def study_name(grid_study: str, cfg: RunConfig) -> str:
@@ -241,60 +237,76 @@ def tune(
             return None
         _claim(study)  # resuming or taking over
     tuner = _Tuner(cfg, spec, ctx, grid_study, study)
-    rates = tuner.rates
-    cands = protocol.design(spec, rates)
-    done = tuner.evaluate(cands)
-    if contains_probe(cfg):
+    cands = protocol.design(spec, tuner.rates)
+    tuner.evaluate(cands)
+    if protocol.contains_probe(cfg.method):
         if probe is None:
             return None  # the design is done; the fallback waits for the probe's selection
         cands.append(protocol.fallback(probe["head_lr"]))
     cands += _stored_candidates(study)
+    best, values, capped = _grow(tuner, cands)
+    selection = _selection(tuner, cands, best, values, capped)
+    study.set_user_attr("selection", selection)
+    return selection
+
+
+def _grow(tuner: _Tuner, cands: list[Candidate]) -> tuple[Candidate, dict[str, float | None], list[str]]:
+    """Evaluate `cands` and apply the edge rule until the selection is inside what was tried (or the
+    cap stops it); `cands` grows in place. Returns the selection, every candidate's value, and the
+    sides where the cap stopped the rule."""
     capped = []
     while True:
-        done = tuner.evaluate(cands)
-        values = {cid: _value(t) for cid, t in done.items()}
+        values = {cid: _value(t) for cid, t in tuner.evaluate(cands).items()}
         best = protocol.select(cands, values)
         grow = []
-        for axis, side in protocol.edge_sides(cands, best, rates):
-            if protocol.extensions_made(cands, axis, side) >= spec.max_extensions:
+        for axis, side in protocol.edge_sides(cands, best, tuner.rates):
+            if protocol.extensions_made(cands, axis, side) >= tuner.spec.max_extensions:
                 capped.append(f"{axis}{'+' if side > 0 else '-'}")
-                continue
-            grow += protocol.extend(cands, axis, side)
+            else:
+                grow += protocol.extend(cands, axis, side)
         if not grow:
-            break
-        ctx.log(f"  edge rule: {best.id} lies in the outermost half-decade; adding {len(grow)} candidates")
+            return best, values, sorted(set(capped))
+        tuner.ctx.log(
+            f"  edge rule: {best.id} lies in the outermost half-decade; adding {len(grow)} candidates"
+        )
         cands += grow
-    eligible = [c for c in cands if c.eligible]
-    sensitivity = {}
-    if spec.sensitivity:
-        probes = []
-        for nb in protocol.neighbours(best, rates):
-            twin = next((c for c in eligible if protocol.same_point(c, nb, rates)), None)
-            probes.append((nb, twin))
-        done = tuner.evaluate([nb for nb, twin in probes if twin is None])
-        for nb, twin in probes:
-            trial = done[(twin or nb).id]
-            sensitivity[nb.id.removeprefix("s")] = {
-                "lr": nb.lr,
-                "head_lr": nb.head_lr,
-                "val_acc": _value(trial),
-            }
-    best_trial = done[best.id]
-    curve = protocol.expected_max([values[c.id] for c in eligible])
-    sides = [(a, s) for a in rates for s in (1, -1)]
-    selection = {
+
+
+def _sensitivity(tuner: _Tuner, cands: list[Candidate], best: Candidate) -> dict[str, dict]:
+    """The selection's x/sqrt(10) and x*sqrt(10) neighbours (a tried candidate at the same point is
+    reused), keyed by axis and side."""
+    neighbours = [
+        (nb, next((c for c in cands if c.eligible and protocol.same_point(c, nb, tuner.rates)), nb))
+        for nb in protocol.neighbours(best, tuner.rates)
+    ]
+    done = tuner.evaluate([run for nb, run in neighbours if run is nb])
+    return {
+        nb.id.removeprefix("s"): {"lr": nb.lr, "head_lr": nb.head_lr, "val_acc": _value(done[run.id])}
+        for nb, run in neighbours
+    }
+
+
+def _selection(
+    tuner: _Tuner, cands: list[Candidate], best: Candidate, values: dict, capped: list[str]
+) -> dict[str, Any]:
+    """What every seed record of the configuration carries about how its rates were chosen."""
+    eligible = [c.id for c in cands if c.eligible]
+    best_trial = _evaluated(tuner.study)[best.id]
+    curve = protocol.expected_max([values[c] for c in eligible])
+    made = {
+        f"{axis}{'+' if side > 0 else '-'}": protocol.extensions_made(cands, axis, side)
+        for axis in tuner.rates
+        for side in (1, -1)
+    }
+    return {
         "mode": "tuned",
         "protocol": "design",
-        "study": study.study_name,
+        "study": tuner.study.study_name,
         "trials": len(eligible),
-        "complete": sum(values[c.id] is not None for c in eligible),
-        "failed": sum(values[c.id] is None for c in eligible),
-        "extensions": {
-            f"{a}{'+' if s > 0 else '-'}": protocol.extensions_made(cands, a, s)
-            for a, s in sides
-            if protocol.extensions_made(cands, a, s)
-        },
-        "edge": sorted(set(capped)),  # sides where the cap stopped the edge rule (should be empty)
+        "complete": sum(values[c] is not None for c in eligible),
+        "failed": sum(values[c] is None for c in eligible),
+        "extensions": {k: n for k, n in made.items() if n},
+        "edge": capped,  # sides where the cap stopped the edge rule (should be empty)
         "fallback": best.role == "fallback",
         "best_candidate": best.id,
         "best_trial": best_trial.number,
@@ -304,11 +316,9 @@ def tune(
         "head_lr": best.head_lr,
         "curve": curve,
         "margin": protocol.margin(curve),
-        "sensitivity": sensitivity,
-        "spec": spec.to_dict(),
+        "sensitivity": _sensitivity(tuner, cands, best) if tuner.spec.sensitivity else {},
+        "spec": tuner.spec.to_dict(),
     }
-    study.set_user_attr("selection", selection)
-    return selection
 
 
 def tune_cells(
@@ -322,8 +332,8 @@ def tune_cells(
     for cfg in sorted(cells, key=lambda c: c.method != "head"):
         groups.setdefault(cfg.tuning_key, cfg)
     for cfg in list(groups.values()):
-        if contains_probe(cfg) and not any(
-            _probe_key(g) == _probe_key(probe_of(cfg)) for g in groups.values()
+        if protocol.contains_probe(cfg.method) and not any(
+            _probe_key(g) == _probe_key(cfg) for g in groups.values() if g.method == "head"
         ):
             extra = probe_of(cfg)
             groups = {extra.tuning_key: extra, **groups}
@@ -344,7 +354,9 @@ def tune_cells(
                 if key in chosen:
                     continue
                 probe = (
-                    chosen.get(probes.get(_probe_key(probe_of(head)), "")) if contains_probe(head) else None
+                    chosen.get(probes.get(_probe_key(head), ""))
+                    if protocol.contains_probe(head.method)
+                    else None
                 )
                 if key not in waiting_for:
                     ctx.log(

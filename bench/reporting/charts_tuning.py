@@ -6,6 +6,7 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
+from bench.reporting import evidence
 from bench.reporting.aggregate import is_tuning_trial
 from bench.reporting.chartkit import TITLES, chart, color
 from lorafit.config import head_rate, label
@@ -100,7 +101,7 @@ def tuning_curve_frame(agg: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, r in agg.iterrows():
         s = r.get("selection")
-        if not isinstance(s, dict) or s.get("protocol") != "design":
+        if not evidence.is_design(s):
             continue
         for n, value in enumerate(s["curve"], start=1):
             rows.append(

@@ -22,17 +22,11 @@ from bench.reporting.fmt import (
     fmt_params,
     fmt_prob,
     fmt_rates,
+    num,
     pct,
     shown_shape,
 )
 from bench.reporting.stats import BOOTSTRAP_REPLICATES
-
-
-def num(x) -> str:
-    """Plain, locale-free numbers; empty for missing. 12 significant digits (deterministic)."""
-    if x is None or pd.isna(x):
-        return ""
-    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else format(float(x), ".12g")
 
 
 @dataclass(frozen=True)

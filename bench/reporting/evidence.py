@@ -22,6 +22,8 @@ import math
 
 import pandas as pd
 
+from bench.protocol import contains_probe
+from bench.reporting.fmt import num
 from bench.reporting.stats import paired
 
 SINGLE_CONVS = ("conv1", "conv2", "conv3")
@@ -51,15 +53,17 @@ def _differs(a: dict, b: dict) -> set[str]:
     return {k for k in set(a) | set(b) if k not in _LABELS and a.get(k) != b.get(k)}
 
 
-def contains(a: pd.Series, b: pd.Series) -> str | None:
-    """Why configuration a contains configuration b (None: it does not)."""
-    ca, cb = json.loads(a["key"]), json.loads(b["key"])
+def contains(a: pd.Series, b: pd.Series, ca: dict | None = None, cb: dict | None = None) -> str | None:
+    """Why configuration a contains configuration b (None: it does not). ca, cb: their configs
+    (json.loads of their keys), when the caller has them parsed already."""
+    ca = json.loads(a["key"]) if ca is None else ca
+    cb = json.loads(b["key"]) if cb is None else cb
     if a["key"] == b["key"] or "scratch" in (a["method"], b["method"]):
         return None
     backbone = ("widths", "pretrain_epochs", "pretrain_lr", "pretrain_batch_size", "pretrain_size", "source")
     if any(ca.get(k) != cb.get(k) for k in backbone):
         return None
-    if b["method"] == "head" and a["method"] != "head":
+    if b["method"] == "head" and contains_probe(a["method"]):
         return "adapter ⊇ probe"
     if a["method"] == "full" and b["method"] not in ("full", "head"):
         return "full ⊇ adapter"
@@ -85,11 +89,12 @@ def contains(a: pd.Series, b: pd.Series) -> str | None:
 
 def containment(part: pd.DataFrame) -> pd.DataFrame:
     """Every (container, contained) pair of one setup with results, and its paired difference."""
-    done = part[part["acc_mean"].notna()]
+    done = [r for _, r in part[part["acc_mean"].notna()].iterrows()]
+    configs = [json.loads(r["key"]) for r in done]
     rows = []
-    for _, a in done.iterrows():
-        for _, b in done.iterrows():
-            why = contains(a, b)
+    for a, ca in zip(done, configs):
+        for b, cb in zip(done, configs):
+            why = contains(a, b, ca, cb)
             if why is None:
                 continue
             stats = paired(a["seed_acc"], b["seed_acc"])
@@ -231,10 +236,6 @@ def tuning_table(part: pd.DataFrame) -> list[str]:
 def csv_fields(row: pd.Series) -> dict:
     """The tuning evidence's CSV columns (blank for rows not tuned by the designed protocol)."""
     s = selection(row)
-
-    def num(x) -> str:
-        return "" if x is None or (isinstance(x, float) and math.isnan(x)) else format(float(x), ".12g")
-
     sens = s.get("sensitivity", {})
     return {
         "tuning_candidates": str(s["trials"]) if s else "",

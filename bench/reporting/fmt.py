@@ -98,3 +98,10 @@ def ci(c: pd.Series) -> str:
 def values(s: pd.Series) -> str:
     vals = sorted({str(v) for v in s.dropna() if str(v) not in ("", "None")})
     return ", ".join(vals) if vals else "unknown"
+
+
+def num(x) -> str:
+    """Plain, locale-free numbers; empty for missing. 12 significant digits (deterministic)."""
+    if x is None or pd.isna(x):
+        return ""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else format(float(x), ".12g")
