@@ -1,6 +1,7 @@
-"""The shared pretrained backbone: the seed CNN trained on the source task, once.
+"""The shared pretrained backbone: the configuration's network (lorafit.backbones) trained on the
+source task, once; a user's network that comes with its weights is loaded instead.
 
-Pretrained once per (source data identity, widths, seed, pretraining settings), cached on disk
+Pretrained once per (source data identity, network, widths, seed, pretraining settings), cached on disk
 under runs/backbones/<digest>.pt|.json with a file lock, so two workers never pretrain the same
 backbone twice, and memoised in the Context. Cells differ only in what happens after it. A copy
 goes to the user's cache folder (<cache>/backbones), so another runs directory with the same
@@ -21,11 +22,11 @@ from tqdm import tqdm
 
 from bench.context import Context
 from bench.records import write_json
+from lorafit import backbones
 from lorafit.config import RunConfig
 from lorafit.data import default_cache_dir
 from lorafit.errors import LorafitError
 from lorafit.io import write_atomic
-from lorafit.model import SeedCNN
 from lorafit.train import accuracy, fit
 
 
@@ -33,6 +34,9 @@ def backbone_digest(cfg: RunConfig, ctx: Context) -> str:
     """Keyed by the pretraining settings and the identity of the source data (protocol, file hashes)."""
     src = ctx.source(cfg)
     key = {**cfg.pretrain_dict(), "protocol": src.protocol, "files": sorted(src.files.items())}
+    weights = backbones.entry(cfg.backbone).weights
+    if weights:  # given, not trained here: keyed by the file's bytes
+        key["weights"] = hashlib.sha256(Path(weights).read_bytes()).hexdigest()
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -61,7 +65,7 @@ def _share(digest: str, weights: bytes, info: dict) -> None:
 
 def pretrained_backbone(
     cfg: RunConfig, ctx: Context, show_progress: bool | None = None
-) -> tuple[SeedCNN, dict]:
+) -> tuple[torch.nn.Module, dict]:
     """The source-task model for cfg and its info (trained here, or loaded from runs/backbones/).
 
     Pretraining has its own progress bar (shown only on a terminal unless `show_progress` says
@@ -81,9 +85,12 @@ def pretrained_backbone(
             write_atomic(info_path, shared[1].read_bytes())
             ctx.log(f"backbone {digest}: copied from the shared backbone cache {shared[0].parent}")
         if weights.exists() and info_path.exists():
-            model = SeedCNN(src.num_classes, cfg.widths)
+            model = backbones.build(cfg.backbone, src.num_classes, cfg.widths)
             model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
             ctx.backbones[digest] = model, json.loads(info_path.read_text())
+            return ctx.backbones[digest]
+        if backbones.entry(cfg.backbone).weights:
+            ctx.backbones[digest] = _given(cfg, ctx, digest)
             return ctx.backbones[digest]
         pre = cfg.pretraining()
         ctx.log(
@@ -104,7 +111,7 @@ def pretrained_backbone(
             bar.set_postfix(val_acc=f"{val_acc:.4f}")
 
         torch.manual_seed(cfg.seed)
-        model = SeedCNN(src.num_classes, cfg.widths)
+        model = backbones.build(cfg.backbone, src.num_classes, cfg.widths)
         try:
             result = fit(model, src.train, src.val, pre, device=ctx.torch_device, on_epoch=on_epoch)
         finally:
@@ -134,3 +141,29 @@ def pretrained_backbone(
         )
         ctx.backbones[digest] = model, info
         return model, info
+
+
+def _given(cfg: RunConfig, ctx: Context, digest: str) -> tuple[torch.nn.Module, dict]:
+    """A user's network with its own source-task weights (a state-dict file): loaded, measured on
+    the source test split, not trained here."""
+    src, path = ctx.source(cfg), backbones.entry(cfg.backbone).weights
+    model = backbones.build(cfg.backbone, src.num_classes, cfg.widths)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except (RuntimeError, OSError, TypeError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LorafitError(f"backbone {cfg.backbone}: cannot load weights {path}: {first}") from None
+    info = {
+        "digest": digest,
+        "settings": cfg.pretrain_dict(),
+        "weights": str(path),
+        "protocol": src.protocol,
+        "source_test_acc": accuracy(model, src.test, device=ctx.torch_device),
+        "files": src.files,
+    }
+    ctx.log(
+        f"backbone {digest}: {cfg.backbone}'s given weights {path}, {cfg.source} test accuracy "
+        f"{info['source_test_acc']:.4f}"
+    )
+    return model.cpu(), info

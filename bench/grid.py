@@ -9,8 +9,16 @@
     [lr.<profile>]                               --no-tune): one rate per method, per profile
     [[cell]]     any RunConfig field but seed, profile and protocol (the same fields a study's
                  [fixed] takes): name (may template values: "lora-{placement}"), method,
-                 placement, shape, rank, alpha, policy, lr, epochs, train_size, target, ...
-                 A list value expands into one configuration per value (cartesian product).
+                 placement, shape, rank, alpha, policy, lr, epochs, train_size, target,
+                 backbone, ... A list value expands into one configuration per value (cartesian
+                 product).
+    [backbones.<name>]   a user's own network (bring your own model), then `backbone = "<name>"`
+                 in cells: factory = "module:function" (takes the number of classes, returns an
+                 nn.Module; the grid file's folder is importable), head = "fc" (an nn.Linear),
+                 weights = "file.pt" (optional: already trained on the source task; relative to
+                 the grid file), stages = [...] (optional: the children its forward applies in
+                 order, for the frozen-prefix cache), and [backbones.<name>.groups]: placement
+                 name = [module-path patterns] (regular expressions matched against whole paths)
 
 An unset alpha is the adapter method's default (lorafit.config.cell_config).
 """
@@ -18,13 +26,14 @@ An unset alpha is the adapter method's default (lorafit.config.cell_config).
 from __future__ import annotations
 
 import itertools
+import sys
 import tomllib
 from pathlib import Path
 
 from bench.profiles import PROFILES, config_defaults
 from bench.profiles import profile as profile_table
 from bench.protocol import TuneSpec
-from lorafit import adapters
+from lorafit import adapters, backbones
 from lorafit.config import CELL_FIELDS, RunConfig, cell_config
 from lorafit.errors import LorafitError
 from lorafit.names import modern, modernize
@@ -71,6 +80,41 @@ def _rates(path: Path, doc: dict, profile: str) -> dict[str, float]:
     return {**lrs, **per_profile.get(profile, {})}
 
 
+BYO_KEYS = ("factory", "head", "weights", "stages", "groups")
+
+
+def register_backbones(path: Path, doc: dict) -> None:
+    """Register the grid file's [backbones.<name>] entries (a user's networks) in this process."""
+    table = doc.get("backbones", {})
+    for name, spec in table.items():
+        if name in backbones.BACKBONES and not backbones.BACKBONES[name].factory:
+            raise LorafitError(f"{path}: [backbones.{name}] would replace the built-in backbone {name}")
+        bad = sorted(set(spec) - set(BYO_KEYS)) if isinstance(spec, dict) else ["(not a table)"]
+        if bad or "factory" not in spec or not isinstance(spec.get("groups"), dict):
+            raise LorafitError(
+                f"{path}: [backbones.{name}] needs factory and [backbones.{name}.groups]"
+                + (f"; unknown key(s) {', '.join(bad)}" if bad else "")
+                + f"; allowed: {', '.join(BYO_KEYS)}"
+            )
+        folder = str(path.resolve().parent)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)  # a nets.py beside the grid file is importable
+        weights = spec.get("weights", "")
+        if weights and not Path(weights).is_absolute():
+            weights = str(path.resolve().parent / weights)
+        try:
+            backbones.custom(
+                name,
+                factory=spec["factory"],
+                groups=spec["groups"],
+                head=spec.get("head", "fc"),
+                weights=weights,
+                stages=tuple(spec.get("stages", ())),
+            )
+        except LorafitError as e:
+            raise LorafitError(f"{path}: [backbones.{name}]: {e}") from None
+
+
 def load_tuning(path: str | Path, profile: str) -> TuneSpec | None:
     """The grid's tuning budget for `profile`, or None when the profile uses fixed rates."""
     path = Path(path)
@@ -106,11 +150,13 @@ def load_grid(
     need no [lr] entry: their rates are placeholders the tuning stage replaces."""
     path = Path(path)
     doc = read_toml(path)
-    unknown = sorted(set(doc) - {"data", "tune", "lr", "cell"})
+    unknown = sorted(set(doc) - {"data", "tune", "lr", "cell", "backbones"})
     if unknown:
         raise LorafitError(
-            f"{path}: unknown section(s) {', '.join(unknown)}; expected [data], [tune], [lr] and [[cell]]"
+            f"{path}: unknown section(s) {', '.join(unknown)}; expected [data], [tune], [lr], "
+            f"[backbones.<name>] and [[cell]]"
         )
+    register_backbones(path, doc)
     bad = sorted(set(doc.get("data", {})) - set(DATA_KEYS))
     if bad:
         raise LorafitError(

@@ -150,7 +150,7 @@ MERGE_ROUNDS = 3
 
 def placement_for(method: str, placement: str) -> str:
     """`placement`, or proj where the method cannot take it (OFT takes proj only)."""
-    return placement if placement in adapters.ADAPTERS[method].placements else "proj"
+    return placement if placement in adapters.placements_of(method) else "proj"
 
 
 def adapted_model(base: SeedCNN, method: str = "lora", placement: str = "proj", rank: int = 8) -> SeedCNN:

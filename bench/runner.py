@@ -18,20 +18,20 @@ from bench.context import Context
 from bench.profiles import PROFILES
 from bench.provenance import env_info, git_sha
 from bench.records import record_path, write_json
-from lorafit import adapters, data, freeze, metrics
+from lorafit import adapters, backbones, data, freeze, metrics
 from lorafit.config import RunConfig
 from lorafit.errors import LorafitError
-from lorafit.model import SeedCNN, replace_head
+from lorafit.model import head_module, replace_head
 from lorafit.train import accuracy, fit, predict
 
 
-def build_model(cfg: RunConfig, backbone: SeedCNN | None, num_classes: int) -> SeedCNN:
+def build_model(cfg: RunConfig, backbone: torch.nn.Module | None, num_classes: int) -> torch.nn.Module:
     """The model a run trains: the backbone with a fresh head (or a fresh network for scratch),
     adapters injected, the freeze policy applied. Seeded, so seed s gives every configuration the
     same new head."""
     torch.manual_seed(cfg.seed)
     if cfg.method == "scratch" or backbone is None:
-        model = SeedCNN(num_classes, cfg.widths)
+        model = backbones.build(cfg.backbone, num_classes, cfg.widths)
     else:
         model = replace_head(copy.deepcopy(backbone), num_classes)
     adapters.inject(model, cfg.method, cfg.placement, cfg.adapter_settings)
@@ -143,8 +143,8 @@ def run_cell(
 
 
 def _evaluate(
-    model: SeedCNN,
-    backbone: SeedCNN | None,
+    model: torch.nn.Module,
+    backbone: torch.nn.Module | None,
     preds: torch.Tensor,
     splits: data.Splits,
     src: data.Splits,
@@ -179,7 +179,7 @@ def _evaluate(
     if backbone is not None:
         # Forgetting: the adapted network (adapters active) under the original source head.
         probe = copy.deepcopy(model)
-        probe.fc = copy.deepcopy(backbone.fc)
+        setattr(probe, getattr(probe, "head_name", "fc"), copy.deepcopy(head_module(backbone)))
         m["source_acc_after"] = accuracy(probe, src.test, device=device)
     return m
 
@@ -241,7 +241,9 @@ def _saved_bytes(tensors: dict[str, torch.Tensor]) -> int:
     return buffer.getbuffer().nbytes
 
 
-def ledger(model: SeedCNN, split: data.Split, device: torch.device, cfg: RunConfig | None = None) -> dict:
+def ledger(
+    model: torch.nn.Module, split: data.Split, device: torch.device, cfg: RunConfig | None = None
+) -> dict:
     """The parameter ledger beyond the counts: the adapter's file size (torch.save of its tensors
     alone; None without one) and inference speed unmerged and merged over the base model's
     (images/s ratios on the profile's ledger_images test images, best of LEDGER_ROUNDS interleaved rounds;
@@ -276,7 +278,7 @@ def ledger(model: SeedCNN, split: data.Split, device: torch.device, cfg: RunConf
     return out
 
 
-def _adapter_ranks(model: SeedCNN, cfg: RunConfig) -> dict:
+def _adapter_ranks(model: torch.nn.Module, cfg: RunConfig) -> dict:
     """Per adapted layer: nominal rank, the bound its shape allows, and the learned update's rank."""
     bounds = adapters.rank_bounds(model, cfg.method, cfg.placement, cfg.adapter_settings)
     return {

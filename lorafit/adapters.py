@@ -7,10 +7,14 @@ whether and how it merges into the base weights, its closed-form parameter count
 rank its update can have on a layer. Adding a method is one `register(AdapterMethod(...))` call
 and its tests.
 
-Placements name where adapters go; each resolves to module paths of `SeedCNN`:
+Placements name where adapters go: the backbone's placement groups (lorafit.backbones), each
+resolving to module paths. On the seed CNN:
 
     proj -> proj        conv1/conv2/conv3 -> convN.conv        convs -> the three convs
-    all  -> convs + proj                   seed -> adapter (the slot between relu(proj) and fc)
+    all  -> convs + proj                   post-proj -> adapter (the slot between relu(proj) and fc)
+
+A method takes a placement when it wraps every layer there (its `layer_types`), and, where its
+entry lists `placements`, only those.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ import copy
 import torch
 from torch import nn
 
+from lorafit import backbones
 from lorafit.errors import LorafitError
 from lorafit.lora import SHAPES, LoRAConv2d, LoRALinear, SeedResidualLoRA, check_rank_alpha
-from lorafit.model import SeedCNN
+from lorafit.model import head_module
 from lorafit.registry import (  # noqa: F401  (re-exported: the registry's names are the API)
     ADAPTERS,
     BASELINES,
@@ -37,7 +42,7 @@ from lorafit.registry import (  # noqa: F401  (re-exported: the registry's names
 
 
 # ----------------------------------------------------------------------------- native LoRA
-def _lora_wrap(base: nn.Module, s: AdapterSettings, model: SeedCNN) -> nn.Module:
+def _lora_wrap(base: nn.Module, s: AdapterSettings, model: nn.Module) -> nn.Module:
     if isinstance(base, nn.Linear):
         return LoRALinear(base, s.rank, s.alpha, s.dropout, s.rslora)
     return LoRAConv2d(base, s.rank, s.alpha, s.shape, s.dropout, s.rslora)
@@ -48,7 +53,7 @@ def _conv_fan_in(conv: nn.Conv2d, shape: str) -> int:
     return conv.in_channels * (kh * kw if shape == "kxk" else 1)
 
 
-def _lora_count(base: nn.Module, s: AdapterSettings, model: SeedCNN) -> int:
+def _lora_count(base: nn.Module, s: AdapterSettings, model: nn.Module) -> int:
     if isinstance(base, nn.Linear):
         return s.rank * (base.in_features + base.out_features)
     return s.rank * (_conv_fan_in(base, s.shape) + base.out_channels)
@@ -65,7 +70,7 @@ register(
     AdapterMethod(
         name="lora",
         description="LoRA: W + (alpha/r) B A on Linear, 1x1 or kxk branch on Conv2d; B starts at zero",
-        placements=("proj", "conv1", "conv2", "conv3", "convs", "all"),
+        placements=None,
         layer_types=(nn.Linear, nn.Conv2d),
         wrap=_lora_wrap,
         trainable=lambda m: [m.lora_A.weight, m.lora_B.weight],
@@ -87,14 +92,14 @@ register(
         "folds into fc",
         placements=("post-proj",),
         layer_types=(nn.Identity,),
-        wrap=lambda base, s, model: SeedResidualLoRA(model.fc.in_features, s.rank, s.alpha).to(
-            model.fc.weight.device
+        wrap=lambda base, s, model: SeedResidualLoRA(head_module(model).in_features, s.rank, s.alpha).to(
+            head_module(model).weight.device
         ),
         trainable=lambda m: [m.lora_A, m.lora_B],
-        param_count=lambda base, s, model: 2 * s.rank * model.fc.in_features,
+        param_count=lambda base, s, model: 2 * s.rank * head_module(model).in_features,
         max_rank=lambda base, s: s.rank,  # A and B are dim x r with r <= dim checked at injection
-        merge=lambda m, model: m.merge(model.fc),
-        unmerge=lambda m, model: m.unmerge(model.fc),
+        merge=lambda m, model: m.merge(head_module(model)),
+        unmerge=lambda m, model: m.unmerge(head_module(model)),
         default_alpha=lambda rank: 1.0,  # the seed post's own convention (scale 1/r)
         delta=lambda m, model: m.delta_matrix(),
     )
@@ -117,27 +122,63 @@ def method_entry(method: str) -> AdapterMethod:
     return ADAPTERS[method]
 
 
-def check_placement(method: str, placement: str) -> None:
-    """LorafitError unless `method` may take `placement` (baselines take none)."""
-    if placement not in SLOTS:
-        raise LorafitError(f"unknown placement {placement!r}; choose one of {', '.join(PLACEMENTS)}")
+def check_placement(
+    method: str, placement: str, backbone: str = backbones.DEFAULT, widths: tuple = ()
+) -> None:
+    """LorafitError unless `method` may take `placement` on `backbone` (baselines take none)."""
+    names = backbones.placements(backbone)
+    if placement not in names:
+        raise LorafitError(f"unknown placement {placement!r} on {backbone}; choose one of {', '.join(names)}")
     if method in BASELINES:
         if placement != "none":
             raise LorafitError(f"method {method} has no adapter: placement must be none, not {placement!r}")
         return
     entry = method_entry(method)
-    if placement not in entry.placements:
-        note = f" ({entry.placement_note})" if entry.placement_note else ""
+    note = f" ({entry.placement_note})" if entry.placement_note else ""
+    if entry.placements is not None and placement not in entry.placements:
         raise LorafitError(
             f"method {method} cannot be placed on {placement!r}; it takes {', '.join(entry.placements)}{note}"
         )
+    model = backbones.shape_model(backbone, tuple(widths))
+    for path in backbones.resolve(model, placement):
+        base = get_module(model, path)
+        if not isinstance(base, entry.layer_types):
+            kinds = ", ".join(t.__name__ for t in entry.layer_types)
+            raise LorafitError(
+                f"method {method} cannot be placed on {placement!r}: it wraps {kinds}, and {path} "
+                f"is a {type(base).__name__}{note}"
+            )
+        why = entry.takes(base) if entry.takes else None
+        if why:
+            raise LorafitError(f"method {method} cannot be placed on {placement!r}: {path}: {why}")
 
 
-def inject(model: SeedCNN, method: str, placement: str, settings: AdapterSettings | None = None) -> list[str]:
+def placements_of(method: str, backbone: str = backbones.DEFAULT) -> tuple[str, ...]:
+    """The placements `method` takes on `backbone` (none for a baseline)."""
+    if method in BASELINES:
+        return ("none",)
+    taken = []
+    for placement in backbones.placements(backbone)[1:]:
+        try:
+            check_placement(method, placement, backbone)
+        except LorafitError:
+            continue
+        taken.append(placement)
+    return tuple(taken)
+
+
+def slots(model: nn.Module, placement: str) -> list[str]:
+    """The module paths `placement` resolves to on `model` (its backbone's group)."""
+    return backbones.resolve(model, placement)
+
+
+def inject(
+    model: nn.Module, method: str, placement: str, settings: AdapterSettings | None = None
+) -> list[str]:
     """Wrap the layers `placement` names with `method`'s adapters (in place); return their paths.
 
     Baseline methods (and placement "none") inject nothing."""
-    check_placement(method, placement)
+    check_placement(method, placement, backbones.backbone_of(model))  # layer types: any widths
     if method in BASELINES:
         return []
     s = settings or AdapterSettings()
@@ -145,16 +186,17 @@ def inject(model: SeedCNN, method: str, placement: str, settings: AdapterSetting
     if s.shape not in SHAPES:
         raise LorafitError(f"unknown conv LoRA shape {s.shape!r}; choose one of {', '.join(SHAPES)}")
     entry = ADAPTERS[method]
-    for path in SLOTS[placement]:
+    paths = slots(model, placement)
+    for path in paths:
         base = get_module(model, path)
         if not isinstance(base, entry.layer_types):
             kinds = ", ".join(t.__name__ for t in entry.layer_types)
             raise LorafitError(f"method {method} wraps {kinds}; {path} is a {type(base).__name__}")
         _check(entry, path, base, s)
-    for path in SLOTS[placement]:
+    for path in paths:
         _set_module(model, path, entry.wrap(get_module(model, path), s, model))
         model.adapted[path] = method
-    return list(SLOTS[placement])
+    return paths
 
 
 def _check(entry: AdapterMethod, path: str, base: nn.Module, settings: AdapterSettings) -> None:
@@ -166,23 +208,23 @@ def _check(entry: AdapterMethod, path: str, base: nn.Module, settings: AdapterSe
         raise LorafitError(f"method {entry.name} on {path}: {e}") from None
 
 
-def adapted_modules(model: SeedCNN) -> list[tuple[str, AdapterMethod, nn.Module]]:
+def adapted_modules(model: nn.Module) -> list[tuple[str, AdapterMethod, nn.Module]]:
     """(path, method entry, module) for every adapter `inject` placed, in placement order."""
     return [(path, ADAPTERS[name], get_module(model, path)) for path, name in model.adapted.items()]
 
 
-def trainable_parameters(model: SeedCNN) -> list[nn.Parameter]:
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The parameters the adapters added (what freeze policies train besides their own choice)."""
     return [p for _, entry, module in adapted_modules(model) for p in entry.trainable(module)]
 
 
-def adapter_state(model: SeedCNN) -> dict[str, object]:
+def adapter_state(model: nn.Module) -> dict[str, object]:
     """The adapter tensors alone, by state-dict name: what a user ships beside the backbone."""
     ids = {id(p) for p in trainable_parameters(model)}
     return {name: p.detach() for name, p in model.named_parameters() if id(p) in ids}
 
 
-def without_adapters(model: SeedCNN) -> SeedCNN | None:
+def without_adapters(model: nn.Module) -> nn.Module | None:
     """A copy of `model` with every adapter taken out: its base layers (`base_layer`, as LoRA's
     and PEFT's layers keep them; an empty slot for a method that fills the nn.Identity slot) and
     the same trained weights elsewhere. The base an adapter's cost is measured against; None when
@@ -199,11 +241,11 @@ def without_adapters(model: SeedCNN) -> SeedCNN | None:
     return bare
 
 
-def mergeable(model: SeedCNN) -> bool:
+def mergeable(model: nn.Module) -> bool:
     return all(entry.merge is not None for _, entry, _ in adapted_modules(model))
 
 
-def merge(model: SeedCNN) -> None:
+def merge(model: nn.Module) -> None:
     """Merge every adapter into its base weights (the residual adapter into `fc`)."""
     for path, entry, module in adapted_modules(model):
         if entry.merge is None:
@@ -211,7 +253,7 @@ def merge(model: SeedCNN) -> None:
         entry.merge(module, model)
 
 
-def unmerge(model: SeedCNN) -> None:
+def unmerge(model: nn.Module) -> None:
     """Undo `merge`: base weights restored, adapter branches active again."""
     for _, entry, module in adapted_modules(model):
         if entry.unmerge is not None:
@@ -219,7 +261,7 @@ def unmerge(model: SeedCNN) -> None:
 
 
 @torch.no_grad()
-def effective_ranks(model: SeedCNN, threshold: float = 0.01) -> dict[str, int | None]:
+def effective_ranks(model: nn.Module, threshold: float = 0.01) -> dict[str, int | None]:
     """Per adapted layer, the rank of the learned update: singular values above `threshold` times
     the largest (0 for an update that is still zero; None when the method exposes no update)."""
     ranks: dict[str, int | None] = {}
@@ -236,25 +278,23 @@ def base_layer(module: nn.Module) -> nn.Module:
     return getattr(module, "base_layer", module)
 
 
-def count(model: SeedCNN, method: str, placement: str, settings: AdapterSettings) -> int:
+def count(model: nn.Module, method: str, placement: str, settings: AdapterSettings) -> int:
     """Closed-form number of adapter parameters `inject` would add to `model` (not modified)."""
-    check_placement(method, placement)
     if method in BASELINES:
         return 0
-    entry = ADAPTERS[method]
-    bases = {p: base_layer(get_module(model, p)) for p in SLOTS[placement]}
+    entry = method_entry(method)
+    bases = {p: base_layer(get_module(model, p)) for p in slots(model, placement)}
     for path, base in bases.items():
         _check(entry, path, base, settings)  # what inject would refuse, count refuses too (a dry run)
     return sum(entry.param_count(base, settings, model) for base in bases.values())
 
 
-def rank_bounds(model: SeedCNN, method: str, placement: str, settings: AdapterSettings) -> dict[str, int]:
+def rank_bounds(model: nn.Module, method: str, placement: str, settings: AdapterSettings) -> dict[str, int]:
     """Per adapted layer, the largest rank the learned update can have (<= the nominal rank)."""
-    check_placement(method, placement)
     if method in BASELINES:
         return {}
-    entry = ADAPTERS[method]
-    return {p: entry.max_rank(base_layer(get_module(model, p)), settings) for p in SLOTS[placement]}
+    entry = method_entry(method)
+    return {p: entry.max_rank(base_layer(get_module(model, p)), settings) for p in slots(model, placement)}
 
 
 # After the native entries, so the registry lists lora and seed first. Not a cycle: peft_methods

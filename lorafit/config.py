@@ -8,30 +8,29 @@ part of it.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 
-import torch
-
-from lorafit import adapters
+from lorafit import adapters, backbones, freeze
 from lorafit.errors import LorafitError
-from lorafit.freeze import POLICIES
 from lorafit.lora import SHAPES
-from lorafit.model import SeedCNN
 from lorafit.names import RENAMED, modern
+
+# Fields added after records existed: left out of the digests at these values, so the ids of
+# older records (and their tuning studies) stay what they were.
+ADDED_LATER = {"backbone": backbones.DEFAULT}
 
 
 @dataclass(frozen=True)
 class RunConfig:
     name: str  # the grid cell / study label, e.g. "lora-proj"
     method: str  # scratch | full | head, or an adapter method (lorafit.adapters)
-    placement: str = "none"  # where adapters go (lorafit.adapters.PLACEMENTS)
+    placement: str = "none"  # where adapters go: a placement group of the backbone
     shape: str = "1x1"  # conv adapter shape: 1x1 | kxk
     rank: int = 0  # 0 when no adapter
     alpha: float = 1.0
-    policy: str = "full"  # freeze policy (lorafit.freeze.POLICIES)
+    policy: str = "full"  # freeze policy (lorafit.freeze.policies(backbone))
     seed: int = 0  # model init, batch order, and the backbone's pretraining seed
     # data
     profile: str = "smoke"
@@ -55,11 +54,18 @@ class RunConfig:
     pretrain_lr: float = 2e-3
     pretrain_batch_size: int = 128
     pretrain_size: int = 0
-    widths: tuple[int, int, int] = (32, 64, 128)
+    backbone: str = backbones.DEFAULT  # the network (lorafit.backbones)
+    widths: tuple[int, ...] = ()  # () = the backbone's default widths
 
     def __post_init__(self) -> None:
         for key in RENAMED:  # old spellings (records, grid files) are read as the new ones
             object.__setattr__(self, key, modern(key, getattr(self, key)))
+        if not isinstance(self.backbone, str) or self.backbone not in backbones.BACKBONES:
+            raise LorafitError(
+                f"{self.name}: unknown backbone {self.backbone!r}; "
+                f"choose one of {', '.join(backbones.BACKBONES)}"
+            )
+        object.__setattr__(self, "widths", tuple(self.widths) or backbones.entry(self.backbone).widths)
         # 8 and 8.0 are one setting: store float fields as floats so the hash and id agree.
         for f in fields(self):
             value = getattr(self, f.name)
@@ -93,7 +99,7 @@ class RunConfig:
         )
 
     def digest(self) -> str:
-        return _digest(self.to_dict())
+        return _digest(_identity(self.to_dict()))
 
     @property
     def label(self) -> str:
@@ -108,7 +114,7 @@ class RunConfig:
     @property
     def tuning_key(self) -> str:
         """The configuration's identity for tuning: everything but the seed and the rates."""
-        d = {k: v for k, v in self.to_dict().items() if k not in ("seed", "lr", "head_lr")}
+        d = {k: v for k, v in _identity(self.to_dict()).items() if k not in ("seed", "lr", "head_lr")}
         return _digest(d)[:8]
 
     @property
@@ -136,21 +142,25 @@ class RunConfig:
             pretrain_lr=self.pretrain_lr,
             pretrain_batch_size=self.pretrain_batch_size,
             pretrain_size=self.pretrain_size,
+            backbone=self.backbone,
             widths=self.widths,
         )
 
     def pretrain_dict(self) -> dict:
         """The settings the shared backbone depends on (its cache key); not the target's."""
-        return {
-            "source": self.source,
-            "data_seed": self.data_seed,
-            "widths": list(self.widths),
-            "seed": self.seed,
-            "epochs": self.pretrain_epochs,
-            "lr": self.pretrain_lr,
-            "batch_size": self.pretrain_batch_size,
-            "size": self.pretrain_size,
-        }
+        return _identity(
+            {
+                "backbone": self.backbone,
+                "source": self.source,
+                "data_seed": self.data_seed,
+                "widths": list(self.widths),
+                "seed": self.seed,
+                "epochs": self.pretrain_epochs,
+                "lr": self.pretrain_lr,
+                "batch_size": self.pretrain_batch_size,
+                "size": self.pretrain_size,
+            }
+        )
 
 
 def label(name: str, rank: int | None) -> str:
@@ -161,6 +171,10 @@ def label(name: str, rank: int | None) -> str:
 def head_rate(lr: float, head_lr: float | None) -> float:
     """The new head's rate: head_lr, or lr where head_lr is 0 (records use it too)."""
     return head_lr or lr
+
+
+def _identity(d: dict) -> dict:
+    return {k: v for k, v in d.items() if not (k in ADDED_LATER and v == ADDED_LATER[k])}
 
 
 def _digest(d: dict) -> str:
@@ -183,16 +197,18 @@ def validate(cfg: RunConfig) -> None:
         raise LorafitError(
             f"{cfg.name}: unknown method {cfg.method!r}; choose one of {', '.join(adapters.methods())}"
         )
+    entry = backbones.entry(cfg.backbone)
+    if entry.fixed_widths and cfg.widths != entry.widths:
+        raise LorafitError(
+            f"{cfg.name}: {cfg.backbone} has fixed widths {list(entry.widths)}, got {list(cfg.widths)}"
+        )
     try:
-        adapters.check_placement(cfg.method, cfg.placement)
+        adapters.check_placement(cfg.method, cfg.placement, cfg.backbone, cfg.widths)
+        freeze.check(cfg.policy, cfg.backbone)
     except LorafitError as e:
         raise LorafitError(f"{cfg.name}: {e}") from None
     if cfg.shape not in SHAPES:
         raise LorafitError(f"{cfg.name}: unknown shape {cfg.shape!r}; choose one of {', '.join(SHAPES)}")
-    if cfg.policy not in POLICIES:
-        raise LorafitError(
-            f"{cfg.name}: unknown freeze policy {cfg.policy!r}; choose one of {', '.join(POLICIES)}"
-        )
     if cfg.placement != "none" and (not isinstance(cfg.rank, int) or cfg.rank < 1):
         raise LorafitError(
             f"{cfg.name}: rank must be an integer >= 1 for placement {cfg.placement!r}, got {cfg.rank!r}"
@@ -225,7 +241,7 @@ def check_rank(cfg: RunConfig) -> None:
     update to rank 1, is the same configuration at every rank)."""
     if cfg.method not in adapters.ADAPTERS:
         return
-    model = _shape_model(tuple(cfg.widths))
+    model = backbones.shape_model(cfg.backbone, tuple(cfg.widths))
     try:
         adapters.count(model, cfg.method, cfg.placement, cfg.adapter_settings)  # the method's own checks
     except LorafitError as e:
@@ -240,13 +256,6 @@ def check_rank(cfg: RunConfig) -> None:
         )
 
 
-@functools.cache
-def _shape_model(widths: tuple[int, int, int]) -> SeedCNN:
-    """A SeedCNN for reading layer shapes; built once, without touching the global RNG."""
-    with torch.random.fork_rng(devices=[]):
-        return SeedCNN(10, widths)
-
-
 # What a grid cell or a study's [fixed] section may set: everything but the seed (the grid's
 # --seeds), the profile and the protocol (resolved from the data once per run).
 CELL_FIELDS = tuple(f.name for f in fields(RunConfig) if f.name not in ("seed", "profile", "protocol"))
@@ -255,11 +264,15 @@ CELL_FIELDS = tuple(f.name for f in fields(RunConfig) if f.name not in ("seed", 
 def cell_config(fields: dict, defaults: dict | None = None) -> RunConfig:
     """The RunConfig of one grid cell or study trial, by the same rules for both.
 
-    `defaults` (profile settings) < `fields`; a string field may template the others
+    `defaults` (profile settings) < the backbone's pretraining recipe and its sizes for the
+    profile (lorafit.backbones.defaults) < `fields`; a string field may template the others
     ("lora-{placement}"); an unset alpha is the adapter method's default (alpha = rank, i.e.
     scale 1, for LoRA; 1 for the seed post's adapter); name defaults to the method.
     """
-    merged = {**(defaults or {}), **fields}
+    network, profile = fields.get("backbone", backbones.DEFAULT), (defaults or {}).get("profile", "")
+    known = isinstance(network, str) and network in backbones.BACKBONES
+    own = backbones.defaults(network, profile) if known else {}
+    merged = {**(defaults or {}), **own, **fields}  # the backbone's recipe and sizes over the profile's
     for key, value in list(merged.items()):
         if isinstance(value, str) and "{" in value:
             try:

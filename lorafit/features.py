@@ -20,24 +20,35 @@ from torch import nn
 
 from lorafit.data import hash_tensor
 from lorafit.io import publish, temp_path, write_atomic
-from lorafit.model import STAGES
+
+
+def _moves(stage: nn.Module, stats_adapt: bool) -> bool:
+    """Whether training changes what the stage computes: a trainable parameter, or a BatchNorm
+    whose running statistics adapt (lorafit.freeze's BatchNorm rule)."""
+    if any(p.requires_grad for p in stage.parameters()):
+        return True
+    bn = nn.modules.batchnorm._BatchNorm
+    return stats_adapt and any(isinstance(m, bn) for m in stage.modules())
 
 
 def frozen_prefix_length(model: nn.Module) -> int:
-    """Number of leading stages whose parameters are all frozen (stages without parameters count
-    as frozen). 0 means nothing can be cached."""
-    for i, name in enumerate(STAGES):
-        if any(p.requires_grad for p in getattr(model, name).parameters()):
+    """Number of leading stages (the network's `stage_names`) that training leaves unchanged
+    (stages without parameters count as unchanged). 0 means nothing can be cached."""
+    stages = getattr(model, "stage_names", ())
+    stats_adapt = getattr(model, "bn_stats", "adapt") == "adapt"
+    for i, name in enumerate(stages):
+        if _moves(getattr(model, name), stats_adapt):
             return i
-    return len(STAGES)
+    return len(stages)
 
 
 def cache_key(model: nn.Module, stop: int, data_digest: str, dtype: torch.dtype) -> str:
     """Hash of the prefix stages' weights, the images (their digest, lorafit.data.Split.digest)
     and the feature dtype."""
     h = hashlib.sha256()
-    h.update(f"{STAGES[:stop]}|{dtype}".encode())
-    for name in STAGES[:stop]:
+    stages = model.stage_names[:stop]
+    h.update(f"{stages}|{dtype}".encode())
+    for name in stages:
         for pname, p in sorted(getattr(model, name).state_dict().items()):
             h.update(pname.encode())
             hash_tensor(h, p)

@@ -38,8 +38,9 @@ checks each refusal against the installed PEFT (and fails when a refused case st
 
     OFT on a k x k Conv2d (k > 1): PEFT's unmerged forward unfolds the input into k x k patches,
         rotates them and folds them back, summing the overlaps, so it is not the base conv at
-        initialisation and merged != unmerged. OFT therefore takes `proj` only (the SeedCNN's
-        convs are 3x3). PEFT also fails on grouped convs and refuses dilated ones for OFT.
+        initialisation and merged != unmerged. OFT therefore takes Linear and 1x1 convs
+        only (on the seed CNN `proj`; its convs are 3x3). PEFT also fails on grouped convs and
+        refuses dilated ones for OFT.
     DoRA: groups > 1 cannot merge (PEFT raises); dilation > 1 fails in forward (the LoRA branch
         ignores the dilation); padding_mode other than zeros merges to a different output (the
         branch pads with zeros).
@@ -66,8 +67,7 @@ from lorafit.errors import LorafitError
 from lorafit.registry import AdapterMethod, AdapterSettings, register
 
 ADAPTER = "default"  # the PEFT adapter name every injected layer uses
-PLACEMENTS = ("proj", "conv1", "conv2", "conv3", "convs", "all")
-_SEED_NOTE = "PEFT wraps Linear and Conv2d layers; 'seed' is an nn.Identity activation slot"
+_SEED_NOTE = "PEFT wraps Linear and Conv2d layers; 'post-proj' is an nn.Identity activation slot"
 
 # Conv2d features PEFT 0.21 gets wrong per method (see the module docstring): feature -> why.
 CONV_LIMITS: dict[str, dict[str, str]] = {
@@ -99,6 +99,21 @@ def conv_features(conv: nn.Conv2d) -> list[str]:
     if tuple(conv.kernel_size) != (1, 1):
         found.append("kernel")
     return found
+
+
+def _takes(method: str) -> Callable[[nn.Module], str | None]:
+    """The first conv feature PEFT gets wrong for `method` on this layer, as a reason (None: none)."""
+
+    def takes(base: nn.Module) -> str | None:
+        if not isinstance(base, nn.Conv2d):
+            return None
+        for feature in conv_features(base):
+            why = CONV_LIMITS[method].get(feature)
+            if why:
+                return f"cannot take a Conv2d with {_describe(base, feature)}: {why}"
+        return None
+
+    return takes
 
 
 def _describe(conv: nn.Conv2d, feature: str) -> str:
@@ -322,7 +337,7 @@ def _entry(
     param_count,
     max_rank,
     default_alpha: Callable[[int], float] = float,
-    placements: tuple[str, ...] = PLACEMENTS,
+    placements: tuple[str, ...] | None = None,
     layer_types: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d),
     placement_note: str = _SEED_NOTE,
 ) -> AdapterMethod:
@@ -341,6 +356,7 @@ def _entry(
             default_alpha=default_alpha,
             delta=_delta,
             check=_check(name),
+            takes=_takes(name),
             placement_note=placement_note,
         )
     )
@@ -377,6 +393,6 @@ _entry(
     _oft_count,
     _full_rank,
     default_alpha=lambda rank: 1.0,
-    placements=("proj",),
-    placement_note="PEFT's OFT forward on the k x k conv layers is not the base conv at initialisation",
+    placement_note="PEFT's OFT forward on k x k conv layers is not the base conv at initialisation; "
+    "it takes Linear and 1x1 Conv2d layers",
 )

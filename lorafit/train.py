@@ -25,7 +25,8 @@ from torch import nn
 from lorafit.data import Split, image_digest
 from lorafit.errors import LorafitError
 from lorafit.features import FeatureCache, cache_key, frozen_prefix_length
-from lorafit.model import STAGES
+from lorafit.freeze import stats_move, train_mode
+from lorafit.model import head_module, run_stages
 
 if TYPE_CHECKING:
     from lorafit.config import RunConfig
@@ -112,7 +113,7 @@ class _Inputs:
         feats = cache.get(key) if cache is not None else None
         if feats is None:
             with torch.inference_mode():
-                shape = model.run_stages(torch.zeros(1, 1, 28, 28, device=device), 0, start).shape[1:]
+                shape = run_stages(model, torch.zeros(1, 1, 28, 28, device=device), 0, start).shape[1:]
             feats = cache.allocate(key, (len(images), *shape), dtype) if cache is not None else None
             if feats is None:
                 feats = torch.empty((len(images), *shape), dtype=dtype)
@@ -120,7 +121,7 @@ class _Inputs:
                 with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
                     for i in range(0, len(images), batch_size):
                         x = normalise(images[i : i + batch_size].to(device))
-                        feats[i : i + batch_size] = model.run_stages(x, 0, start).to("cpu", dtype)
+                        feats[i : i + batch_size] = run_stages(model, x, 0, start).to("cpu", dtype)
             except BaseException:
                 if cache is not None:
                     cache.discard(key)
@@ -187,19 +188,19 @@ def _prefix_start(model: nn.Module, cache: FeatureCache | None, n: int, device, 
     """How many leading stages to run once and cache: the frozen prefix, if its features fit."""
     if cache is None:
         return 0
-    start = min(frozen_prefix_length(model), len(STAGES) - 1)
-    if start == 0:
+    start = min(frozen_prefix_length(model), len(getattr(model, "stage_names", ())) - 1)
+    if start <= 0:
         return 0
     with torch.inference_mode():
-        probe = model.run_stages(torch.zeros(1, 1, 28, 28, device=device), 0, start)
+        probe = run_stages(model, torch.zeros(1, 1, 28, 28, device=device), 0, start)
     itemsize = 2 if bf16 else 4
     return start if cache.fits(n * probe[0].numel() * itemsize) else 0
 
 
 def param_groups(model: nn.Module, params: list[nn.Parameter], lr: float, head_lr: float) -> list[dict]:
-    """Two optimizer groups: the new head `fc` at head_lr, every other trainable tensor (adapters,
+    """Two optimizer groups: the new head at head_lr, every other trainable tensor (adapters,
     or the backbone) at lr. Empty groups are left out."""
-    head = {id(p) for p in model.fc.parameters()} if hasattr(model, "fc") else set()
+    head = {id(p) for p in head_module(model).parameters()}
     groups = [
         {"params": [p for p in params if id(p) not in head], "lr": lr},
         {"params": [p for p in params if id(p) in head], "lr": head_lr},
@@ -227,7 +228,7 @@ def predict(
     with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
         for i in range(0, len(images), batch_size):
             idx = torch.arange(i, min(i + batch_size, len(images)), device=inputs.data.device)
-            preds.append(model.run_stages(inputs.batch(idx), start).argmax(1).cpu())
+            preds.append(run_stages(model, inputs.batch(idx), start).argmax(1).cpu())
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
 
 
@@ -297,12 +298,14 @@ def _fit(
         param_groups(model, params, lr, cfg.effective_head_lr), lr=lr, weight_decay=weight_decay
     )
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
-    result = FitResult(status="complete", bf16=bf16, cached_stages=STAGES[:start])
+    result = FitResult(
+        status="complete", bf16=bf16, cached_stages=tuple(getattr(model, "stage_names", ()))[:start]
+    )
     best_state, best_acc, stale, trained_images = None, -1.0, 0, 0
     t_start = time.perf_counter()
     train_seconds = 0.0
     for epoch in range(1, epochs + 1):
-        model.train()
+        train_mode(model)  # BatchNorm as the freeze policy says (lorafit.freeze)
         t0 = time.perf_counter()
         perm = torch.randperm(len(train), generator=gen).to(train_in.data.device)
         total_loss = torch.zeros((), device=device)
@@ -311,7 +314,7 @@ def _fit(
         for step, i in enumerate(range(0, len(train), batch_size)):
             idx = perm[i : i + batch_size]
             with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-                loss = F.cross_entropy(model.run_stages(train_in.batch(idx), start), train_y[idx])
+                loss = F.cross_entropy(run_stages(model, train_in.batch(idx), start), train_y[idx])
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step + 1, first_bad)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -330,7 +333,7 @@ def _fit(
             correct = torch.zeros((), dtype=torch.long, device=device)
             for i in range(0, len(val), EVAL_BATCH):
                 idx = torch.arange(i, min(i + EVAL_BATCH, len(val)), device=val_in.data.device)
-                correct += (model.run_stages(val_in.batch(idx), start).argmax(1) == val_y[idx]).sum()
+                correct += (run_stages(model, val_in.batch(idx), start).argmax(1) == val_y[idx]).sum()
         val_acc = correct.item() / max(len(val), 1)
         result.curve.append(
             {
@@ -344,17 +347,19 @@ def _fit(
         if val_acc > best_acc:
             best_acc, stale, result.best_epoch = val_acc, 0, epoch
             best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+            if stats_move(model):  # BatchNorm statistics belong to the best epoch too
+                best_state.update({n: b.detach().clone() for n, b in model.named_buffers()})
         else:
             stale += 1
         if on_epoch is not None:
             on_epoch(epoch, val_acc)
         if patience and stale >= patience:
             break
-    if best_state is not None:  # only trainable tensors change, so only they are kept and restored
+    if best_state is not None:  # only trainable tensors (and moving statistics) change: only they are kept
         with torch.no_grad():
-            for name, param in model.named_parameters():
+            for name, tensor in (*model.named_parameters(), *model.named_buffers()):
                 if name in best_state:
-                    param.copy_(best_state[name])
+                    tensor.copy_(best_state[name])
     model.eval()
     result.best_val_acc = best_acc if best_acc >= 0 else float("nan")
     result.train_s = time.perf_counter() - t_start

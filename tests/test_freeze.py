@@ -26,7 +26,7 @@ def _names(model):
 
 
 @pytest.mark.parametrize("placement", ["none", "proj", "convs", "post-proj"])
-@pytest.mark.parametrize("policy", freeze.POLICIES)
+@pytest.mark.parametrize("policy", sorted(set(freeze.policies("seed-cnn")) - set(freeze.NEEDS)))
 def test_policy_trainable_set(policy, placement):
     model = SeedCNN(num_classes=62)
     method = {"none": "full", "post-proj": "residual"}.get(placement, "lora")
@@ -68,3 +68,10 @@ def test_seed_policy_freezes_conv1_conv3_proj():
 def test_unknown_policy():
     with pytest.raises(LorafitError, match="unknown freeze policy"):
         freeze.apply(SeedCNN(), "frozen")
+
+
+@pytest.mark.parametrize("policy", sorted(freeze.NEEDS))
+def test_policies_that_would_be_lora_on_the_seed_cnn_are_refused(policy):
+    """The seed CNN has no normalisation layers: norm and lora-stats would secretly be lora."""
+    with pytest.raises(LorafitError, match="would be policy lora"):
+        freeze.check(policy, "seed-cnn")

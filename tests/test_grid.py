@@ -13,7 +13,7 @@ from grids import TINY_GRID
 from bench.__main__ import DEFAULT_GRID, main
 from bench.grid import load_grid, load_tuning
 from bench.records import load_records
-from lorafit import names
+from lorafit import backbones, names
 from lorafit.adapters import AdapterSettings, count
 from lorafit.config import RunConfig
 from lorafit.errors import LorafitError
@@ -58,7 +58,8 @@ def _lora(placement: str, rank: int) -> RunConfig:
 
 
 def test_grid_file_declares_the_ablation():
-    cells = load_grid(DEFAULT_GRID, "smoke")
+    every = load_grid(DEFAULT_GRID, "smoke")
+    cells = [c for c in every if c.backbone == "seed-cnn"]
     names = sorted({c.name for c in cells})
     assert {
         "scratch",
@@ -92,8 +93,14 @@ def test_grid_file_declares_the_ablation():
             sizes = sorted(budget(c) for c in cells if c.method == method and c.placement == placement)
             assert len(sizes) >= 2 and sizes[0] <= min(want) * 1.1 and sizes[-1] >= max(want) * 0.9
     assert all(c.seed == 0 for c in cells)  # smoke: one seed
-    assert len(load_grid(DEFAULT_GRID, "local", tuned=True)) == 5 * len(cells)  # local: 5 paired seeds
+    assert len(load_grid(DEFAULT_GRID, "local", tuned=True)) == 5 * len(every)  # local: 5 paired seeds
     assert len({c.lr for c in cells}) > 1  # fixed mode: each method has its own rate
+    # One section per other backbone: probe, full, scratch and LoRA on each of its placement groups.
+    for network in ("residual-cnn", "resnet18"):
+        rows = [c for c in every if c.backbone == network]
+        assert {c.method for c in rows} >= {"head", "full", "scratch", "lora", "dora", "oft"}
+        groups = {c.placement for c in rows if c.method == "lora" and c.rank == 8 and c.policy == "lora"}
+        assert groups == set(backbones.placements(network)[1:])
     # The smoke profile runs at fixed rates; local and paper tune every configuration.
     assert load_tuning(DEFAULT_GRID, "smoke") is None
     local, paper = load_tuning(DEFAULT_GRID, "local"), load_tuning(DEFAULT_GRID, "paper")

@@ -21,7 +21,7 @@ from lorafit.train import fit
 peft = pytest.importorskip("peft")
 
 METHODS = ("dora", "loha", "lokr", "ia3", "oft")
-CASES = [(m, p) for m in METHODS for p in adapters.ADAPTERS[m].placements]
+CASES = [(m, p) for m in METHODS for p in adapters.placements_of(m)]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -66,7 +66,9 @@ def test_placements_an_entry_does_not_list_are_refused():
     for method in METHODS:
         entry = adapters.ADAPTERS[method]
         assert method in adapters.methods() and entry.merge is not None and entry.unmerge is not None
-        for placement in sorted(set(adapters.PLACEMENTS) - set(entry.placements) - {"none"}):
+        for placement in sorted(
+            set(adapters.PLACEMENTS) - set(adapters.placements_of(entry.name)) - {"none"}
+        ):
             model = _model()
             with pytest.raises(LorafitError, match=placement):
                 adapters.inject(model, method, placement, settings(method))
@@ -179,7 +181,7 @@ def test_lora_policy_trains_exactly_the_adapter_and_head(method, placement):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_bf16_autocast_channels_last_forward_backward(method):
-    placement = adapters.ADAPTERS[method].placements[-1]  # all (proj for OFT)
+    placement = adapters.placements_of(method)[-1]  # all (proj for OFT)
     model = replace_head(_model(), 62)
     adapters.inject(model, method, placement, settings(method))
     _randomise(model)
@@ -201,7 +203,7 @@ def test_bf16_autocast_channels_last_forward_backward(method):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_deepcopy_is_independent_and_equal(method):
-    placement = adapters.ADAPTERS[method].placements[-1]
+    placement = adapters.placements_of(method)[-1]
     model = _model()
     adapters.inject(model, method, placement, settings(method))
     _randomise(model)
@@ -222,7 +224,7 @@ def test_deepcopy_is_independent_and_equal(method):
 @pytest.mark.parametrize("method", ["dora", "lokr"])
 def test_the_trainer_fits_a_peft_adapter_in_bf16(method):
     """lorafit.train.fit (channels_last, bf16 autocast) on a few random images."""
-    placement = adapters.ADAPTERS[method].placements[-1]
+    placement = adapters.placements_of(method)[-1]
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (96, 1, 28, 28), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 62, (96,), generator=g)
@@ -298,7 +300,7 @@ def test_bad_sizes_are_one_line_errors_at_count_and_inject(method, placement, ra
 def test_oft_on_a_conv_placement_is_refused_with_the_reason():
     with pytest.raises(LorafitError) as e:
         adapters.inject(_model(), "oft", "conv2", settings("oft"))
-    assert "it takes proj" in _one_line(e) and "not the base conv" in str(e.value)
+    assert "kernel (3, 3)" in _one_line(e) and "not the base conv" in str(e.value)
 
 
 def test_unsupported_combination_in_a_grid_exits_2_at_load(tmp_path, tiny_grid, capsys):

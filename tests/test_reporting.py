@@ -295,8 +295,11 @@ def test_each_setup_gets_its_own_table_and_front():
     smoke_row = df[df["setup"].str.startswith("smoke")].iloc[0]
     assert smoke_row["pareto"] and smoke_row["pct_full"] == pytest.approx(2.9)
     md = leaderboard.render_markdown(local + smoke, "cmd")
-    assert "## Results — local: mnist → emnist-byclass (resplit; all train images, 4 epochs)" in md
-    assert "## Results — smoke: glyphs-digits → glyphs-chars (synthetic; all train images, 4 epochs)" in md
+    assert "## Results — local: mnist → emnist-byclass, seed-cnn (resplit; all train images, 4 epochs)" in md
+    assert (
+        "## Results — smoke: glyphs-digits → glyphs-chars, seed-cnn (synthetic; all train images, 4 epochs)"
+        in md
+    )
     assert md.count("## Summary — ") == 2
 
 

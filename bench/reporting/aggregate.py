@@ -25,7 +25,8 @@ from bench.reporting.stats import (
     t_halfwidth,
 )
 from lorafit import adapters, metrics
-from lorafit.adapters import CONV_PLACEMENTS
+from lorafit.backbones import DEFAULT as DEFAULT_BACKBONE
+from lorafit.backbones import is_conv_placement
 from lorafit.config import head_rate, label
 from lorafit.names import modernize
 
@@ -65,10 +66,11 @@ def setup_of(record: dict) -> str:
     protocol = record.get("env", {}).get("protocol") or c.get("protocol")
     # Sizes and epochs too: a study's shrunken trials are not ranked against grid cells.
     budget = f"{c.get('train_size') or 'all'} train images, {c.get('epochs')} epochs"
-    return f"{c.get('profile')}: {c.get('source')} → {c.get('target')} ({protocol}; {budget})"
+    network = c.get("backbone") or DEFAULT_BACKBONE
+    return f"{c.get('profile')}: {c.get('source')} → {c.get('target')}, {network} ({protocol}; {budget})"
 
 
-def family(method: str, placement: str, shape: str, policy: str) -> str:
+def family(method: str, placement: str, shape: str, policy: str, backbone: str = DEFAULT_BACKBONE) -> str:
     """The colour group in charts: the baseline's name, the seed post, or an adapter method by
     placement (with its conv shape and freeze policy when they differ from the default)."""
     if method in adapters.BASELINES:
@@ -76,7 +78,7 @@ def family(method: str, placement: str, shape: str, policy: str) -> str:
     if method == "residual":
         return "seed post"
     name = f"{method} {placement}"
-    if placement in CONV_PLACEMENTS and shape != "1x1":
+    if is_conv_placement(backbone, placement) and shape != "1x1":
         name += f" {shape}"
     if policy != "lora":
         name += f" ({policy})"
@@ -162,6 +164,7 @@ def aggregate(records: Iterable[dict], replicates: int = BOOTSTRAP_REPLICATES) -
     df["selection"] = [r.get("tuning") or {} for r in records]  # the same for every seed of a row
     df["head_lr"] = [head_rate(r["config"].get("lr"), r["config"].get("head_lr")) for r in records]
     # Records written before the parameter ledger have none of its fields (and another peak_mem_mb).
+    df["config.backbone"] = [r["config"].get("backbone") or DEFAULT_BACKBONE for r in records]
     df["has_ledger"] = ["adapter_file_bytes" in (r.get("metrics") or {}) for r in records]
 
     g = df.groupby(["setup", "key"], sort=True)
@@ -182,6 +185,7 @@ def aggregate(records: Iterable[dict], replicates: int = BOOTSTRAP_REPLICATES) -
         profile=("config.profile", "first"),
         source=("config.source", "first"),
         target=("config.target", "first"),
+        backbone=("config.backbone", "first"),
         n_runs=("run.id", "size"),
         n=("acc", "count"),
         n_failed=("failed", "sum"),
@@ -210,7 +214,8 @@ def aggregate(records: Iterable[dict], replicates: int = BOOTSTRAP_REPLICATES) -
     out["acc_lo"], out["acc_hi"] = out["acc_mean"] - out["acc_ci"], out["acc_mean"] + out["acc_ci"]
     out["label"] = labels(out)
     out["family"] = [
-        family(*r) for r in out[["method", "placement", "shape", "policy"]].itertuples(index=False)
+        family(*r)
+        for r in out[["method", "placement", "shape", "policy", "backbone"]].itertuples(index=False)
     ]
     out["method_family"] = out["method"].map(method_family)
     out["baseline"] = out["method"].isin(BASELINES)

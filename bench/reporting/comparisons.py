@@ -1,6 +1,7 @@
 """The summary's paired comparisons, computed once per setup (the summary and the matched-budget
 table print the same ones): the seed post vs LoRA at its budget, full fine-tuning vs scratch,
-LoRA on a conv placement vs on proj, every other adapter method vs LoRA at the nearest budget."""
+LoRA on a conv placement vs on proj (the seed CNN), or every placement vs the best one (backbones
+without proj), every other adapter method vs LoRA at the nearest budget."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pandas as pd
 
 from bench.reporting.aggregate import BASELINES, reference
 from bench.reporting.stats import holm, paired
-from lorafit.adapters import CONV_PLACEMENTS
+from lorafit.backbones import is_conv_placement
 
 
 def matched_lora(lora: pd.DataFrame, row: pd.Series) -> pd.Series | None:
@@ -31,8 +32,10 @@ def comparisons(part: pd.DataFrame) -> pd.DataFrame:
     kinds: 'seed' (the best LoRA with at most the seed post's trainable parameters vs the seed
     post's setup), 'pretraining' (full fine-tuning vs scratch), 'placement' (LoRA on a conv
     placement vs LoRA on proj at the same rank and policy; group: placement, shape, policy),
-    'budget' (every other adapter method vs LoRA on the same placement and policy with the
-    nearest number of trainable parameters, on a log scale; group: placement).
+    'where' (on a backbone without proj: LoRA on each placement vs the best placement at the same
+    rank, shape and policy; group: rank, shape, policy), 'budget' (every other adapter method vs
+    LoRA on the same placement and policy with the nearest number of trainable parameters, on a
+    log scale; group: placement).
     """
     done = part[part["acc_mean"].notna()]
     lora = done[done["method"].eq("lora")]
@@ -48,11 +51,18 @@ def comparisons(part: pd.DataFrame) -> pd.DataFrame:
     proj = (
         lora[lora["placement"].eq("proj")].drop_duplicates(["rank", "policy"]).set_index(["rank", "policy"])
     )
-    conv = lora[lora["placement"].isin(CONV_PLACEMENTS)].sort_values("rank", kind="mergesort")
+    convs = [is_conv_placement(b, p) for b, p in zip(lora["backbone"], lora["placement"])]
+    conv = lora[np.array(convs, dtype=bool)].sort_values("rank", kind="mergesort") if len(lora) else lora
     for (placement, shape, policy), rows in conv.groupby(["placement", "shape", "policy"], sort=True):
         for _, c in rows.iterrows():
             if (c["rank"], policy) in proj.index:
                 pairs.append(("placement", f"{placement} {shape} {policy}", c, proj.loc[(c["rank"], policy)]))
+    if proj.empty:  # the placement question without a proj: each placement against the best one
+        for (rank, shape, policy), rows in lora.groupby(["rank", "shape", "policy"], sort=True):
+            if rows["placement"].nunique() > 1:
+                best = rows.iloc[0]  # the setup is sorted by accuracy
+                for _, other in rows.iloc[1:].iterrows():
+                    pairs.append(("where", f"{rank} {shape} {policy}", best, other))
     for _, m in done[~done["method"].isin(BASELINES) & ~done["method"].eq("lora")].iterrows():
         match = matched_lora(lora, m)
         if match is not None:

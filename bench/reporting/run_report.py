@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from bench.records import find_record, record_path, write_atomic
-from bench.reporting.aggregate import CONV_PLACEMENTS
 from bench.reporting.chartkit import save
 from lorafit import metrics
+from lorafit.backbones import is_conv_placement
 from lorafit.errors import LorafitError
 
 TOP_K = 15
@@ -113,7 +113,8 @@ def render(record: dict, chart_name: str | None = None) -> str:
     y_true, y_pred = labels_from_confusion(analysis["confusion"])
     summary = metrics.summary(y_true, y_pred)
     rank = f", rank {cfg.get('rank')}" if cfg.get("rank") else ""
-    shape = f", shape {cfg.get('shape')}" if cfg.get("placement") in CONV_PLACEMENTS else ""  # conv only
+    conv = is_conv_placement(cfg.get("backbone", "seed-cnn"), cfg.get("placement", "none"))
+    shape = f", shape {cfg.get('shape')}" if conv else ""  # conv only
     lines = [
         f"# Run {run['id']}",
         "",

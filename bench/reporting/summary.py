@@ -118,6 +118,21 @@ def summary(df: pd.DataFrame, comp: pd.DataFrame | None = None) -> list[str]:
             f"{what} vs LoRA on proj at equal rank: {parts} — {placement} ahead at {ahead} of "
             f"{len(cs)} rank{'s' if len(cs) > 1 else ''}."
         )
+    # Where LoRA belongs on a backbone without proj: the best placement against every other.
+    for group, cs in comp[comp["kind"].eq("where")].groupby("group", sort=True):
+        rank, shape, policy = group.split(" ")
+        best = rows.loc[cs.iloc[0]["a"]]
+        parts = "; ".join(
+            f"{rows.loc[c['b'], 'placement']} {pct(rows.loc[c['b'], 'acc_mean'])}%: {_versus(c)}"
+            for _, c in cs.iterrows()
+        )
+        clear = int(((cs["p_holm"] < 0.05) & (cs["diff"] > 0)).sum())
+        what = f"LoRA r{rank} ({shape}" + (f", policy {policy})" if policy != "lora" else ")")
+        lines.append(
+            f"Where {what} belongs on {best['backbone']}: **{best['placement']}** reaches "
+            f"{fmt_acc(best, '%')}; against it {parts} — ahead of {clear} of {len(cs)} other "
+            f"placement{'s' if len(cs) > 1 else ''} at Holm p < 0.05."
+        )
     # Other adapter methods against LoRA at the nearest budget, per placement.
     for placement, cs in comp[comp["kind"].eq("budget")].groupby("group", sort=True):
         ahead = cs[(cs["lo"] > 0)]["a"].tolist()
