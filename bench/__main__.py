@@ -14,19 +14,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import shlex
 import sys
 from pathlib import Path
 
-from lorafit.data import DATASETS
+from bench.cli import common, data_dir_of, positive, resolved, runs_and_storage, target_of
 from lorafit.errors import LorafitError
 from lorafit.train import pick_device
-
-
-def data_names() -> list[str]:
-    return list(DATASETS)
-
 
 ROOT = Path(__file__).resolve().parent.parent
 # The subcommands whose module brings its own arguments and main(args).
@@ -40,75 +34,6 @@ COMMANDS = {
     "perf": ("bench.perf", "throughput: the suite vs the seed post's pipeline, ratios from one run"),
 }
 DEFAULT_GRID = ROOT / "studies" / "grid.toml"
-
-
-def _runs_dir(path: str) -> Path:
-    runs = Path(path)
-    try:
-        runs.mkdir(parents=True, exist_ok=True)
-        probe = runs / f".write-probe-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise LorafitError(
-            f"runs directory {runs} is not writable ({e.strerror}); pass --runs-dir DIR"
-        ) from None
-    return runs
-
-
-def _positive(flag: str):
-    def parse(value: str) -> int:
-        try:
-            n = int(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} must be an integer >= 1, got {value!r}") from None
-        if n < 1:
-            raise argparse.ArgumentTypeError(f"{flag} must be >= 1, got {n}")
-        return n
-
-    return parse
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--runs-dir", default="runs", help="where storage, backbones, records, charts go (default ./runs)"
-    )
-    p.add_argument(
-        "--data-dir",
-        default=None,
-        help="folder with the official MNIST/EMNIST files (default: $LORAFIT_DATA_DIR, else "
-        "download with torchvision into the cache)",
-    )
-    p.add_argument(
-        "--storage",
-        default=None,
-        help="Optuna storage URL (default sqlite:///RUNS/optuna.db; "
-        "postgresql://USER@HOST/DB for many machines)",
-    )
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
-    p.add_argument(
-        "--cache-mb",
-        type=float,
-        default=2048,
-        help="memory budget for frozen-prefix feature caches (0 disables them)",
-    )
-    p.add_argument(
-        "--threads",
-        type=_positive("--threads"),
-        default=None,
-        help="CPU threads per worker (default: PyTorch's, one per core); on 2 cores two workers "
-        "at --threads 1 trained 1.6x the images of one at 2",
-    )
-    p.add_argument(
-        "--no-progress",
-        action="store_true",
-        help="no progress bars (they are shown only on a terminal anyway)",
-    )
-    p.add_argument(
-        "--target",
-        default=None,
-        help=f"target dataset (default: the profile's); one of {', '.join(data_names())}",
-    )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -130,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--grid", default=str(DEFAULT_GRID), help="grid file (default studies/grid.toml)")
     run.add_argument(
         "--seeds",
-        type=_positive("--seeds"),
+        type=positive("--seeds"),
         default=None,
         help="seeds per configuration (default: the profile's; smoke 1, local 5, paper 3); "
         "a later run with more seeds adds the missing ones",
@@ -146,7 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the tuning stage and stop (the seeds run next time, here or on other machines)",
     )
-    _common(run)
+    run.add_argument(
+        "--budget-check",
+        action="store_true",
+        help="the epoch-sensitivity check: train the representative rows again at 2x the training "
+        "budget, at the 1x selected rates (bench/sensitivity.py); run after the grid itself",
+    )
+    common(run)
 
     study = sub.add_parser("study", help="run an Optuna study declared in studies/NAME.toml")
     study.add_argument("name", nargs="?", help="study name (a file in studies/) or a path to a .toml file")
@@ -154,57 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--best", action="store_true", help="print the best trial(s) as grid entries")
     study.add_argument(
         "--trials",
-        type=_positive("--trials"),
+        type=positive("--trials"),
         default=None,
         help="total finished trials wanted (default: the file's)",
     )
     study.add_argument("--timeout", type=float, default=None, help="stop starting new trials after S seconds")
     study.add_argument("--profile", default=None, help="smoke | local | paper (default: the file's)")
-    _common(study)
+    common(study)
 
     for command, (module, text) in COMMANDS.items():
         importlib.import_module(module).add_arguments(sub.add_parser(command, help=text))
     return parser
-
-
-def _runs_and_storage(args):
-    """The runs directory and the Optuna storage; a server URL is checked before anything is written."""
-    from bench import storage
-
-    storage.quiet_optuna()
-    if args.storage:
-        store = storage.open_storage(args.storage, Path(args.runs_dir))
-        return _runs_dir(args.runs_dir), store
-    runs = _runs_dir(args.runs_dir)
-    return runs, storage.open_storage(None, runs)
-
-
-def _data_dir(path: str | None) -> Path | None:
-    data_dir = Path(path) if path else None
-    if data_dir is not None and not data_dir.is_dir():
-        raise LorafitError(
-            f"--data-dir {data_dir} does not exist; pass the folder that holds the official files, "
-            "or use --profile smoke"
-        )
-    return data_dir
-
-
-def _resolved(cells, ctx, profile: str):
-    """Every cell with its protocol resolved (once per target); a real-data profile whose files are
-    missing fails here, before anything is written."""
-    try:
-        return [ctx.resolve(c) for c in cells]
-    except LorafitError as e:
-        hint = "" if "--data-dir" in str(e) else " (pass --data-dir DIR, or use --profile smoke)"
-        raise LorafitError(f"profile {profile} needs data it cannot find: {e}{hint}") from None
-
-
-def _target(args) -> dict:
-    if args.target is None:
-        return {}
-    if args.target not in DATASETS:
-        raise LorafitError(f"unknown --target {args.target!r}; choose one of {', '.join(DATASETS)}")
-    return {"target": args.target}
 
 
 def cmd_run_grid(args) -> int:
@@ -216,27 +107,18 @@ def cmd_run_grid(args) -> int:
 
     profiles.profile(args.profile)
     pick_device(args.device)
-    ctx = Context(Path(args.runs_dir), _data_dir(args.data_dir), args.device, args.cache_mb)
+    ctx = Context(Path(args.runs_dir), data_dir_of(args.data_dir), args.device, args.cache_mb)
     spec = None if args.no_tune else grid.load_tuning(args.grid, args.profile)
     if args.tune_only and spec is None:
         raise LorafitError(f"--tune-only: the {args.profile} profile of this grid has no tuning stage")
-    cells = grid.load_grid(args.grid, args.profile, args.seeds, _target(args), tuned=spec is not None)
+    cells = grid.load_grid(args.grid, args.profile, args.seeds, target_of(args), tuned=spec is not None)
     if args.only:
         cells = [c for c in cells if args.only in c.name]
         if not cells:
             raise LorafitError(f"--only {args.only!r} matches no cell")
-    cells = _resolved(cells, ctx, args.profile)
-    runs, store = _runs_and_storage(args)
+    cells = resolved(cells, ctx, args.profile)
+    runs, store = runs_and_storage(args)
     name = f"{Path(args.grid).stem}-{args.profile}"
-    # Cells are enqueued, never sampled: the cheap RandomSampler keeps Optuna from modelling them.
-    study = optuna.create_study(
-        study_name=name,
-        storage=store,
-        direction="maximize",
-        load_if_exists=True,
-        sampler=optuna.samplers.RandomSampler(seed=0),
-    )
-    study.set_user_attr("kind", "grid")
     n_configs = len({c.digest() for c in cells if c.seed == 0}) or len(cells)
     targets = ", ".join(sorted({f"{c.source} -> {c.target} ({c.protocol})" for c in cells}))
     print(
@@ -259,6 +141,25 @@ def cmd_run_grid(args) -> int:
             return 0
     else:
         plan = [Cell(c) for c in cells]
+    if args.budget_check:
+        from bench import sensitivity
+        from bench.records import load_records
+
+        plan = sensitivity.plan(plan, load_records(runs, name), name)
+        name += sensitivity.SUFFIX
+        print(
+            f"epoch-sensitivity check {name}: {len(plan)} cells at {sensitivity.SCALE}x the budget",
+            flush=True,
+        )
+    # Cells are enqueued, never sampled: the cheap RandomSampler keeps Optuna from modelling them.
+    study = optuna.create_study(
+        study_name=name,
+        storage=store,
+        direction="maximize",
+        load_if_exists=True,
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
+    study.set_user_attr("kind", "grid")
     status = driver.run_grid(study, plan, ctx, show_progress=not args.no_progress)
     counts = {s: list(status.values()).count(s) for s in sorted(set(status.values()))}
     print(
@@ -266,7 +167,8 @@ def cmd_run_grid(args) -> int:
         + ", ".join(f"{n} {s}" for s, n in counts.items())
         + f"; records in {runs / 'records' / name}"
     )
-    print(f"next: python -m bench leaderboard --runs-dir {shlex.quote(args.runs_dir)} --study {name}")
+    study_flag = "" if args.budget_check else f" --study {name}"  # the check pairs with the 1x study
+    print(f"next: python -m bench leaderboard --runs-dir {shlex.quote(args.runs_dir)}{study_flag}")
     return 0 if set(status.values()) <= {"done"} else 1
 
 
@@ -322,14 +224,14 @@ def cmd_study(args) -> int:
 
     if args.list:
         runs_db = Path(args.runs_dir) / "optuna.db"
-        store = _runs_and_storage(args)[1] if args.storage or runs_db.exists() else None
+        store = runs_and_storage(args)[1] if args.storage or runs_db.exists() else None
         return _list_studies(store)
     if not args.name:
         raise LorafitError("name a study (python -m bench study --list shows them)")
     name, spec = studies.load_study_file(args.name)
     s = spec.get("study", {})
     if args.best:
-        runs, store = _runs_and_storage(args)
+        runs, store = runs_and_storage(args)
         profile = _best_profile(name, spec, args, store)
         study = studies.create(name, spec, profile, store)
         print(studies.best_as_grid(name, spec, study, profile))
@@ -337,10 +239,10 @@ def cmd_study(args) -> int:
     profile = args.profile or s.get("profile", "smoke")
     profiles.profile(profile)
     pick_device(args.device)
-    ctx = Context(Path(args.runs_dir), _data_dir(args.data_dir), args.device, args.cache_mb)
-    base = _target(args)
-    _resolved([studies.config_for(spec, studies.first_values(spec), profile, base)], ctx, profile)
-    runs, store = _runs_and_storage(args)
+    ctx = Context(Path(args.runs_dir), data_dir_of(args.data_dir), args.device, args.cache_mb)
+    base = target_of(args)
+    resolved([studies.config_for(spec, studies.first_values(spec), profile, base)], ctx, profile)
+    runs, store = runs_and_storage(args)
     study = studies.create(name, spec, profile, store)
     total = args.trials or s.get("trials", 20)
     already = studies.finished(study)

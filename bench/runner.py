@@ -19,6 +19,7 @@ from bench.profiles import PROFILES
 from bench.provenance import env_info, git_sha
 from bench.records import record_path, write_json
 from lorafit import adapters, backbones, data, freeze, metrics
+from lorafit.budget import time_to
 from lorafit.config import RunConfig
 from lorafit.errors import LorafitError
 from lorafit.model import head_module, replace_head
@@ -175,6 +176,10 @@ def _evaluate(
         "val_images": len(splits.val),
         "test_images": len(splits.test),
         "backbone": info.get("digest"),
+        "epochs_trained": len(result.curve),
+        "stop_reason": result.stop_reason,
+        # Time to accuracy: what reaching 99% of the run's best validation accuracy cost.
+        **time_to(result.curve, len(splits.train)),
     }
     if backbone is not None:
         # Forgetting: the adapted network (adapters active) under the original source head.

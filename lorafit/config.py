@@ -19,7 +19,8 @@ from lorafit.names import RENAMED, modern
 
 # Fields added after records existed: left out of the digests at these values, so the ids of
 # older records (and their tuning studies) stay what they were.
-ADDED_LATER = {"backbone": backbones.DEFAULT}
+ADDED_LATER = {"backbone": backbones.DEFAULT, "schedule": "cosine"}
+SCHEDULES = ("cosine", "plateau")  # lorafit.train.fit says what each does
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,11 @@ class RunConfig:
     # adaptation
     lr: float = 1e-3  # the adapter's (or the backbone's) rate; 0: all but the new head at rest
     head_lr: float = 0.0  # the new head's rate; 0 = lr
-    epochs: int = 3
+    epochs: int = 3  # cosine: the schedule's length; plateau: the cap
     batch_size: int = 128
     weight_decay: float = 0.0
-    patience: int = 0  # 0 = no early stopping
+    patience: int = 0  # cosine: early stopping (0 = none); plateau: epochs without improvement
+    schedule: str = "cosine"  # cosine over `epochs` | plateau (train until it stops improving)
     # pretraining on the source task (the shared backbone)
     pretrain_epochs: int = 2
     pretrain_lr: float = 2e-3
@@ -99,7 +101,7 @@ class RunConfig:
         )
 
     def digest(self) -> str:
-        return _digest(_identity(self.to_dict()))
+        return _digest(identity(self.to_dict()))
 
     @property
     def label(self) -> str:
@@ -114,7 +116,7 @@ class RunConfig:
     @property
     def tuning_key(self) -> str:
         """The configuration's identity for tuning: everything but the seed and the rates."""
-        d = {k: v for k, v in _identity(self.to_dict()).items() if k not in ("seed", "lr", "head_lr")}
+        d = {k: v for k, v in identity(self.to_dict()).items() if k not in ("seed", "lr", "head_lr")}
         return _digest(d)[:8]
 
     @property
@@ -148,7 +150,7 @@ class RunConfig:
 
     def pretrain_dict(self) -> dict:
         """The settings the shared backbone depends on (its cache key); not the target's."""
-        return _identity(
+        return identity(
             {
                 "backbone": self.backbone,
                 "source": self.source,
@@ -173,7 +175,8 @@ def head_rate(lr: float, head_lr: float | None) -> float:
     return head_lr or lr
 
 
-def _identity(d: dict) -> dict:
+def identity(d: dict) -> dict:
+    """A config dict without the fields added later at their defaults (what ids are computed on)."""
     return {k: v for k, v in d.items() if not (k in ADDED_LATER and v == ADDED_LATER[k])}
 
 
@@ -207,6 +210,12 @@ def validate(cfg: RunConfig) -> None:
         freeze.check(cfg.policy, cfg.backbone)
     except LorafitError as e:
         raise LorafitError(f"{cfg.name}: {e}") from None
+    if cfg.schedule not in SCHEDULES:
+        raise LorafitError(
+            f"{cfg.name}: unknown schedule {cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}"
+        )
+    if cfg.schedule == "plateau" and cfg.patience < 1:
+        raise LorafitError(f"{cfg.name}: schedule plateau needs patience >= 1")
     if cfg.shape not in SHAPES:
         raise LorafitError(f"{cfg.name}: unknown shape {cfg.shape!r}; choose one of {', '.join(SHAPES)}")
     if cfg.placement != "none" and (not isinstance(cfg.rank, int) or cfg.rank < 1):

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lorafit.budget import Budget
 from lorafit.data import Split, image_digest
 from lorafit.errors import LorafitError
 from lorafit.features import FeatureCache, cache_key, frozen_prefix_length
@@ -80,6 +81,7 @@ class FitResult:
     peak_mem_mb: float = 0.0  # PeakMemory while training (CUDA: allocator peak; CPU: RSS rise)
     bf16: bool = False
     cached_stages: tuple[str, ...] = ()  # the frozen prefix whose features were cached
+    stop_reason: str = ""  # lorafit.budget: budget | patience | plateau | cap | diverged
 
 
 def normalise(images: torch.Tensor) -> torch.Tensor:
@@ -248,11 +250,12 @@ def fit(
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> FitResult:
     """Train the parameters of `model` that require grad as `cfg` says (its epochs, lr, head_lr,
-    batch_size, weight_decay, patience and seed), with AdamW + cosine decay; the head trains at
+    batch_size, weight_decay, schedule, patience and seed) with AdamW; the head trains at
     head_lr (0: lr), everything else at lr (0: at rest).
 
     Validation accuracy is measured after every epoch; the best epoch's weights are restored at
-    the end, and training stops early after `patience` epochs without improvement (0: never). A
+    the end. How long it trains is the schedule's (lorafit.budget: cosine over `epochs` with
+    optional early stopping, or plateau); the result says why it stopped. A
     non-finite loss ends the run with status "diverged" instead of raising. `on_epoch(epoch,
     val_acc)` is called after each epoch; an exception it raises (e.g. a pruning signal)
     propagates. Deterministic for a seed on CPU. Device, precision and the feature cache are
@@ -297,11 +300,11 @@ def _fit(
     opt = torch.optim.AdamW(
         param_groups(model, params, lr, cfg.effective_head_lr), lr=lr, weight_decay=weight_decay
     )
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+    budget = Budget(opt, cfg.schedule, epochs, patience, steps_per_epoch)
     result = FitResult(
         status="complete", bf16=bf16, cached_stages=tuple(getattr(model, "stage_names", ()))[:start]
     )
-    best_state, best_acc, stale, trained_images = None, -1.0, 0, 0
+    best_state, best_acc, trained_images = None, -1.0, 0
     t_start = time.perf_counter()
     train_seconds = 0.0
     for epoch in range(1, epochs + 1):
@@ -319,12 +322,12 @@ def _fit(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
+            budget.step()
             total_loss += loss.detach() * len(idx)
         epoch_s = time.perf_counter() - t0
         train_seconds += epoch_s
         if first_bad.item() > 0:
-            result.status = "diverged"
+            result.status, result.stop_reason = "diverged", "diverged"
             result.error = f"non-finite loss at epoch {epoch}, step {first_bad.item()}"
             break
         trained_images += len(train)
@@ -345,15 +348,14 @@ def _fit(
             }
         )
         if val_acc > best_acc:
-            best_acc, stale, result.best_epoch = val_acc, 0, epoch
+            best_acc, result.best_epoch = val_acc, epoch
             best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
             if stats_move(model):  # BatchNorm statistics belong to the best epoch too
                 best_state.update({n: b.detach().clone() for n, b in model.named_buffers()})
-        else:
-            stale += 1
         if on_epoch is not None:
             on_epoch(epoch, val_acc)
-        if patience and stale >= patience:
+        result.stop_reason = budget.end_epoch(val_acc)
+        if result.stop_reason:
             break
     if best_state is not None:  # only trainable tensors (and moving statistics) change: only they are kept
         with torch.no_grad():

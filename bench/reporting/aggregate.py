@@ -27,7 +27,7 @@ from bench.reporting.stats import (
 from lorafit import adapters, metrics
 from lorafit.backbones import DEFAULT as DEFAULT_BACKBONE
 from lorafit.backbones import is_conv_placement
-from lorafit.config import head_rate, label
+from lorafit.config import head_rate, identity, label
 from lorafit.names import modernize
 
 BASELINES = ("scratch", "full", "head", "residual")  # bold in the table: the reference points
@@ -57,7 +57,8 @@ REFERENCES = {"full": "vs_full", "head": "vs_head"}
 # ---------------------------------------------------------------------------- identities
 def config_key(record: dict) -> str:
     """A configuration's identity: its whole RunConfig except the seed (old spellings modernised)."""
-    return json.dumps({k: v for k, v in modernize(record["config"]).items() if k != "seed"}, sort_keys=True)
+    config = identity(modernize(record["config"]))
+    return json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True)
 
 
 def setup_of(record: dict) -> str:
@@ -127,6 +128,11 @@ def is_tuning_trial(record: dict) -> bool:
     return "-tune/" in (record["run"].get("study") or "")
 
 
+def is_budget_check(record: dict) -> bool:
+    """Records of the epoch-sensitivity check (bench.sensitivity): its own table, never rows."""
+    return bool((record.get("tuning") or {}).get("budget_scale"))
+
+
 def aggregate(records: Iterable[dict], replicates: int = BOOTSTRAP_REPLICATES) -> pd.DataFrame:
     """One row per (setup, configuration): seeds, status counts, means, CI, params, Pareto flag and
     probability, paired differences to the references, case-merged accuracy.
@@ -137,8 +143,9 @@ def aggregate(records: Iterable[dict], replicates: int = BOOTSTRAP_REPLICATES) -
     Row order: setup, then test accuracy descending (configurations without any accuracy last),
     then trainable parameters, then label.
     """
+    rows = (r for r in records if not (is_tuning_trial(r) or is_budget_check(r)))
     records = sorted(
-        ({**r, "config": modernize(r["config"])} for r in records if not is_tuning_trial(r)),
+        ({**r, "config": modernize(r["config"])} for r in rows),
         key=lambda r: (setup_of(r), config_key(r), r["config"].get("seed", 0), r["run"]["id"]),
     )
     if not records:

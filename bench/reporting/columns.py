@@ -285,6 +285,11 @@ COLUMNS: list[Column] = [
     ),
     _ledger("infer_merged_rel_median", "inference_merged_over_base_median", "infer_merged_rel", "median"),
     _ledger("ledger_images", "inference_timed_on_images", "ledger_images", "max"),
+    # Time to accuracy (records from before it have none): medians over seeds.
+    Column("epochs_trained_median", metric="epochs_trained", agg="median"),
+    Column("epochs_to_99_median", metric="epochs_to_99", agg="median"),
+    Column("images_to_99_median", metric="images_to_99", agg="median"),
+    Column("seconds_to_99_median", metric="seconds_to_99", agg="median"),
     Column("selection", csv=evidence.csv_fields),
     Column(
         "pareto",

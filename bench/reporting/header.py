@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from bench.records import frame
-from bench.reporting.aggregate import config_key, median_halfwidth, setup_of
+from bench.reporting.aggregate import config_key, is_budget_check, median_halfwidth, setup_of
 from bench.reporting.fmt import values
 
 PROTOCOL_NOTES = {
@@ -76,11 +76,14 @@ def header(records: list[dict], command: str, agg: pd.DataFrame) -> list[str]:
     df["setup"] = [setup_of(r) for r in records]
     df["key"] = [config_key(r) for r in records]
     statuses = df["run.status"].value_counts().sort_index()
+    checked = [is_budget_check(r) for r in records]
+    rows = df[[not c for c in checked]].groupby(["setup", "key"]).ngroups
+    again = f" (+ {sum(checked)} epoch-sensitivity runs at 2× the budget)" if any(checked) else ""
     lines = [
         "# Leaderboard",
         "",
         f"Generated from {len(records)} run records ({', '.join(f'{n} {s}' for s, n in statuses.items())}) "
-        f"of {df.groupby(['setup', 'key']).ngroups} configurations; studies: {values(df['run.study'])}. "
+        f"of {rows} configurations{again}; studies: {values(df['run.study'])}. "
         "Never edit by hand; regenerate with:",
         "",
         "```bash",

@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.records import load_records, write_atomic
-from bench.reporting import charts, columns, evidence
+from bench.reporting import charts, columns, epochs, evidence
 from bench.reporting.aggregate import aggregate, is_tuning_trial
 from bench.reporting.comparisons import comparisons
 from bench.reporting.header import header
@@ -84,6 +84,7 @@ def render_markdown(
     records = sorted(records, key=lambda r: (r["run"]["id"], r["run"].get("study") or ""))
     agg = aggregate(records) if agg is None else agg
     lines = header(records, command, agg)
+    checks = epochs.checked(records)
     setups = list(agg["setup"].unique())
     for setup in setups:
         part = agg[agg["setup"].eq(setup)]
@@ -104,6 +105,7 @@ def render_markdown(
             budget_table(part, comp)
             + evidence.tuning_table(part)
             + evidence.containment_table(evidence.containment(part))
+            + epochs.sensitivity_table(part, checks)
             + ledger_table(part)
         )
         if extra:

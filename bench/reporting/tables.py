@@ -67,6 +67,9 @@ LEDGER_HEAD = (
     "peak train MiB",
     "inference unmerged / base",
     "merged / base",
+    "epochs (to 99%)",
+    "images to 99%",
+    "s to 99%",
 )
 
 
@@ -87,7 +90,9 @@ def ledger_table(part: pd.DataFrame) -> list[str]:
     part = part[part["has_ledger"]]
     if part.empty:  # records from before the ledger
         return []
-    lines = ["| " + " | ".join(LEDGER_HEAD) + " |", "|---|--:|--:|--:|--:|--:|--:|--:|"]
+    timed = part["epochs_to_99_median"].notna().any()
+    head = LEDGER_HEAD if timed else LEDGER_HEAD[:-3]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "--:|" * (len(head) - 1)]
     for _, r in part.sort_values(["trainable_params", "label"], kind="mergesort").iterrows():
         cells = [
             r["label"],
@@ -99,6 +104,13 @@ def ledger_table(part: pd.DataFrame) -> list[str]:
             fmt_num(r["infer_unmerged_rel_median"]),
             fmt_num(r["infer_merged_rel_median"]),
         ]
+        if timed:
+            trained, to_99 = (fmt_num(r[k], ",.0f") for k in ("epochs_trained_median", "epochs_to_99_median"))
+            cells += [
+                f"{trained} ({to_99})",
+                fmt_num(r["images_to_99_median"], ",.0f"),
+                fmt_num(r["seconds_to_99_median"], ",.1f"),
+            ]
         lines.append("| " + " | ".join(cell(x) for x in cells) + " |")
     return [
         "## Parameter ledger",
@@ -112,7 +124,14 @@ def ledger_table(part: pd.DataFrame) -> list[str]:
         "outputs when conv2 is the first adapted layer). Inference: images/s of the adapted model "
         f"unmerged and merged over the same model without its adapter, {_timing(part)} (— where there "
         "is no adapter, or it cannot merge). Timings come from the run's own worker, so other work on the "
-        "machine adds noise to them.",
+        "machine adds noise to them."
+        + (
+            " Time to accuracy: epochs trained (median over seeds) and, in brackets, the first epoch whose "
+            "validation accuracy reached 99% of the run's best, with the images and training seconds it "
+            "took (medians)."
+            if timed
+            else ""
+        ),
         "",
         *lines,
         "",

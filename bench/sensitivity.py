@@ -1,0 +1,77 @@
+"""The epoch-sensitivity check: does twice the training budget move a row?
+
+`python -m bench run grid --budget-check` trains a representative subset of the grid's rows again
+at SCALE times the training budget (epochs and patience: for the plateau schedule its cap and
+patience, for cosine its length and early-stopping patience) at the rates the 1x tuning stage
+selected, on the same paired seeds, into the study <grid>-<profile>-2x. The rows (per backbone
+and target, from the 1x records): the probe, full fine-tuning, scratch, the seed post, LoRA on proj
+at rank 8 and at its best other rank, the best and the worst LoRA placement besides proj, and the
+best row of every other adapter method. The leaderboard pairs each with its 1x row
+(bench.reporting.epochs.sensitivity_table): a row passes when 2x moves it by no more than its
+own 95% half-width.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from bench.plan import Cell
+from bench.reporting.aggregate import aggregate, config_key, setup_of
+from lorafit.config import RunConfig
+from lorafit.errors import LorafitError
+
+SCALE = 2
+SUFFIX = f"-{SCALE}x"
+
+
+def scaled(cfg: RunConfig, scale: int = SCALE) -> RunConfig:
+    return cfg.replace(epochs=cfg.epochs * scale, patience=cfg.patience * scale)
+
+
+def unscaled(config: dict, scale: int = SCALE) -> dict:
+    """The 1x configuration (a record's config dict) a scaled one was trained from."""
+    return {**config, "epochs": config["epochs"] // scale, "patience": config.get("patience", 0) // scale}
+
+
+def representative(part: pd.DataFrame) -> list[str]:
+    """The labels of one setup's representative rows (`part`: aggregate rows, best first)."""
+    done = part[part["acc_mean"].notna()]
+    chosen: list[str] = []
+
+    def take(rows: pd.DataFrame, n: int = 1) -> None:
+        chosen.extend(label for label in rows["label"].head(n) if label not in chosen)
+
+    for method in ("head", "full", "scratch", "residual"):
+        take(done[done["method"].eq(method)])
+    lora = done[done["method"].eq("lora") & done["policy"].eq("lora")]
+    proj = lora[lora["placement"].eq("proj")]
+    take(proj[proj["rank"].eq(8)])
+    take(proj[proj["rank"].ne(8)])
+    elsewhere = lora[~lora["placement"].eq("proj")]
+    if elsewhere["rank"].eq(8).any():  # the placement question is asked at rank 8
+        elsewhere = elsewhere[elsewhere["rank"].eq(8)]
+    take(elsewhere)
+    take(elsewhere.iloc[::-1])  # the worst placement
+    for method in sorted(set(done["method"]) - {"head", "full", "scratch", "residual", "lora"}):
+        take(done[done["method"].eq(method)])
+    return chosen
+
+
+def plan(cells: list[Cell], records: list[dict], grid_study: str) -> list[Cell]:
+    """The 2x cells: the representative rows' cells (rates as tuned at 1x), scaled."""
+    agg = aggregate(records)
+    if agg.empty:
+        raise LorafitError(
+            f"--budget-check needs the grid's 1x results: no records in study {grid_study}; "
+            f"run the same command without --budget-check first"
+        )
+    wanted = {(s, label) for s in agg["setup"].unique() for label in representative(agg[agg["setup"].eq(s)])}
+    keys = {(s, k) for s, k, lab in zip(agg["setup"], agg["key"], agg["label"]) if (s, lab) in wanted}
+    chosen = []
+    for cell in cells:
+        fake = {"config": cell.config.to_dict(), "run": {}, "env": {"protocol": cell.config.protocol}}
+        if (setup_of(fake), config_key(fake)) in keys:
+            chosen.append(Cell(scaled(cell.config), {**cell.tuning, "budget_scale": SCALE}))
+    if not chosen:
+        raise LorafitError(f"--budget-check: none of this grid's cells has a 1x result in study {grid_study}")
+    return chosen

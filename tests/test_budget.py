@@ -1,0 +1,118 @@
+"""The training budget rule (lorafit.budget): when each schedule stops and why, and time to accuracy."""
+
+import pytest
+import torch
+
+from bench.__main__ import main
+from bench.records import load_records
+from bench.reporting.leaderboard import render_markdown
+from lorafit.budget import PLATEAU_DECAYS, PLATEAU_FACTOR, Budget, time_to
+from lorafit.config import RunConfig
+from lorafit.errors import LorafitError
+
+
+def _opt(lr: float = 1e-2) -> torch.optim.Optimizer:
+    return torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+
+
+def _run(budget: Budget, accs: list[float]) -> tuple[str | None, int]:
+    for epoch, acc in enumerate(accs, 1):
+        why = budget.end_epoch(acc)
+        if why:
+            return why, epoch
+    return None, len(accs)
+
+
+def test_plateau_cuts_the_rate_then_stops_after_the_last_cut():
+    opt = _opt()
+    budget = Budget(opt, "plateau", epochs=100, patience=2, steps=10)
+    # better for 3 epochs, then flat: cut after 2 stale epochs (5), again (7), stop at the third (9)
+    rates = []
+    for acc in [0.5, 0.6, 0.7] + [0.7] * 20:
+        why = budget.end_epoch(acc)
+        rates.append(opt.param_groups[0]["lr"])
+        if why:
+            break
+    assert (why, len(rates)) == ("plateau", 3 + 2 * (PLATEAU_DECAYS + 1))
+    assert rates[4] == pytest.approx(1e-2 * PLATEAU_FACTOR) and rates[6] == pytest.approx(
+        1e-2 * PLATEAU_FACTOR**2
+    )
+    assert rates[-1] == rates[-2]  # the run ends at the rates it trained with
+
+
+def test_plateau_ignores_improvements_below_its_delta_and_stops_at_the_cap():
+    assert _run(Budget(_opt(), "plateau", epochs=4, patience=2, steps=1), [0.1, 0.2, 0.3, 0.4, 0.5]) == (
+        "cap",
+        4,
+    )
+    tiny = [0.5 + 1e-4 * i for i in range(20)]  # "improving" by 0.0001 per epoch: a plateau
+    assert _run(Budget(_opt(), "plateau", epochs=100, patience=2, steps=1), tiny) == ("plateau", 7)
+
+
+def test_cosine_stops_on_patience_or_at_its_budget():
+    assert _run(Budget(_opt(), "cosine", epochs=5, patience=2, steps=1), [0.5, 0.6, 0.6, 0.55, 0.7]) == (
+        "patience",
+        4,
+    )
+    assert _run(Budget(_opt(), "cosine", epochs=3, patience=0, steps=1), [0.5, 0.4, 0.3]) == ("budget", 3)
+
+
+def test_time_to_99_percent_of_the_best_validation():
+    curve = [{"val_acc": a, "seconds": 2.0} for a in (0.5, 0.793, 0.8, 0.795)]
+    assert time_to(curve, 100) == {"epochs_to_99": 2, "images_to_99": 200, "seconds_to_99": 4.0}
+    assert time_to([], 100)["epochs_to_99"] is None
+
+
+def test_plateau_needs_patience():
+    with pytest.raises(LorafitError, match="plateau needs patience"):
+        RunConfig(name="x", method="full", schedule="plateau", patience=0)
+    with pytest.raises(LorafitError, match="unknown schedule"):
+        RunConfig(name="x", method="full", schedule="linear")
+    # The new field is left out of the ids at its default: older records keep theirs.
+    old = RunConfig(name="x", method="full")
+    assert (
+        old.cell_id
+        == RunConfig.from_dict({k: v for k, v in old.to_dict().items() if k != "schedule"}).cell_id
+    )
+    assert RunConfig(name="x", method="full", schedule="plateau", patience=2).cell_id != old.cell_id
+
+
+def test_the_epoch_sensitivity_check_pairs_2x_with_1x(tiny_grid, tmp_path, capsys):
+    """run grid, then run grid --budget-check: the representative rows at 2x (epochs and patience),
+    the 1x rates, the same seeds; the leaderboard pairs them in its own table."""
+    grid, runs = str(tiny_grid()), str(tmp_path / "runs")
+    assert main(["run", "grid", "--grid", grid, "--runs-dir", runs, "--no-progress", "--seeds", "2"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "grid",
+                "--grid",
+                grid,
+                "--runs-dir",
+                runs,
+                "--no-progress",
+                "--seeds",
+                "2",
+                "--budget-check",
+            ]
+        )
+        == 0
+    )
+    records = load_records(tmp_path / "runs")
+    base = {
+        (r["config"]["name"], r["config"]["seed"]): r for r in records if r["run"]["study"] == "tiny-smoke"
+    }
+    checks = [r for r in records if r["run"]["study"] == "tiny-smoke-2x"]
+    # head, seed post, LoRA on proj at r2 (no r8 here: its best other rank), the best and the worst
+    # other placement (conv3 alone: once)
+    assert {r["config"]["name"] for r in checks} == {"head", "seed-post", "lora-proj", "lora-conv3"}
+    for r in checks:
+        one = base[(r["config"]["name"], r["config"]["seed"])]
+        assert r["config"]["epochs"] == 2 * one["config"]["epochs"] and r["tuning"]["budget_scale"] == 2
+        assert r["config"]["lr"] == one["config"]["lr"] and r["metrics"]["epochs_trained"] == 6
+    md = render_markdown(records, "cmd")
+    assert "## Epoch sensitivity (2× the training budget)" in md
+    table = md.split("## Epoch sensitivity")[1].split("\n\n")[2]
+    assert len(table.splitlines()) == 2 + 4 and "seed-post-r8" in table
+    assert "of 4 configurations" in md.split("## Results")[0]  # the 2x records are not rows
