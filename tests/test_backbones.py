@@ -341,3 +341,37 @@ def test_widths_of_a_fixed_architecture_are_refused():
         RunConfig(name="r", method="full", backbone="resnet18", widths=(8, 16, 32))
     assert RunConfig(name="r", method="full", backbone="residual-cnn").widths == (16, 32, 64)
     assert copy.copy(RunConfig(name="s", method="full")).widths == (32, 64, 128)
+
+
+@pytest.mark.parametrize(
+    "backbone,outer,inner,contains",
+    [
+        ("residual-cnn", "convs", "stage3", True),
+        ("residual-cnn", "early", "stem", True),
+        ("residual-cnn", "stage2", "shortcuts", False),  # shortcuts spans stage2 and stage3
+        ("residual-cnn", "stage3", "convs", False),
+        ("resnet18", "convs", "shortcuts", True),
+        ("seed-cnn", "all", "proj", True),
+        ("seed-cnn", "convs", "conv2", True),
+        ("seed-cnn", "proj", "conv2", False),
+    ],
+)
+def test_placement_nesting_is_read_off_the_groups(backbone, outer, inner, contains):
+    from bench.reporting.evidence import placement_contains
+
+    assert placement_contains(backbone, outer, inner) is contains
+
+
+def test_the_feature_cache_gives_the_plain_predictions(tmp_path):
+    """A frozen residual CNN (BatchNorm at its source statistics): cached prefix == plain pass."""
+    from lorafit.features import FeatureCache
+    from lorafit.train import predict
+
+    model = _net("residual-cnn")
+    adapters.inject(model, "lora", "stage3", AdapterSettings(rank=2, alpha=2.0, shape="kxk"))
+    freeze.apply(model, "lora")
+    split = _tiny_split(40)
+    cache = FeatureCache(64)
+    cached = predict(model, split, bf16=False, cache=cache)
+    assert cache.misses == 1  # the prefix ran once and was kept
+    assert torch.equal(cached, predict(model, split, bf16=False))

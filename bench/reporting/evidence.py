@@ -25,8 +25,8 @@ import pandas as pd
 from bench.protocol import contains_probe
 from bench.reporting.fmt import num
 from bench.reporting.stats import paired
+from lorafit import backbones
 
-SINGLE_CONVS = ("conv1", "conv2", "conv3")
 RANK_NESTED = ("lora", "dora", "loha")
 SENSITIVITY = (("lr-", "lr ÷√10"), ("lr+", "lr ×√10"), ("head_lr-", "head ÷√10"), ("head_lr+", "head ×√10"))
 # Config fields that name the configuration, not what it computes.
@@ -60,7 +60,10 @@ def contains(a: pd.Series, b: pd.Series, ca: dict | None = None, cb: dict | None
     cb = json.loads(b["key"]) if cb is None else cb
     if a["key"] == b["key"] or "scratch" in (a["method"], b["method"]):
         return None
-    backbone = ("widths", "pretrain_epochs", "pretrain_lr", "pretrain_batch_size", "pretrain_size", "source")
+    backbone = (
+        *("backbone", "widths", "pretrain_epochs", "pretrain_lr", "pretrain_batch_size", "pretrain_size"),
+        "source",
+    )
     if any(ca.get(k) != cb.get(k) for k in backbone):
         return None
     if b["method"] == "head" and contains_probe(a["method"]):
@@ -75,16 +78,29 @@ def contains(a: pd.Series, b: pd.Series, ca: dict | None = None, cb: dict | None
         if a["method"] in RANK_NESTED or (a["method"] == "oft" and a["rank"] % b["rank"] == 0):
             return "rank nesting"
     if diff == {"policy"}:
-        if (a["policy"] in ("bitfit", "conv2", "full") and b["policy"] == "lora") or (
-            a["policy"] == "full" and b["policy"] in ("bitfit", "conv2")
+        if (a["policy"] in ("bitfit", "conv2", "norm", "full") and b["policy"] == "lora") or (
+            a["policy"] == "full" and b["policy"] in ("bitfit", "conv2", "norm")
         ):
             return "policy nesting"
     if diff and diff <= {"placement", "shape"} and a["method"] == "lora":
-        if a["placement"] == "all" and b["placement"] != "all":
-            return "placement nesting"
-        if a["placement"] == "convs" and b["placement"] in SINGLE_CONVS and a["shape"] in ("kxk", b["shape"]):
+        network = ca.get("backbone") or backbones.DEFAULT
+        if placement_contains(network, a["placement"], b["placement"]) and (
+            a["shape"] in ("kxk", b["shape"]) or not backbones.is_conv_placement(network, b["placement"])
+        ):
             return "placement nesting"
     return None
+
+
+def placement_contains(network: str, outer: str, inner: str) -> bool:
+    """Every layer `inner` adapts, `outer` adapts too (and more): LoRA there can fall back to it."""
+    if network not in backbones.BACKBONES or outer == inner or "none" in (outer, inner):
+        return False
+    groups = backbones.placements(network)
+    if outer not in groups or inner not in groups:
+        return False
+    model = backbones.shape_model(network)
+    wide, narrow = set(backbones.resolve(model, outer)), set(backbones.resolve(model, inner))
+    return narrow < wide
 
 
 def containment(part: pd.DataFrame) -> pd.DataFrame:
