@@ -32,11 +32,22 @@ def _what(part: pd.DataFrame) -> str:
     return (
         f"profile {values(part['config.profile'])}; {values(part['config.source'])} → "
         f"{values(part['config.target'])}; protocol **{protocol}**{notes}; adapt on {_sizes(part)}; "
-        f"{values(part['config.epochs'])} adaptation epochs (batch {values(part['config.batch_size'])}, "
-        f"patience {values(part['config.patience'])}), backbone pretrained "
+        f"{_budget(part)}, backbone pretrained "
         f"{values(part['config.pretrain_epochs'])} "
         f"epochs"
     )
+
+
+def _budget(part: pd.DataFrame) -> str:
+    """How long runs trained: a fixed cosine budget, or to a plateau (lorafit.budget)."""
+    batch, patience = values(part["config.batch_size"]), values(part["config.patience"])
+    schedule = part["config.schedule"].fillna("cosine") if "config.schedule" in part else None
+    if schedule is not None and schedule.eq("plateau").all():
+        return (
+            f"trained to a plateau (batch {batch}, patience {patience}, cap {values(part['config.epochs'])} "
+            f"epochs)"
+        )
+    return f"{values(part['config.epochs'])} adaptation epochs (batch {batch}, patience {patience})"
 
 
 def _precision(part: pd.DataFrame, rows: pd.DataFrame) -> str:
