@@ -38,7 +38,7 @@ PROFILES: dict[str, dict] = {
         train_size=30000,
         val_size=5000,
         test_size=0,
-        # The budget rule (lorafit.budget, README "Training budget"): train until validation stops
+        # The budget rule (lorafit.budget, docs/protocol.md "Training budget"): train until validation stops
         # improving (constant rates, cut x0.1 after 2 epochs without a 0.1-point gain, at most twice;
         # the next plateau ends the run), capped at 30 epochs; the record says why each run stopped.
         # (The first and second editions ran a 5-epoch cosine schedule with patience 2.)

@@ -202,7 +202,7 @@ register(
         },
         pretrain={"pretrain_lr": 1e-3},
         # 11.2M parameters: ~240 training images/s on 2 cores (AMX bf16), 24x the seed CNN's
-        # cost, so its smoke and local runs are smaller (README "Backbones").
+        # cost, so its smoke and local runs are smaller (docs/usage.md "Backbones").
         sizes={
             "smoke": dict(
                 pretrain_size=512, pretrain_epochs=1, train_size=256, val_size=128, test_size=256, epochs=1
