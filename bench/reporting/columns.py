@@ -168,6 +168,7 @@ COLUMNS: list[Column] = [
             "profile": r["profile"],
             "source": r["source"],
             "target": r["target"],
+            "backbone": r["backbone"],
         },
     ),
     Column("position", "#", "---", csv=lambda r: {"position": str(r["position"])}),
