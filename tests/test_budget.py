@@ -116,3 +116,21 @@ def test_the_epoch_sensitivity_check_pairs_2x_with_1x(tiny_grid, tmp_path, capsy
     table = md.split("## Epoch sensitivity")[1].split("\n\n")[2]
     assert len(table.splitlines()) == 2 + 4 and "seed-post-r8" in table
     assert "of 4 configurations" in md.split("## Results")[0]  # the 2x records are not rows
+
+
+def test_the_leaderboard_header_says_how_long_runs_trained():
+    import pandas as pd
+
+    from bench.reporting.header import _budget
+
+    plateau = pd.DataFrame(
+        {
+            "config.batch_size": [256],
+            "config.patience": [2],
+            "config.epochs": [30],
+            "config.schedule": ["plateau"],
+        }
+    )
+    assert _budget(plateau) == "trained to a plateau (batch 256, patience 2, cap 30 epochs)"
+    old = plateau.drop(columns="config.schedule").assign(**{"config.epochs": [5]})  # records before the rule
+    assert _budget(old) == "5 adaptation epochs (batch 256, patience 2)"
