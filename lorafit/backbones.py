@@ -224,6 +224,8 @@ def _import(factory: str) -> Callable[..., nn.Module]:
             target = getattr(target, part)
     except (ImportError, AttributeError) as e:
         raise LorafitError(f"no such callable {factory!r} ({type(e).__name__}: {e})") from None
+    except Exception as e:  # the user's module failed while importing: their input, in one line
+        raise LorafitError(f"importing {factory!r} raised {type(e).__name__}: {e}") from None
     if not callable(target):
         raise LorafitError(f"{factory!r} is not callable")
     return target
