@@ -164,7 +164,8 @@ register(
     )
 )
 
-_BLOCK = r"\.(conv[12]|shortcut\.0)"
+# The convs of a torchvision basic block (both networks use it): conv1, conv2 and the 1x1 downsample.
+_BLOCK = r"\.(conv[12]|downsample\.0)"
 register(
     Backbone(
         name="residual-cnn",
@@ -178,13 +179,13 @@ register(
             "stage2": (rf"stage2{_BLOCK}",),
             "stage3": (rf"stage3{_BLOCK}",),
             "early": (r"stem\.conv", rf"stage1{_BLOCK}"),
-            "shortcuts": (r"stage[23]\.shortcut\.0",),  # the 1x1 convs (OFT takes only these)
+            "shortcuts": (r"stage[23]\.downsample\.0",),  # the 1x1 convs (OFT takes only these)
             "convs": (r"stem\.conv", rf"stage[123]{_BLOCK}"),
         },
     )
 )
 
-_LAYER = r"\.\d+\.(conv[12]|downsample\.0)"
+_LAYER = rf"\.\d+{_BLOCK}"  # a stage of resnet18 is two numbered blocks
 register(
     Backbone(
         name="resnet18",

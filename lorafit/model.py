@@ -20,11 +20,12 @@ A small residual CNN with BatchNorm (`residual-cnn`), ResNet's basic block at th
 
     stem    3x3 conv (1 -> w1, no bias) + BN + ReLU             -> [N, w1, 28, 28]
     stage1  basic block w1 -> w1, stride 1                       -> [N, w1, 28, 28]
-    stage2  basic block w1 -> w2, stride 2 (1x1 conv shortcut)   -> [N, w2, 14, 14]
-    stage3  basic block w2 -> w3, stride 2 (1x1 conv shortcut)   -> [N, w3,  7,  7]
+    stage2  basic block w1 -> w2, stride 2 (1x1 conv downsample) -> [N, w2, 14, 14]
+    stage3  basic block w2 -> w3, stride 2 (1x1 conv downsample) -> [N, w3,  7,  7]
     pool    global average, flatten, fc Linear(w3 -> classes)
 
-A basic block is relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)) with 3x3 convs (no bias).
+A basic block is torchvision's: relu(bn2(conv2(relu(bn1(conv1(x))))) + downsample(x)) with 3x3
+convs (no bias), the module names resnet18's own.
 With widths (16, 32, 64) and 10 classes it has 77,754 parameters (the closed form is
 `residual_cnn_params`); with 62 classes 81,134.
 """
@@ -34,6 +35,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torchvision.models import resnet18
+from torchvision.models.resnet import BasicBlock, conv1x1
 
 from lorafit.errors import LorafitError
 
@@ -107,24 +109,12 @@ class ConvBN(nn.Sequential):
         self.relu = nn.ReLU()
 
 
-class BasicBlock(nn.Module):
-    """ResNet's basic block: two 3x3 conv + BN, an identity or 1x1 conv + BN shortcut."""
-
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+def basic_block(c_in: int, c_out: int, stride: int) -> BasicBlock:
+    """torchvision's ResNet basic block; a 1x1 conv + BN `downsample` where the shape changes."""
+    block = BasicBlock(c_in, c_out, stride)
+    if stride != 1 or c_in != c_out:  # made after the block's convs, as initialisations are drawn
+        block.downsample = nn.Sequential(conv1x1(c_in, c_out, stride), nn.BatchNorm2d(c_out))
+    return block
 
 
 class ResidualCNN(nn.Module):
@@ -139,9 +129,9 @@ class ResidualCNN(nn.Module):
             raise LorafitError(f"bad model shape: classes={num_classes} widths={widths}")
         w1, w2, w3 = widths
         self.stem = ConvBN(1, w1)
-        self.stage1 = BasicBlock(w1, w1, 1)
-        self.stage2 = BasicBlock(w1, w2, 2)
-        self.stage3 = BasicBlock(w2, w3, 2)
+        self.stage1 = basic_block(w1, w1, 1)
+        self.stage2 = basic_block(w1, w2, 2)
+        self.stage3 = basic_block(w2, w3, 2)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(w3, num_classes)

@@ -152,7 +152,9 @@ def test_batchnorm_statistics_follow_the_stated_rule(policy, moves):
     after = {n: b for n, b in model.named_buffers() if n.endswith("running_mean")}
     changed = [n for n in before if not torch.equal(before[n], after[n])]
     assert bool(changed) == moves
-    affine = {n for n, p in model.named_parameters() if p.requires_grad and (".bn" in n or "shortcut.1" in n)}
+    affine = {
+        n for n, p in model.named_parameters() if p.requires_grad and (".bn" in n or "downsample.1" in n)
+    }
     assert bool(affine) == (policy in ("norm", "full"))
 
 
