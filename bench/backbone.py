@@ -10,6 +10,7 @@ settings and source files copies it instead of pretraining again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -25,7 +26,7 @@ from bench.records import write_json
 from lorafit import backbones
 from lorafit.config import RunConfig
 from lorafit.data import default_cache_dir
-from lorafit.errors import LorafitError
+from lorafit.errors import LorafitError, first_line
 from lorafit.io import write_atomic
 from lorafit.train import accuracy, fit
 
@@ -36,8 +37,14 @@ def backbone_digest(cfg: RunConfig, ctx: Context) -> str:
     key = {**cfg.pretrain_dict(), "protocol": src.protocol, "files": sorted(src.files.items())}
     weights = backbones.entry(cfg.backbone).weights
     if weights:  # given, not trained here: keyed by the file's bytes
-        key["weights"] = hashlib.sha256(Path(weights).read_bytes()).hexdigest()
+        key["weights"] = _file_digest(weights, Path(weights).stat().st_mtime_ns)
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@functools.cache
+def _file_digest(path: str, mtime_ns: int) -> str:
+    """sha256 of a file, read once per process (and again only when the file changes)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _shared_dir() -> Path:
@@ -152,8 +159,7 @@ def _given(cfg: RunConfig, ctx: Context, digest: str) -> tuple[torch.nn.Module, 
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     except (RuntimeError, OSError, TypeError, AttributeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LorafitError(f"backbone {cfg.backbone}: cannot load weights {path}: {first}") from None
+        raise LorafitError(f"backbone {cfg.backbone}: cannot load weights {path}: {first_line(e)}") from None
     info = {
         "digest": digest,
         "settings": cfg.pretrain_dict(),

@@ -22,7 +22,7 @@ from lorafit import adapters, backbones, data, freeze, metrics
 from lorafit.budget import time_to
 from lorafit.config import RunConfig
 from lorafit.errors import LorafitError
-from lorafit.model import head_module, replace_head
+from lorafit.model import head_module, replace_head, set_head
 from lorafit.train import accuracy, fit, predict
 
 
@@ -184,7 +184,7 @@ def _evaluate(
     if backbone is not None:
         # Forgetting: the adapted network (adapters active) under the original source head.
         probe = copy.deepcopy(model)
-        setattr(probe, getattr(probe, "head_name", "fc"), copy.deepcopy(head_module(backbone)))
+        set_head(probe, copy.deepcopy(head_module(backbone)))
         m["source_acc_after"] = accuracy(probe, src.test, device=device)
     return m
 

@@ -122,25 +122,46 @@ def method_entry(method: str) -> AdapterMethod:
     return ADAPTERS[method]
 
 
-def check_placement(
-    method: str, placement: str, backbone: str = backbones.DEFAULT, widths: tuple = ()
-) -> None:
-    """LorafitError unless `method` may take `placement` on `backbone` (baselines take none)."""
+def check_placement(method: str, placement: str, backbone: str = backbones.DEFAULT) -> None:
+    """LorafitError unless `method` may take `placement` on `backbone` (baselines take none). The
+    layers' kinds do not depend on the widths, so the backbone's default shape model answers."""
+    if not _check_name(method, placement, backbone):
+        return
+    model, takes = backbones.shape_model(backbone), ADAPTERS[method].takes
+    for path in _check_kinds(method, placement, model):
+        why = takes(get_module(model, path)) if takes else None
+        if why:
+            raise LorafitError(f"method {method} cannot be placed on {placement!r}: {path}: {why}")
+
+
+def _check_name(method: str, placement: str, backbone: str) -> bool:
+    """The placement exists on `backbone` and the method's entry allows it; False for a baseline
+    (nothing to place)."""
     names = backbones.placements(backbone)
     if placement not in names:
         raise LorafitError(f"unknown placement {placement!r} on {backbone}; choose one of {', '.join(names)}")
     if method in BASELINES:
         if placement != "none":
             raise LorafitError(f"method {method} has no adapter: placement must be none, not {placement!r}")
-        return
+        return False
     entry = method_entry(method)
-    note = f" ({entry.placement_note})" if entry.placement_note else ""
     if entry.placements is not None and placement not in entry.placements:
         raise LorafitError(
-            f"method {method} cannot be placed on {placement!r}; it takes {', '.join(entry.placements)}{note}"
+            f"method {method} cannot be placed on {placement!r}; it takes {', '.join(entry.placements)}"
+            f"{_note(entry)}"
         )
-    model = backbones.shape_model(backbone, tuple(widths))
-    for path in backbones.resolve(model, placement):
+    return True
+
+
+def _note(entry: AdapterMethod) -> str:
+    return f" ({entry.placement_note})" if entry.placement_note else ""
+
+
+def _check_kinds(method: str, placement: str, model: nn.Module) -> list[str]:
+    """Every layer `placement` names on `model` is of a kind the method wraps; returns their paths."""
+    entry, note = ADAPTERS[method], _note(ADAPTERS[method])
+    paths = backbones.resolve(model, placement)
+    for path in paths:
         base = get_module(model, path)
         if not isinstance(base, entry.layer_types):
             kinds = ", ".join(t.__name__ for t in entry.layer_types)
@@ -148,9 +169,7 @@ def check_placement(
                 f"method {method} cannot be placed on {placement!r}: it wraps {kinds}, and {path} "
                 f"is a {type(base).__name__}{note}"
             )
-        why = entry.takes(base) if entry.takes else None
-        if why:
-            raise LorafitError(f"method {method} cannot be placed on {placement!r}: {path}: {why}")
+    return paths
 
 
 def placements_of(method: str, backbone: str = backbones.DEFAULT) -> tuple[str, ...]:
@@ -167,18 +186,13 @@ def placements_of(method: str, backbone: str = backbones.DEFAULT) -> tuple[str, 
     return tuple(taken)
 
 
-def slots(model: nn.Module, placement: str) -> list[str]:
-    """The module paths `placement` resolves to on `model` (its backbone's group)."""
-    return backbones.resolve(model, placement)
-
-
 def inject(
     model: nn.Module, method: str, placement: str, settings: AdapterSettings | None = None
 ) -> list[str]:
     """Wrap the layers `placement` names with `method`'s adapters (in place); return their paths.
 
     Baseline methods (and placement "none") inject nothing."""
-    check_placement(method, placement, backbones.backbone_of(model))  # layer types: any widths
+    check_placement(method, placement, backbones.backbone_of(model))  # allowed on this backbone
     if method in BASELINES:
         return []
     s = settings or AdapterSettings()
@@ -186,13 +200,9 @@ def inject(
     if s.shape not in SHAPES:
         raise LorafitError(f"unknown conv LoRA shape {s.shape!r}; choose one of {', '.join(SHAPES)}")
     entry = ADAPTERS[method]
-    paths = slots(model, placement)
-    for path in paths:
-        base = get_module(model, path)
-        if not isinstance(base, entry.layer_types):
-            kinds = ", ".join(t.__name__ for t in entry.layer_types)
-            raise LorafitError(f"method {method} wraps {kinds}; {path} is a {type(base).__name__}")
-        _check(entry, path, base, s)
+    paths = _check_kinds(method, placement, model)  # this model's layers, not a shape model's
+    for path in paths:  # the entry's check refuses what its `takes` does, with these settings
+        _check(entry, path, get_module(model, path), s)
     for path in paths:
         _set_module(model, path, entry.wrap(get_module(model, path), s, model))
         model.adapted[path] = method
@@ -283,7 +293,7 @@ def count(model: nn.Module, method: str, placement: str, settings: AdapterSettin
     if method in BASELINES:
         return 0
     entry = method_entry(method)
-    bases = {p: base_layer(get_module(model, p)) for p in slots(model, placement)}
+    bases = {p: base_layer(get_module(model, p)) for p in backbones.resolve(model, placement)}
     for path, base in bases.items():
         _check(entry, path, base, settings)  # what inject would refuse, count refuses too (a dry run)
     return sum(entry.param_count(base, settings, model) for base in bases.values())
@@ -294,7 +304,10 @@ def rank_bounds(model: nn.Module, method: str, placement: str, settings: Adapter
     if method in BASELINES:
         return {}
     entry = method_entry(method)
-    return {p: entry.max_rank(base_layer(get_module(model, p)), settings) for p in slots(model, placement)}
+    return {
+        p: entry.max_rank(base_layer(get_module(model, p)), settings)
+        for p in backbones.resolve(model, placement)
+    }
 
 
 # After the native entries, so the registry lists lora and seed first. Not a cycle: peft_methods

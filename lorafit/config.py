@@ -206,7 +206,7 @@ def validate(cfg: RunConfig) -> None:
             f"{cfg.name}: {cfg.backbone} has fixed widths {list(entry.widths)}, got {list(cfg.widths)}"
         )
     try:
-        adapters.check_placement(cfg.method, cfg.placement, cfg.backbone, cfg.widths)
+        adapters.check_placement(cfg.method, cfg.placement, cfg.backbone)
         freeze.check(cfg.policy, cfg.backbone)
     except LorafitError as e:
         raise LorafitError(f"{cfg.name}: {e}") from None

@@ -6,3 +6,10 @@ class LorafitError(ValueError):
 
     The CLI prints it on stderr and exits with status 2; anything else is a bug.
     """
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's message cut to its first line (its type's name when it has none), for the
+    one-line errors that wrap a library's or a user's exception."""
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

@@ -18,26 +18,27 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lorafit.backbones import batch_norms
 from lorafit.data import hash_tensor
+from lorafit.freeze import stats_adapt
 from lorafit.io import publish, temp_path, write_atomic
 
 
-def _moves(stage: nn.Module, stats_adapt: bool) -> bool:
+def _moves(stage: nn.Module, adapt: bool) -> bool:
     """Whether training changes what the stage computes: a trainable parameter, or a BatchNorm
     whose running statistics adapt (lorafit.freeze's BatchNorm rule)."""
     if any(p.requires_grad for p in stage.parameters()):
         return True
-    bn = nn.modules.batchnorm._BatchNorm
-    return stats_adapt and any(isinstance(m, bn) for m in stage.modules())
+    return adapt and bool(batch_norms(stage))
 
 
 def frozen_prefix_length(model: nn.Module) -> int:
     """Number of leading stages (the network's `stage_names`) that training leaves unchanged
     (stages without parameters count as unchanged). 0 means nothing can be cached."""
     stages = getattr(model, "stage_names", ())
-    stats_adapt = getattr(model, "bn_stats", "adapt") == "adapt"
+    adapt = stats_adapt(model)
     for i, name in enumerate(stages):
-        if _moves(getattr(model, name), stats_adapt):
+        if _moves(getattr(model, name), adapt):
             return i
     return len(stages)
 

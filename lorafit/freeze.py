@@ -26,6 +26,7 @@ from torch import nn
 
 from lorafit import adapters, backbones
 from lorafit.errors import LorafitError
+from lorafit.model import head_name
 
 POLICIES = ("scratch", "full", "head", "lora", "bitfit", "norm", "lora-stats")
 ADAPTS_STATS = ("scratch", "full", "lora-stats")  # where BatchNorm's running statistics move
@@ -75,7 +76,7 @@ def apply(model: nn.Module, policy: str) -> list[str]:
         raise LorafitError(f"unknown freeze policy {policy!r}; choose one of {', '.join(policies(backbone))}")
     adapter_ids = {id(p) for p in adapters.trainable_parameters(model)}
     norm_ids = {id(p) for m in backbones.norm_layers(model) for p in m.parameters(recurse=False)}
-    head = getattr(model, "head_name", "fc")
+    head = head_name(model)
     trainable = []
     for name, param in model.named_parameters():
         param.requires_grad_(
@@ -91,17 +92,23 @@ def at_rest(model: nn.Module) -> list[str]:
     """Freeze everything but the new head (a run with lr = 0): the adapters keep their identity
     initialisation, the backbone its weights and BatchNorm its statistics, so the model is the
     linear probe's."""
-    head = getattr(model, "head_name", "fc")
+    head = head_name(model)
     for name, param in model.named_parameters():
         param.requires_grad_(name.startswith(head + "."))
     model.bn_stats = "fixed"
     return [n for n, p in model.named_parameters() if p.requires_grad]
 
 
+def stats_adapt(model: nn.Module) -> bool:
+    """The BatchNorm rule `apply` / `at_rest` set: True where running statistics move in training
+    (a model no policy was applied to trains as PyTorch does)."""
+    return getattr(model, "bn_stats", "adapt") == "adapt"
+
+
 def train_mode(model: nn.Module) -> nn.Module:
     """model.train(), except BatchNorm layers under a policy that keeps their statistics."""
     model.train()
-    if getattr(model, "bn_stats", "adapt") == "fixed":
+    if not stats_adapt(model):
         for bn in backbones.batch_norms(model):
             bn.eval()
     return model
@@ -109,7 +116,7 @@ def train_mode(model: nn.Module) -> nn.Module:
 
 def stats_move(model: nn.Module) -> bool:
     """Whether training changes the model's BatchNorm running statistics."""
-    return getattr(model, "bn_stats", "adapt") == "adapt" and bool(backbones.batch_norms(model))
+    return stats_adapt(model) and bool(backbones.batch_norms(model))
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -39,7 +39,6 @@ from torchvision.models.resnet import BasicBlock, conv1x1
 
 from lorafit.errors import LorafitError
 
-CONV_NAMES = ("conv1", "conv2", "conv3")
 # The seed CNN's forward pass as a sequence of named stages.
 STAGES = ("conv1", "conv2", "conv3", "flatten", "proj", "act", "adapter", "fc")
 
@@ -91,9 +90,6 @@ class SeedCNN(nn.Module):
         self.fc = nn.Linear(hidden, num_classes)
         # module path -> adapter method, filled by lorafit.adapters.inject (merge and freeze read it)
         self.adapted: dict[str, str] = {}
-
-    def run_stages(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        return run_stages(self, x, start, stop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return run_stages(self, x)
@@ -180,8 +176,17 @@ def resnet18_28(num_classes: int = 10) -> nn.Module:
     return model
 
 
+def head_name(model: nn.Module) -> str:
+    """The attribute that holds the network's classifier (`head_name`; fc where it sets none)."""
+    return getattr(model, "head_name", "fc")
+
+
 def head_module(model: nn.Module) -> nn.Linear:
-    return getattr(model, getattr(model, "head_name", "fc"))
+    return getattr(model, head_name(model))
+
+
+def set_head(model: nn.Module, head: nn.Module) -> None:
+    setattr(model, head_name(model), head)
 
 
 def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
@@ -191,5 +196,5 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
         raise LorafitError(f"num_classes must be >= 2, got {num_classes}")
     old = head_module(model)
     new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
-    setattr(model, getattr(model, "head_name", "fc"), new.to(old.weight.device, old.weight.dtype))
+    set_head(model, new.to(old.weight.device, old.weight.dtype))
     return model

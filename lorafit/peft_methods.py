@@ -63,7 +63,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from lorafit.errors import LorafitError
+from lorafit.errors import LorafitError, first_line
 from lorafit.registry import AdapterMethod, AdapterSettings, register
 
 ADAPTER = "default"  # the PEFT adapter name every injected layer uses
@@ -229,11 +229,6 @@ class _Holder(nn.Module):
         self.layer = layer
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
-
-
 def _wrap(method: str) -> Callable[[nn.Module, AdapterSettings, object], nn.Module]:
     def wrap(base: nn.Module, s: AdapterSettings, model) -> nn.Module:
         import peft
@@ -243,7 +238,7 @@ def _wrap(method: str) -> Callable[[nn.Module, AdapterSettings, object], nn.Modu
             peft.inject_adapter_in_model(peft_config(method, s, ["layer"]), holder, adapter_name=ADAPTER)
         except (ValueError, TypeError, NotImplementedError, RuntimeError) as e:
             raise LorafitError(
-                f"PEFT {peft.__version__} cannot apply {method} to {type(base).__name__}: {_first_line(e)}"
+                f"PEFT {peft.__version__} cannot apply {method} to {type(base).__name__}: {first_line(e)}"
             ) from None
         layer = holder.layer
         if method == "dora" and isinstance(base, nn.Conv2d):
@@ -306,6 +301,8 @@ def _delta(module: nn.Module, model) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------- checks
 def _check(method: str) -> Callable[[nn.Module, AdapterSettings], None]:
+    takes = _takes(method)
+
     def check(base: nn.Module, s: AdapterSettings) -> None:
         if method in ("ia3", "oft") and s.alpha != 1:
             raise LorafitError(f"{method} has no alpha; leave alpha unset (1.0), got {s.alpha!r}")
@@ -313,11 +310,9 @@ def _check(method: str) -> Callable[[nn.Module, AdapterSettings], None]:
             raise LorafitError(f"ia3 has no rank (one scale per output channel); set rank = 1, got {s.rank}")
         if method != "dora" and (s.dropout or s.rslora):
             raise LorafitError(f"{method} takes no dropout or rslora setting")
-        if isinstance(base, nn.Conv2d):
-            for feature in conv_features(base):
-                why = CONV_LIMITS[method].get(feature)
-                if why:
-                    raise LorafitError(f"cannot take a Conv2d with {_describe(base, feature)}: {why}")
+        why = takes(base)
+        if why:
+            raise LorafitError(why)
         if method == "oft":
             _, fan_in = _out_fan_in(base)
             b = s.rank

@@ -53,7 +53,7 @@ class AdapterMethod:
     # settings (sizes, layer features); inject calls it on every layer before wrapping any, count too.
     check: Callable[[nn.Module, AdapterSettings], None] | None = None
     # Optional: why the method cannot wrap this layer whatever its settings (None: it can);
-    # check_placement asks it of every layer a placement names.
+    # check_placement asks it of every layer a placement names; `check` must refuse it too.
     takes: Callable[[nn.Module], str | None] | None = None
     placement_note: str = ""  # optional: why it takes only `placements`, added to check_placement's refusal
 

@@ -305,6 +305,7 @@ def _fit(
         status="complete", bf16=bf16, cached_stages=tuple(getattr(model, "stage_names", ()))[:start]
     )
     best_state, best_acc, trained_images = None, -1.0, 0
+    keep_buffers = stats_move(model)  # BatchNorm statistics belong to the best epoch too
     t_start = time.perf_counter()
     train_seconds = 0.0
     for epoch in range(1, epochs + 1):
@@ -350,7 +351,7 @@ def _fit(
         if val_acc > best_acc:
             best_acc, result.best_epoch = val_acc, epoch
             best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-            if stats_move(model):  # BatchNorm statistics belong to the best epoch too
+            if keep_buffers:
                 best_state.update({n: b.detach().clone() for n, b in model.named_buffers()})
         if on_epoch is not None:
             on_epoch(epoch, val_acc)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from lorafit.backbones import is_conv_placement
+from lorafit.backbones import DEFAULT, is_conv_placement
 
 
 def pct(x: float, digits: int = 2) -> str:
@@ -76,7 +76,7 @@ def cell(text) -> str:
 
 def shown_shape(row: pd.Series) -> str:
     """The adapter shape, only where it means something (conv placements)."""
-    return row["shape"] if is_conv_placement(row.get("backbone", "seed-cnn"), row["placement"]) else ""
+    return row["shape"] if is_conv_placement(row.get("backbone", DEFAULT), row["placement"]) else ""
 
 
 def fmt_rates(row: pd.Series) -> str:

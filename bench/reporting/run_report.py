@@ -19,7 +19,7 @@ import pandas as pd
 from bench.records import find_record, record_path, write_atomic
 from bench.reporting.chartkit import save
 from lorafit import metrics
-from lorafit.backbones import is_conv_placement
+from lorafit.backbones import DEFAULT, is_conv_placement
 from lorafit.errors import LorafitError
 
 TOP_K = 15
@@ -113,7 +113,7 @@ def render(record: dict, chart_name: str | None = None) -> str:
     y_true, y_pred = labels_from_confusion(analysis["confusion"])
     summary = metrics.summary(y_true, y_pred)
     rank = f", rank {cfg.get('rank')}" if cfg.get("rank") else ""
-    conv = is_conv_placement(cfg.get("backbone", "seed-cnn"), cfg.get("placement", "none"))
+    conv = is_conv_placement(cfg.get("backbone", DEFAULT), cfg.get("placement", "none"))
     shape = f", shape {cfg.get('shape')}" if conv else ""  # conv only
     lines = [
         f"# Run {run['id']}",
