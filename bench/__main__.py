@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--only", default=None, help="run only cells whose name contains this text")
     run.add_argument(
+        "--backbone",
+        default=None,
+        help="run only the cells of these backbones (comma-separated, e.g. seed-cnn,residual-cnn)",
+    )
+    run.add_argument(
         "--tune-only",
         action="store_true",
         help="run the tuning stage and stop (the seeds run next time, here or on other machines)",
@@ -116,6 +121,16 @@ def cmd_run_grid(args) -> int:
         cells = [c for c in cells if args.only in c.name]
         if not cells:
             raise LorafitError(f"--only {args.only!r} matches no cell")
+    if args.backbone:
+        wanted = [b.strip() for b in args.backbone.split(",") if b.strip()]
+        present = {c.backbone for c in cells}
+        missing = [b for b in wanted if b not in present]
+        if missing:
+            raise LorafitError(
+                f"--backbone: no cell of this grid uses {', '.join(missing)}; "
+                f"its backbones: {', '.join(sorted(present))}"
+            )
+        cells = [c for c in cells if c.backbone in wanted]
     cells = resolved(cells, ctx, args.profile)
     runs, store = runs_and_storage(args)
     name = f"{Path(args.grid).stem}-{args.profile}"

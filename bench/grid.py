@@ -11,7 +11,8 @@
                  [fixed] takes): name (may template values: "lora-{placement}"), method,
                  placement, shape, rank, alpha, policy, lr, epochs, train_size, target,
                  backbone, ... A list value expands into one configuration per value (cartesian
-                 product).
+                 product). profiles = [...] (not a RunConfig field): the profiles the cell runs in
+                 (default: every profile).
     [backbones.<name>]   a user's own network (bring your own model), then `backbone = "<name>"`
                  in cells: factory = "module:function" (takes the number of classes, returns an
                  nn.Module; the grid file's folder is importable), head = "fc" (an nn.Linear),
@@ -137,6 +138,19 @@ def load_tuning(path: str | Path, profile: str) -> TuneSpec | None:
         raise LorafitError(f"{path}: {e}") from None
 
 
+def _runs_in(path: Path, cell: dict, profile: str) -> bool:
+    """Whether a cell runs in `profile`: its `profiles` list, when it has one, names it."""
+    only = cell.get("profiles")
+    if only is None:
+        return True
+    if not isinstance(only, list) or not only or any(p not in PROFILES for p in only):
+        raise LorafitError(
+            f"{path}: cell {cell.get('name')!r}: profiles must be a list of "
+            f"{', '.join(PROFILES)}; got {only!r}"
+        )
+    return profile in only
+
+
 def load_grid(
     path: str | Path,
     profile: str,
@@ -172,6 +186,9 @@ def load_grid(
     defaults = {**config_defaults(profile), **doc.get("data", {}), **(overrides or {})}
     configs: dict[str, RunConfig] = {}
     for cell in cells:
+        if not _runs_in(path, cell, profile):
+            continue
+        cell = {k: v for k, v in cell.items() if k != "profiles"}
         bad = sorted(set(cell) - set(CELL_FIELDS))
         if bad:
             raise LorafitError(

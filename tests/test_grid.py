@@ -57,6 +57,43 @@ def _lora(placement: str, rank: int) -> RunConfig:
     return RunConfig(name="lora", method="lora", placement=placement, rank=rank, shape=shape, policy="lora")
 
 
+PEFT_METHODS = ("dora", "loha", "lokr", "oft", "ia3")
+
+
+@pytest.mark.parametrize("network", ["seed-cnn", "residual-cnn"])
+def test_local_runs_each_peft_method_at_the_size_nearest_lora_r8(network):
+    """The local profile's row cut (docs/results.md "Third edition"): each PEFT method once per
+    placement, at the size whose adapter count is nearest LoRA r8's there; every other row runs
+    on local exactly as in the smoke and paper profiles (which keep the brackets)."""
+    model = backbones.shape_model(network)
+    everything = [c for c in load_grid(DEFAULT_GRID, "smoke") if c.backbone == network]
+    local = [c for c in load_grid(DEFAULT_GRID, "local", seeds=1, tuned=True) if c.backbone == network]
+
+    def size(c: RunConfig) -> int:
+        return count(model, c.method, c.placement, c.adapter_settings)
+
+    def lora_r8(placement: str) -> int:
+        (r8,) = [
+            c
+            for c in everything
+            if (c.method, c.placement, c.rank, c.policy) == ("lora", placement, 8, "lora")
+        ]
+        return size(r8)
+
+    pairs = {(c.method, c.placement) for c in everything if c.method in PEFT_METHODS}
+    assert pairs and pairs == {(c.method, c.placement) for c in local if c.method in PEFT_METHODS}
+    for method, placement in pairs:
+        kept = [c.rank for c in local if (c.method, c.placement) == (method, placement)]
+        sizes = [c for c in everything if (c.method, c.placement) == (method, placement)]
+        nearest = min(sizes, key=lambda c: abs(size(c) - lora_r8(placement)))
+        assert kept == [nearest.rank], (method, placement)
+
+    def others(cells: list[RunConfig]) -> list[str]:
+        return sorted(c.name + f"-r{c.rank}-{c.policy}" for c in cells if c.method not in PEFT_METHODS)
+
+    assert others(local) == others(everything)
+
+
 def test_grid_file_declares_the_ablation():
     every = load_grid(DEFAULT_GRID, "smoke")
     cells = [c for c in every if c.backbone == "seed-cnn"]
@@ -93,7 +130,8 @@ def test_grid_file_declares_the_ablation():
             sizes = sorted(budget(c) for c in cells if c.method == method and c.placement == placement)
             assert len(sizes) >= 2 and sizes[0] <= min(want) * 1.1 and sizes[-1] >= max(want) * 0.9
     assert all(c.seed == 0 for c in cells)  # smoke: one seed
-    assert len(load_grid(DEFAULT_GRID, "local", tuned=True)) == 5 * len(every)  # local: 5 paired seeds
+    assert len(load_grid(DEFAULT_GRID, "paper", seeds=5, tuned=True)) == 5 * len(every)  # every row
+    assert {c.seed for c in load_grid(DEFAULT_GRID, "local", tuned=True)} == set(range(5))  # 5 paired seeds
     assert len({c.lr for c in cells}) > 1  # fixed mode: each method has its own rate
     # One section per other backbone: probe, full, scratch and LoRA on each of its placement groups.
     for network in ("residual-cnn", "resnet18"):
@@ -177,6 +215,23 @@ def test_smoke_grid_end_to_end_and_resume(tmp_path, tiny_grid, capsys):
         assert second["infer_unmerged_rel"] == first["infer_unmerged_rel"] and first["ledger_images"] == 256
 
 
+def test_a_cell_runs_only_in_its_profiles(tiny_grid):
+    path = tiny_grid(
+        '[lr]\nhead = 1e-3\nfull = 1e-3\n[[cell]]\nname = "head"\nmethod = "head"\npolicy = "head"\n'
+        '[[cell]]\nname = "full"\nmethod = "full"\npolicy = "full"\nprofiles = ["paper"]'
+    )
+    assert {c.name for c in load_grid(path, "smoke")} == {"head"}
+    assert {c.name for c in load_grid(path, "paper")} == {"head", "full"}
+
+
+def test_backbone_option_runs_only_that_backbones_cells(tmp_path):
+    runs = tmp_path / "runs"
+    argv = ["run", "grid", "--runs-dir", str(runs), "--no-progress", "--only", "head"]
+    assert main([*argv, "--backbone", "residual-cnn"]) == 0
+    records = load_records(runs)
+    assert [r["config"]["name"] for r in records] == ["rcnn-head"]
+
+
 BAD_GRIDS = {
     "malformed": ("[[cell]\nname = 1", "malformed TOML"),
     "unknown key": (
@@ -237,6 +292,10 @@ BAD_GRIDS = {
         '[lr]\nia3 = 1e-3\n[[cell]]\nname = "x"\nmethod = "ia3"\nplacement = "proj"\nrank = 2\npolicy = "lora"',
         "ia3 has no rank",
     ),
+    "bad cell profiles": (
+        '[lr]\nhead = 1e-3\n[[cell]]\nname = "x"\nmethod = "head"\npolicy = "head"\nprofiles = ["huge"]',
+        "profiles must be a list of smoke, local, paper",
+    ),
     "method on the wrong placement": (
         '[lr]\nlora = 1e-3\n[[cell]]\nname = "x"\nmethod = "lora"\nplacement = "post-proj"\nrank = 2\npolicy = "lora"',
         "cannot be placed on 'post-proj'",
@@ -268,6 +327,7 @@ def test_bad_grid_files_exit_2_with_one_line(case, tmp_path, tiny_grid, capsys):
         (["--storage", "redis://localhost"], "unsupported storage URL"),
         (["--runs-dir", "FILE/runs"], "not writable"),
         (["--only", "nothing-matches"], "matches no cell"),
+        (["--backbone", "seed-cnn,resnet50"], "no cell of this grid uses resnet50"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(args, message, tmp_path, capsys):
