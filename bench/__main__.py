@@ -146,7 +146,7 @@ def cmd_run_grid(args) -> int:
     if spec is not None:
         print(
             f"tuning stage: {spec.candidates} designed candidates per configuration at the seeds' budget "
-            f"(+ the probe's fallback, edge extensions, sensitivity neighbours), then the seeds at the "
+            f"(+ the probe's fallback, edge extensions, the neighbour rule), then the seeds at the "
             f"selected rates",
             flush=True,
         )

@@ -16,8 +16,13 @@ One rule for every configuration of a grid:
 3. **The edge rule.** While the selected candidate lies in the outermost half-decade of what was
    tried along an axis, the candidates in that band are copied a half-decade further out and
    tuning continues (at most `max_extensions` times per side; the selection records how often).
-4. **Sensitivity.** The selection's neighbours at x/sqrt(10) and x*sqrt(10) along each axis are
-   evaluated for the record; they are never selected.
+4. **Neighbours.** The selection's neighbours at x/sqrt(10) and x*sqrt(10) along each axis are
+   evaluated. With `refine` (the default), one that scores higher becomes the selection and its
+   own neighbours are evaluated in turn (at most `max_moves` moves; the selection records how
+   many), so the selection scores at least as high as each of its four neighbours: a local
+   optimum at half-decade resolution, found rather than only flagged. The final selection's
+   neighbours are its sensitivity record. Without `refine` (the protocol's first form, which the
+   committed tuning and residual checks ran) neighbours are never selected.
 
 `expected_max` is the tuning curve: the expected best validation accuracy of n candidates drawn
 from the evaluated set without replacement (the unbiased estimator of Tang et al.; Dodge et al.
@@ -27,6 +32,7 @@ from the evaluated set without replacement (the unbiased estimator of Tang et al
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from math import comb
 
@@ -54,6 +60,8 @@ class TuneSpec:
     head_lr: tuple[float, float] = (1e-3, 1e-1)  # the new head's rate: log range
     max_extensions: int = 6  # the edge rule's cap, per axis and side (6 half-decades)
     sensitivity: bool = True  # evaluate the selection's x/sqrt(10), x*sqrt(10) neighbours
+    refine: bool = True  # a neighbour that scores higher becomes the selection (rule 4)
+    max_moves: int = 6  # rule 4's cap: moves to a better neighbour
 
     def __post_init__(self) -> None:
         n = self.candidates
@@ -63,11 +71,16 @@ class TuneSpec:
             low, high = getattr(self, key)
             if not 0 < low < high:
                 raise LorafitError(f"[tune] {key} must be [low, high] with 0 < low < high, got {[low, high]}")
-        for key in ("seed", "max_extensions"):
+        for key in ("seed", "max_extensions", "max_moves"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 0:
                 raise LorafitError(f"[tune] {key} must be an integer >= 0, got {getattr(self, key)!r}")
-        if not isinstance(self.sensitivity, bool):
-            raise LorafitError(f"[tune] sensitivity must be true or false, got {self.sensitivity!r}")
+        for key in ("sensitivity", "refine"):
+            if not isinstance(getattr(self, key), bool):
+                raise LorafitError(f"[tune] {key} must be true or false, got {getattr(self, key)!r}")
+        if self.refine and not self.sensitivity:
+            raise LorafitError(
+                "[tune] refine needs sensitivity = true (it moves among the evaluated neighbours)"
+            )
 
     @classmethod
     def from_table(cls, table: dict) -> TuneSpec:
@@ -104,7 +117,8 @@ class TuneSpec:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One (lr, head_lr) point. role: design | extension | fallback | sensitivity."""
+    """One (lr, head_lr) point. role: design | extension | fallback | neighbour (rule 4 with
+    refine: selectable) | sensitivity (without refine: never selected)."""
 
     id: str
     lr: float  # 0.0: everything but the head at rest (the fallback); the probe: its head rate
@@ -114,6 +128,12 @@ class Candidate:
     @property
     def eligible(self) -> bool:
         return self.role != "sensitivity"
+
+    @property
+    def designed(self) -> bool:
+        """Part of the outcome-independent pool the tuning curve is drawn from (neighbours are
+        chosen by outcomes, so they are not)."""
+        return self.role in ("design", "extension", "fallback")
 
     def params(self, rates: tuple[str, ...]) -> dict[str, float]:
         return {r: getattr(self, r) for r in rates}
@@ -232,6 +252,70 @@ def neighbours(best: Candidate, rates: tuple[str, ...]) -> list[Candidate]:
                 lr = head
             out.append(Candidate(f"s{axis}{sign}", lr, head, "sensitivity"))
     return out
+
+
+def untried_neighbours(
+    candidates: list[Candidate], best: Candidate, rates: tuple[str, ...], move: int
+) -> list[Candidate]:
+    """Rule 4 with refine: the neighbours of `best` no selectable candidate sits at yet, as
+    selectable candidates (ids n<move><axis><side>, deterministic so a resumed stage finds them)."""
+    out = []
+    for nb in neighbours(best, rates):
+        if not any(c.eligible and same_point(c, nb, rates) for c in candidates):
+            out.append(Candidate(f"n{move}{nb.id.removeprefix('s')}", nb.lr, nb.head_lr, "neighbour"))
+    return out
+
+
+# Trains what it is given that has no result yet; returns every candidate's validation accuracy
+# (None: failed). bench.tuning evaluates through Optuna trials; tests through a known surface.
+Evaluate = Callable[[list[Candidate]], dict[str, float | None]]
+
+
+def grow(
+    evaluate: Evaluate, cands: list[Candidate], rates: tuple[str, ...], max_extensions: int, log=print
+) -> tuple[Candidate, dict[str, float | None], list[str]]:
+    """Rule 3: evaluate `cands` and extend past an edge until the selection lies inside what was
+    tried (or the cap stops it); `cands` grows in place. Returns the selection, every candidate's
+    value, and the sides where the cap stopped the rule."""
+    capped = []
+    while True:
+        values = evaluate(cands)
+        best = select(cands, values)
+        new = []
+        for axis, side in edge_sides(cands, best, rates):
+            if extensions_made(cands, axis, side) >= max_extensions:
+                capped.append(f"{axis}{'+' if side > 0 else '-'}")
+            else:
+                new += extend(cands, axis, side)
+        if not new:
+            return best, values, sorted(set(capped))
+        log(f"  edge rule: {best.id} lies in the outermost half-decade; adding {len(new)} candidates")
+        cands += new
+
+
+def climb(
+    evaluate: Evaluate,
+    cands: list[Candidate],
+    best: Candidate,
+    rates: tuple[str, ...],
+    max_moves: int,
+    log=print,
+) -> tuple[Candidate, dict[str, float | None], int, list[str]]:
+    """Rule 4 with refine: evaluate the selection's neighbours; while one scores higher, it becomes
+    the selection and its neighbours are evaluated (at most max_moves moves). `cands` grows in
+    place. Returns the selection, every candidate's value, the moves made, and ["moves"] when the
+    cap stopped the climb (the last selection's neighbours are then only the sensitivity record)."""
+    moves = 0
+    while True:
+        cands += untried_neighbours(cands, best, rates, moves)
+        values = evaluate(cands)
+        better = select(cands, values)
+        if better.id == best.id:
+            return best, values, moves, []
+        log(f"  neighbour rule: {better.id} scores above {best.id}; moving there")
+        best, moves = better, moves + 1
+        if moves >= max_moves:
+            return best, values, moves, ["moves"]
 
 
 def same_point(a: Candidate, b: Candidate, rates: tuple[str, ...]) -> bool:

@@ -244,32 +244,20 @@ def tune(
             return None  # the design is done; the fallback waits for the probe's selection
         cands.append(protocol.fallback(probe["head_lr"]))
     cands += _stored_candidates(study)
-    best, values, capped = _grow(tuner, cands)
-    selection = _selection(tuner, cands, best, values, capped)
+
+    def values_of(pool: list[Candidate]) -> dict[str, float | None]:
+        return {cid: _value(t) for cid, t in tuner.evaluate(pool).items()}
+
+    best, values, capped = protocol.grow(values_of, cands, tuner.rates, spec.max_extensions, ctx.log)
+    moves = 0
+    if spec.refine:
+        best, values, moves, capped_moves = protocol.climb(
+            values_of, cands, best, tuner.rates, spec.max_moves, ctx.log
+        )
+        capped += capped_moves
+    selection = _selection(tuner, cands, best, values, capped, moves)
     study.set_user_attr("selection", selection)
     return selection
-
-
-def _grow(tuner: _Tuner, cands: list[Candidate]) -> tuple[Candidate, dict[str, float | None], list[str]]:
-    """Evaluate `cands` and apply the edge rule until the selection is inside what was tried (or the
-    cap stops it); `cands` grows in place. Returns the selection, every candidate's value, and the
-    sides where the cap stopped the rule."""
-    capped = []
-    while True:
-        values = {cid: _value(t) for cid, t in tuner.evaluate(cands).items()}
-        best = protocol.select(cands, values)
-        grow = []
-        for axis, side in protocol.edge_sides(cands, best, tuner.rates):
-            if protocol.extensions_made(cands, axis, side) >= tuner.spec.max_extensions:
-                capped.append(f"{axis}{'+' if side > 0 else '-'}")
-            else:
-                grow += protocol.extend(cands, axis, side)
-        if not grow:
-            return best, values, sorted(set(capped))
-        tuner.ctx.log(
-            f"  edge rule: {best.id} lies in the outermost half-decade; adding {len(grow)} candidates"
-        )
-        cands += grow
 
 
 def _sensitivity(tuner: _Tuner, cands: list[Candidate], best: Candidate) -> dict[str, dict]:
@@ -287,12 +275,12 @@ def _sensitivity(tuner: _Tuner, cands: list[Candidate], best: Candidate) -> dict
 
 
 def _selection(
-    tuner: _Tuner, cands: list[Candidate], best: Candidate, values: dict, capped: list[str]
+    tuner: _Tuner, cands: list[Candidate], best: Candidate, values: dict, capped: list[str], moves: int
 ) -> dict[str, Any]:
     """What every seed record of the configuration carries about how its rates were chosen."""
     eligible = [c.id for c in cands if c.eligible]
     best_trial = _evaluated(tuner.study)[best.id]
-    curve = protocol.expected_max([values[c] for c in eligible])
+    curve = protocol.expected_max([values[c.id] for c in cands if c.designed])
     made = {
         f"{axis}{'+' if side > 0 else '-'}": protocol.extensions_made(cands, axis, side)
         for axis in tuner.rates
@@ -306,7 +294,8 @@ def _selection(
         "complete": sum(values[c] is not None for c in eligible),
         "failed": sum(values[c] is None for c in eligible),
         "extensions": {k: n for k, n in made.items() if n},
-        "edge": capped,  # sides where the cap stopped the edge rule (should be empty)
+        "edge": capped,  # sides where the edge rule's (or "moves": rule 4's) cap stopped it (should be empty)
+        "moves": moves,  # rule 4: moves to a better neighbour
         "fallback": best.role == "fallback",
         "best_candidate": best.id,
         "best_trial": best_trial.number,
@@ -374,6 +363,7 @@ def tune_cells(
                     f"tuned  {head.label}: lr={selection['lr']:.3g} head_lr={selection['head_lr']:.3g} "
                     f"(val_acc {selection['best_val_acc']:.4f}, {selection['best_candidate']} of "
                     f"{selection['trials']}; edge extensions {ext}; margin {selection['margin']:+.4f}"
+                    f"{f'; moved to a better neighbour x{n}' if (n := selection.get('moves')) else ''}"
                     f"{'; fell back to the probe' if selection['fallback'] else ''})"
                 )
                 chosen[key] = selection

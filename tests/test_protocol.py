@@ -91,3 +91,62 @@ def test_expected_max_is_the_unbiased_tuning_curve():
     assert curve[-1] == max(values) and curve[0] == pytest.approx(np.mean(values))
     assert protocol.margin(curve) == pytest.approx(curve[-1] - curve[1])
     assert math.isnan(protocol.margin([0.5]))
+
+
+def _surface(f):
+    """A protocol.Evaluate on a known surface instead of training, counting what it evaluates."""
+    runs: list[str] = []
+
+    def evaluate(cands):
+        runs.extend(c.id for c in cands if c.id not in runs)
+        return {c.id: f(c) for c in cands}
+
+    evaluate.runs = runs
+    return evaluate
+
+
+def _peak(lr: float, head: float):
+    """A smooth single-peaked surface over log rates."""
+    return lambda c: 1.0 - (math.log10(c.lr / lr)) ** 2 - (math.log10(c.head_lr / head)) ** 2
+
+
+def test_neighbour_rule_climbs_to_a_local_optimum():
+    cands = protocol.design(TuneSpec(candidates=4), RATES)
+    peak = _peak(lr=cands[0].lr * 10**1.5, head=cands[0].head_lr)
+    start = protocol.select(cands, {c.id: peak(c) for c in cands})
+    best, values, moves, capped = protocol.climb(_surface(peak), cands, start, RATES, 6, log=lambda m: None)
+    assert moves >= 1 and capped == [] and best.role == "neighbour"
+    around = [
+        c for c in cands if any(protocol.same_point(c, n, RATES) for n in protocol.neighbours(best, RATES))
+    ]
+    assert len(around) == 4 and all(values[c.id] <= values[best.id] for c in around)
+    assert values[best.id] == max(values.values())  # the selection is the best of all tried
+    # Deterministic ids: a resumed stage regenerates the same candidates and finds their trials.
+    again = protocol.design(TuneSpec(candidates=4), RATES)
+    assert protocol.climb(_surface(peak), again, start, RATES, 6, log=lambda m: None)[0] == best
+    assert [c.id for c in again] == [c.id for c in cands]
+    # An interior best moves nowhere; the cap stops a long climb and says so.
+    fresh = protocol.design(TuneSpec(candidates=4), RATES)
+    flat = _peak(start.lr, start.head_lr)
+    assert protocol.climb(_surface(flat), fresh, start, RATES, 6, log=lambda m: None)[2:] == (0, [])
+    far = _peak(lr=cands[0].lr * 10**3, head=cands[0].head_lr)
+    fresh = protocol.design(TuneSpec(candidates=4), RATES)
+    assert protocol.climb(_surface(far), fresh, start, RATES, 1, log=lambda m: None)[2:] == (1, ["moves"])
+
+
+def test_edge_rule_grows_until_the_selection_is_inside():
+    cands = protocol.design(TuneSpec(candidates=4), RATES)
+    top = max(cands, key=lambda c: c.lr)
+    far = _peak(lr=top.lr * 10**2, head=top.head_lr)
+    evaluate = _surface(far)
+    best, values, capped = protocol.grow(evaluate, cands, RATES, 6, log=lambda m: None)
+    assert capped == [] and ("lr", 1) not in protocol.edge_sides(cands, best, RATES)
+    assert best.lr > top.lr and set(evaluate.runs) == {c.id for c in cands}
+    few = protocol.design(TuneSpec(candidates=4), RATES)
+    assert protocol.grow(_surface(far), few, RATES, 1, log=lambda m: None)[2] == ["lr+"]
+
+
+def test_refine_needs_the_neighbours():
+    with pytest.raises(Exception, match="refine needs sensitivity"):
+        TuneSpec(sensitivity=False)
+    assert TuneSpec(sensitivity=False, refine=False).refine is False

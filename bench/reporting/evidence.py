@@ -212,6 +212,8 @@ def tuning_table(part: pd.DataFrame) -> list[str]:
         notes = []
         if s["fallback"]:
             notes.append("**fell back to the probe** (lr 0: = the probe)")
+        if s.get("moves"):
+            notes.append(f"moved to a better neighbour ×{s['moves']}")
         if s["edge"]:
             notes.append(f"**on an edge after the cap**: {', '.join(s['edge'])}")
         better = [name for k, name in SENSITIVITY if (row["sensitivity"][k] or 0) > 0]
@@ -230,6 +232,13 @@ def tuning_table(part: pd.DataFrame) -> list[str]:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     spec = rows[0]["selection"]["spec"]
+    neighbour_rule = (
+        " Neighbour rule: the selection's neighbours at ÷√10 and ×√10 along each rate are evaluated, and"
+        " while one scores higher it becomes the selection (at most "
+        f"{spec.get('max_moves')} moves), so no neighbour below scores above it."
+        if any(r["selection"]["spec"].get("refine") for r in rows)
+        else " Neighbours are evaluated for the record only, never selected."
+    )
     return [
         "## Tuning evidence",
         "",
@@ -242,7 +251,7 @@ def tuning_table(part: pd.DataFrame) -> list[str]:
         "validation accuracy of all N candidates minus that of N/2 drawn at random (the expected-maximum "
         "tuning curve, unbiased estimator; near 0: more candidates would not have helped). Sensitivity: "
         "validation accuracy of the selection's neighbours at ÷√10 and ×√10 along each rate, in points "
-        "from the selection (the other rate held); how forgiving a method is.",
+        "from the selection (the other rate held); how forgiving a method is." + neighbour_rule,
         "",
         *lines,
         "",
@@ -260,6 +269,7 @@ def csv_fields(row: pd.Series) -> dict:
         "tuning_margin_fraction": num(s.get("margin")),
         "tuning_edge_extensions": ";".join(f"{k}:{v}" for k, v in s.get("extensions", {}).items()),
         "tuning_on_edge": ";".join(s.get("edge", [])),
+        "tuning_neighbour_moves": str(s["moves"]) if s and "moves" in s else "",
         "tuning_fell_back_to_probe": (str(int(bool(s.get("fallback")))) if s else ""),
         **{
             f"sensitivity_{k.replace('+', '_up').replace('-', '_down')}_val_acc_fraction": num(
