@@ -117,7 +117,8 @@ def tuning_curve_frame(agg: pd.DataFrame) -> pd.DataFrame:
 )
 def tuning_curves(agg: pd.DataFrame) -> alt.TopLevelMixin | None:
     """Each row's expected-maximum tuning curve (Tang et al.'s unbiased estimator over its
-    evaluated candidates): flat at the right end means more candidates would not have helped."""
+    designed candidates, extensions and fallback): flat at the right end means more candidates
+    would not have helped."""
     df = tuning_curve_frame(agg)
     if df.empty:
         return None
@@ -125,7 +126,9 @@ def tuning_curves(agg: pd.DataFrame) -> alt.TopLevelMixin | None:
         alt.Chart(df)
         .mark_line(point=alt.OverlayMarkDef(size=18))
         .encode(
-            x=alt.X("candidates:Q", title="candidates evaluated (drawn at random from the tried set)"),
+            x=alt.X(
+                "candidates:Q", title="designed candidates evaluated (drawn at random from the designed set)"
+            ),
             y=alt.Y(
                 "val_acc:Q",
                 title="expected best validation accuracy",

@@ -248,7 +248,8 @@ def tuning_table(part: pd.DataFrame) -> list[str]:
         "and judged by validation accuracy, plus the probe's selected head rate with the rest at rest for"
         " every row that contains the probe, plus the edge rule's extensions (a half-decade further out "
         "while the selection lies in the outermost half-decade tried). Tuning margin: the expected best "
-        "validation accuracy of all N candidates minus that of N/2 drawn at random (the expected-maximum "
+        "validation accuracy of all N designed candidates (extensions and fallback included) minus that of "
+        "N/2 drawn at random (the expected-maximum "
         "tuning curve, unbiased estimator; near 0: more candidates would not have helped). Sensitivity: "
         "validation accuracy of the selection's neighbours at ÷√10 and ×√10 along each rate, in points "
         "from the selection (the other rate held); how forgiving a method is." + neighbour_rule,
