@@ -123,14 +123,8 @@ def load_tuning(path: str | Path, profile: str) -> TuneSpec | None:
     if not table:
         return None
     per_profile = {k: table.pop(k) for k in list(table) if isinstance(table[k], dict)}
-    bad = sorted(set(per_profile) - set(PROFILES))
-    profiles = table.pop("profiles", list(PROFILES))
-    if bad or not isinstance(profiles, list) or set(profiles) - set(PROFILES):
-        raise LorafitError(
-            f"{path}: [tune] names unknown profile(s) {', '.join(bad) or profiles}; "
-            f"profiles are {', '.join(PROFILES)}"
-        )
-    if profile not in profiles:
+    _profile_list(path, "[tune]", sorted(per_profile) or list(PROFILES))
+    if profile not in _profile_list(path, "[tune]", table.pop("profiles", list(PROFILES))):
         return None
     try:
         return TuneSpec.from_table({**table, **per_profile.get(profile, {})})
@@ -138,17 +132,20 @@ def load_tuning(path: str | Path, profile: str) -> TuneSpec | None:
         raise LorafitError(f"{path}: {e}") from None
 
 
+def _profile_list(path: Path, where: str, value) -> list[str]:
+    """A `profiles = [...]` value ([tune] or a cell), checked: a non-empty list of known profiles."""
+    if not isinstance(value, list) or not value or set(value) - set(PROFILES):
+        raise LorafitError(
+            f"{path}: {where} names unknown profile(s) in {value!r}: profiles must be a list of "
+            f"{', '.join(PROFILES)}"
+        )
+    return value
+
+
 def _runs_in(path: Path, cell: dict, profile: str) -> bool:
     """Whether a cell runs in `profile`: its `profiles` list, when it has one, names it."""
     only = cell.get("profiles")
-    if only is None:
-        return True
-    if not isinstance(only, list) or not only or any(p not in PROFILES for p in only):
-        raise LorafitError(
-            f"{path}: cell {cell.get('name')!r}: profiles must be a list of "
-            f"{', '.join(PROFILES)}; got {only!r}"
-        )
-    return profile in only
+    return only is None or profile in _profile_list(path, f"cell {cell.get('name')!r}", only)
 
 
 def load_grid(

@@ -232,11 +232,12 @@ def tuning_table(part: pd.DataFrame) -> list[str]:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     spec = rows[0]["selection"]["spec"]
+    refining = next((r["selection"]["spec"] for r in rows if r["selection"]["spec"].get("refine")), None)
     neighbour_rule = (
         " Neighbour rule: the selection's neighbours at ÷√10 and ×√10 along each rate are evaluated, and"
         " while one scores higher it becomes the selection (at most "
-        f"{spec.get('max_moves')} moves), so no neighbour below scores above it."
-        if any(r["selection"]["spec"].get("refine") for r in rows)
+        f"{refining['max_moves']} moves), so no neighbour below scores above it."
+        if refining
         else " Neighbours are evaluated for the record only, never selected."
     )
     return [
