@@ -182,8 +182,9 @@ def cmd_run_grid(args) -> int:
         + ", ".join(f"{n} {s}" for s, n in counts.items())
         + f"; records in {runs / 'records' / name}"
     )
-    study_flag = "" if args.budget_check else f" --study {name}"  # the check pairs with the 1x study
-    print(f"next: python -m bench leaderboard --runs-dir {shlex.quote(args.runs_dir)}{study_flag}")
+    # The leaderboard of the 1x study reads its check's records (<study>-2x) beside it.
+    one_x = name.removesuffix(sensitivity.SUFFIX) if args.budget_check else name
+    print(f"next: python -m bench leaderboard --runs-dir {shlex.quote(args.runs_dir)} --study {one_x}")
     return 0 if set(status.values()) <= {"done"} else 1
 
 

@@ -116,6 +116,18 @@ def test_the_epoch_sensitivity_check_pairs_2x_with_1x(tiny_grid, tmp_path, capsy
     table = md.split("## Epoch sensitivity")[1].split("\n\n")[2]
     assert len(table.splitlines()) == 2 + 4 and "seed-post-r8" in table
     assert "of 4 configurations" in md.split("## Results")[0]  # the 2x records are not rows
+    # The command it prints next names the 1x study, whose leaderboard reads the check beside it.
+    hint = f"next: python -m bench leaderboard --runs-dir {runs} --study tiny-smoke"
+    assert hint in capsys.readouterr().out
+    out = tmp_path / "board.md"
+    assert main(["leaderboard", "--runs-dir", runs, "--study", "tiny-smoke", "--output", str(out)]) == 0
+    board = out.read_text()
+    assert board.split("## Epoch sensitivity")[1].split("\n\n")[2] == table
+    head = board.split("## Results")[0]
+    assert head.count("- **What**") == 1 and "studies: tiny-smoke, tiny-smoke-2x" in head
+    (compute,) = [line for line in head.splitlines() if line.startswith("- **Compute**")]
+    assert "tuning stage" not in compute  # the tiny grid's rates are fixed
+    assert f"seeds {len(base)} runs" in compute and f"epoch-sensitivity check {len(checks)} runs" in compute
 
 
 def test_the_leaderboard_header_says_how_long_runs_trained():

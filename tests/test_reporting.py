@@ -22,7 +22,7 @@ from grids import REPORT_GRID
 from bench.protocol import TuneSpec
 from bench.records import load_records, record_path, write_json
 from bench.reporting import aggregate as agg
-from bench.reporting import charts, columns, evidence, fmt, labels, leaderboard, stats
+from bench.reporting import charts, columns, compute, evidence, fmt, labels, leaderboard, stats
 from bench.reporting import run_report as report
 from bench.reporting.charts_accuracy import acc_vs_params, per_class_frame
 from lorafit import metrics
@@ -731,3 +731,36 @@ def test_a_new_leaderboard_column_is_one_entry(monkeypatch):
     rows = {r["configuration"]: r for r in columns.csv_rows(df)}
     assert float(rows["full"]["macro_f1_mean_fraction"]) == pytest.approx(0.75)
     assert list(rows["full"])[-2:] == ["macro_f1_mean_fraction", "error"]
+
+
+@pytest.mark.parametrize(
+    "intervals, total",
+    [([], 0), ([(0, 10)], 10), ([(0, 10), (5, 15)], 15), ([(0, 10), (2, 3)], 10), ([(20, 30), (0, 10)], 20)],
+)
+def test_wall_time_is_the_union_of_the_runs_intervals(intervals, total):
+    assert compute.union_seconds(intervals) == total
+
+
+def test_compute_line_splits_tuning_seeds_and_the_check():
+    def timed(study, created, wall_s, **run):
+        r = make_record(created=created)
+        r["run"].update(study=study, **run)
+        r["metrics"]["wall_s"] = wall_s
+        return r
+
+    tuning = [timed("grid-local-tune/x", f"2026-01-01T0{h}:00:00+00:00", 1800) for h in (0, 1)]
+    seeds = [
+        timed("grid-local", "2026-01-01T03:00:00+00:00", 3600),
+        timed("grid-local", "2026-01-01T03:30:00+00:00", 3600),  # a second worker, half overlapping
+        timed("grid-local", "2026-01-01T09:00:00+00:00", 1800, reused_from="grid-local-tune/x/t0"),
+    ]
+    check = timed("grid-local-2x", "2026-01-02T00:00:00+00:00", 45)
+    check["config"].update(epochs=8, patience=0)
+    check["tuning"] = {"budget_scale": 2}
+    setup = agg.setup_of(seeds[0])
+    assert compute.compute_line([*seeds, check, *tuning], setup) == (
+        "tuning stage 2 runs, 1.0 h of worker time, 1.0 h wall; "
+        "seeds 2 runs, 2.0 h of worker time, 1.5 h wall; "
+        "epoch-sensitivity check 1 run, 45 s of worker time, 45 s wall; "
+        "1 seed-0 cell reused its tuning run (cpu without native bf16: fp32 + channels_last)"
+    )

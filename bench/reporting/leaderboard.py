@@ -29,6 +29,7 @@ from bench.reporting.comparisons import comparisons
 from bench.reporting.header import header
 from bench.reporting.summary import summary
 from bench.reporting.tables import budget_table, ledger_table
+from bench.sensitivity import SUFFIX
 from lorafit.errors import LorafitError
 
 COMMAND_PREFIX = "python -m bench leaderboard"
@@ -76,14 +77,16 @@ def render_markdown(
     chart_links: Iterable[str | Path] = (),
     csv_link: str | None = None,
     agg: pd.DataFrame | None = None,
+    trials: list[dict] = (),
 ) -> str:
     """The whole leaderboard. chart_links: chart file paths relative to the output file, in display order;
-    csv_link: the CSV's path relative to it; agg: aggregate(records), if already computed."""
+    csv_link: the CSV's path relative to it; agg: aggregate(records), if already computed; trials:
+    the tuning stage's records (they count towards the compute line, never the table)."""
     if not records:
         raise LorafitError("no records to put on a leaderboard; run `python -m bench run grid` first")
     records = sorted(records, key=lambda r: (r["run"]["id"], r["run"].get("study") or ""))
     agg = aggregate(records) if agg is None else agg
-    lines = header(records, command, agg)
+    lines = header(records, command, agg, trials)
     checks = epochs.checked(records)
     setups = list(agg["setup"].unique())
     for setup in setups:
@@ -198,7 +201,10 @@ def check_overwrite(output: Path, args: argparse.Namespace) -> None:
 
 def main(args: argparse.Namespace) -> int:
     runs = Path(args.runs_dir)
-    records = load_records(runs, args.study)
+    # A study's epoch-sensitivity check is its own study (<study>-2x) and pairs with it.
+    records = load_records(runs, args.study) + (
+        load_records(runs, f"{args.study}{SUFFIX}") if args.study else []
+    )
     if not records:
         where = runs / "records" / args.study if args.study else runs / "records"
         raise LorafitError(
@@ -233,7 +239,7 @@ def main(args: argparse.Namespace) -> int:
         chart_paths = charts.render(records + trials, chart_dir, agg)
         links = [os.path.relpath(p, output.parent) for p in chart_paths]
         md = render_markdown(
-            records, command_line(args), links, os.path.relpath(csv_path, output.parent), agg
+            records, command_line(args), links, os.path.relpath(csv_path, output.parent), agg, trials
         )
         write_atomic(csv_path, render_csv(agg))
         write_atomic(output, md)
