@@ -110,7 +110,8 @@ def _claim(study: optuna.Study) -> None:
 def _tuned_elsewhere(study: optuna.Study) -> bool:
     """Another worker is tuning this study: a trial of it runs, or another worker claimed it or
     finished a trial of it less than a grace period ago (a crashed worker's running trial is
-    failed by the heartbeat check; its study is then taken over)."""
+    failed by the heartbeat check; its study is then taken over at once: the moment a trial was
+    failed for its worker is no sign of that worker)."""
     if study.user_attrs.get("owner") == WORKER:
         return False
     optuna.storages.fail_stale_trials(study)
@@ -118,7 +119,11 @@ def _tuned_elsewhere(study: optuna.Study) -> bool:
     if any(t.state == TrialState.RUNNING for t in trials):
         return True
     times = [study.user_attrs.get("claimed_at", 0.0)]
-    times += [(t.datetime_complete or t.datetime_start).timestamp() for t in trials if t.datetime_start]
+    times += [
+        (t.datetime_complete or t.datetime_start).timestamp()
+        for t in trials
+        if t.datetime_start and (t.state != TrialState.FAIL or t.user_attrs.get(RECORDED))
+    ]
     return time.time() - max(times) < grace_seconds()
 
 

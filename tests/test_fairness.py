@@ -1,6 +1,7 @@
 """What makes a comparison citable: the tuning stage gives every configuration the same budget,
 two learning rates reach two parameter groups, seeds are paired, degenerate ranks are refused."""
 
+import datetime as dt
 import json
 import os
 import signal
@@ -169,6 +170,39 @@ def test_killed_tuning_stage_resumes_without_rerunning_candidates(tmp_path, tiny
         for cid, t in before.get(name, {}).items():  # finished ones kept, not re-run
             assert _candidates(trials)[cid].number == t.number
     assert len(load_records(runs, "killed-smoke")) == 2
+
+
+@pytest.mark.parametrize(
+    "last, elsewhere",
+    [
+        ("failed for its worker just now", False),  # the heartbeat check failed a dead worker's trial
+        ("recorded failure just now", True),  # a live worker's diverged candidate
+        ("complete just now", True),
+    ],
+)
+def test_a_crashed_workers_tuning_study_is_taken_over_at_once(last, elsewhere):
+    """A study counts as tuned elsewhere while another worker shows signs of life in it; the moment
+    its dead worker's trial was failed is none (it made a resumed stage skip the row)."""
+    from optuna.trial import create_trial
+
+    from bench import tuning
+    from bench.trials import RECORDED
+
+    study = optuna.create_study()
+    now = dt.datetime.now()
+    hour_ago = now - dt.timedelta(hours=1)
+    done = create_trial(state=TrialState.COMPLETE, value=0.5)
+    done.datetime_start = done.datetime_complete = hour_ago
+    state = TrialState.COMPLETE if last.startswith("complete") else TrialState.FAIL
+    latest = create_trial(state=state, value=0.5 if state == TrialState.COMPLETE else None)
+    latest.datetime_start, latest.datetime_complete = hour_ago, now
+    if last.startswith("recorded"):
+        latest.set_user_attr(RECORDED, True)
+    for t in (done, latest):
+        study.add_trial(t)
+    study.set_user_attr("claimed_at", hour_ago.timestamp())
+    study.set_user_attr("owner", "another worker")
+    assert tuning._tuned_elsewhere(study) is elsewhere
 
 
 @pytest.mark.slow
