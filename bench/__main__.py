@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the epoch-sensitivity check: train the representative rows again at 2x the training "
         "budget, at the 1x selected rates (bench/sensitivity.py); run after the grid itself",
     )
+    run.add_argument(
+        "--status",
+        action="store_true",
+        help="print how far this grid has come (tuning and cells, read from the storage) and exit; "
+        "safe beside running workers",
+    )
     common(run)
 
     study = sub.add_parser("study", help="run an Optuna study declared in studies/NAME.toml")
@@ -134,6 +140,11 @@ def cmd_run_grid(args) -> int:
     cells = resolved(cells, ctx, args.profile)
     runs, store = runs_and_storage(args)
     name = f"{Path(args.grid).stem}-{args.profile}"
+    if args.status:
+        from bench.progress import grid_progress
+
+        print("\n".join(grid_progress(cells, spec is not None, name, store)))
+        return 0
     n_configs = len({c.digest() for c in cells if c.seed == 0}) or len(cells)
     targets = ", ".join(sorted({f"{c.source} -> {c.target} ({c.protocol})" for c in cells}))
     print(

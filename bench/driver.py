@@ -39,11 +39,13 @@ def _cell_trials(study: optuna.Study) -> dict[str, list[optuna.trial.FrozenTrial
     return by_cell
 
 
+def done_trial(t: optuna.trial.FrozenTrial) -> bool:
+    """A cell's trial with a result: complete, or failed with a record that says why (not retried)."""
+    return t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and bool(t.user_attrs.get(RECORDED)))
+
+
 def _done(trials) -> bool:
-    return any(
-        t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and t.user_attrs.get(RECORDED))
-        for t in trials
-    )
+    return any(done_trial(t) for t in trials)
 
 
 def _live(trials) -> bool:

@@ -127,7 +127,7 @@ def _tuned_elsewhere(study: optuna.Study) -> bool:
     return time.time() - max(times) < grace_seconds()
 
 
-def _evaluated(study: optuna.Study) -> dict[str, optuna.trial.FrozenTrial]:
+def evaluated_candidates(study: optuna.Study) -> dict[str, optuna.trial.FrozenTrial]:
     """candidate id -> its finished trial: complete, diverged (recorded), or failed with an error
     twice (a run that raised is retried once, as a grid cell whose worker crashed is); the first
     one wins."""
@@ -181,7 +181,7 @@ class _Tuner:
         """Every candidate of `cands` that has no finished trial yet is trained; returns all. A
         waiting trial left by a crashed worker (the heartbeat check re-queues its candidate) is
         taken first, as Optuna pops the oldest."""
-        done = _evaluated(self.study)
+        done = evaluated_candidates(self.study)
         for cand in cands:
             while cand.id not in done:
                 waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
@@ -192,7 +192,7 @@ class _Tuner:
                         skip_if_exists=False,
                     )
                 self.study.optimize(self._objective, n_trials=1, catch=(RunFailed,))
-                done = _evaluated(self.study)
+                done = evaluated_candidates(self.study)
         return done
 
     def _objective(self, trial: optuna.Trial) -> float:
@@ -201,7 +201,7 @@ class _Tuner:
             trial.set_user_attr("skipped", "no queued candidate")
             raise optuna.TrialPruned()
         cand = Candidate(**spec)
-        if cand.id in _evaluated(self.study):  # a re-queued copy of a finished candidate
+        if cand.id in evaluated_candidates(self.study):  # a re-queued copy of a finished candidate
             trial.set_user_attr("skipped", f"candidate {cand.id} already finished")
             raise optuna.TrialPruned()
         for r in self.rates:  # the enqueued fixed values, stored as the trial's parameters
@@ -284,7 +284,7 @@ def _selection(
 ) -> dict[str, Any]:
     """What every seed record of the configuration carries about how its rates were chosen."""
     eligible = [c.id for c in cands if c.eligible]
-    best_trial = _evaluated(tuner.study)[best.id]
+    best_trial = evaluated_candidates(tuner.study)[best.id]
     curve = protocol.expected_max([values[c.id] for c in cands if c.designed])
     made = {
         f"{axis}{'+' if side > 0 else '-'}": protocol.extensions_made(cands, axis, side)

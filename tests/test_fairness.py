@@ -58,10 +58,26 @@ def test_tuning_stage_end_to_end_designed_candidates_fallback_and_resume(tmp_pat
     runs = tmp_path / "runs"
     argv = ["run", "grid", "--grid", str(tiny_grid(TUNED_GRID, "tuned")), "--runs-dir", str(runs)]
     argv += ["--no-progress"]
+    # --status reads the storage and creates nothing
+    assert main([*argv, "--seeds", "2", "--status"]) == 0
+    status = capsys.readouterr().out.splitlines()
+    assert (
+        status[-1]
+        == "tuned-smoke: 2 configurations (2 not started; 0 tuning candidates done); cells 0 of 4 done"
+    )
+    assert not _tuning_studies(runs)
     assert main([*argv, "--seeds", "2"]) == 0
     out = capsys.readouterr().out
     assert "tuning stage: 4 designed candidates per configuration" in out and "4 done" in out
     studies = _tuning_studies(runs)
+    assert main([*argv, "--seeds", "2", "--status"]) == 0
+    status = capsys.readouterr().out.splitlines()
+    n = sum(len(_candidates(ts)) for ts in studies.values())
+    assert (
+        status[-1]
+        == f"tuned-smoke: 2 configurations (2 tuned; {n} tuning candidates done); cells 4 of 4 done"
+    )
+    assert any(line.split()[:2] == ["lora-proj-r8", "tuned:"] for line in status)
     assert len(studies) == 2  # one per configuration, seeds share it
     head = _candidates(next(t for name, t in studies.items() if "-tune-head-" in name))
     lora = _candidates(next(t for name, t in studies.items() if "-tune-lora-proj-r8-" in name))
@@ -139,6 +155,9 @@ def test_tuning_stage_end_to_end_designed_candidates_fallback_and_resume(tmp_pat
     assert main([*argv, "--no-tune", "--only", "head"]) == 0
     fixed = [r for r in load_records(runs, "tuned-smoke") if r["tuning"]["mode"] == "fixed"]
     assert len(fixed) == 1 and fixed[0]["config"]["lr"] == 5e-3
+    capsys.readouterr()
+    assert main([*argv, "--no-tune", "--only", "head", "--status"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith("(1 rates fixed); cells 1 of 1 done")
 
 
 @pytest.mark.slow

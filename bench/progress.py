@@ -1,0 +1,71 @@
+"""Where a resumable grid stands, read from its storage alone: `run grid ... --status`.
+
+Per configuration: its tuning study's state (not started, how many candidates have a result, or
+its selection) and how many of its seed cells are done; then one summary line. Nothing is
+trained, created or claimed, so it is safe to run beside the workers."""
+
+from __future__ import annotations
+
+import optuna
+
+from bench import driver, tuning
+from bench.sensitivity import SUFFIX
+from lorafit.config import RunConfig
+
+STATES = ("tuned", "tuning", "not started", "rates fixed")
+
+
+def _tuning_state(study: optuna.Study | None, head: RunConfig) -> tuple[str, str, RunConfig | None, int]:
+    """(state, description, the configuration at its selected rates or None, candidates done)."""
+    if study is None:
+        return "not started", "not started", None, 0
+    n = len(tuning.evaluated_candidates(study))
+    selection = study.user_attrs.get("selection")
+    if selection is None:
+        return "tuning", f"tuning, {n} candidate{'' if n == 1 else 's'} done", None, n
+    rates = head.replace(lr=selection["lr"], head_lr=selection["head_lr"])
+    text = (
+        f"tuned: lr {selection['lr']:.3g} / head {selection['head_lr']:.3g}, validation "
+        f"{100 * selection['best_val_acc']:.2f}% ({n} candidates)"
+    )
+    return "tuned", text, rates, n
+
+
+def grid_progress(cells: list[RunConfig], tuned: bool, grid_study: str, storage) -> list[str]:
+    """How far the grid study `grid_study` (its cells `cells`) has come in `storage`. `tuned`:
+    the cells' rates come from the grid's tuning stage (else they are fixed in the cells)."""
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+
+    def load(name: str) -> optuna.Study | None:
+        return optuna.load_study(study_name=name, storage=storage) if name in names else None
+
+    grid = load(grid_study)
+    trials = grid.get_trials(deepcopy=False) if grid else []
+    done_ids = {t.user_attrs.get("cell_id") for t in trials if driver.done_trial(t)}
+    groups: dict[str, list[RunConfig]] = {}
+    for cfg in cells:
+        groups.setdefault(cfg.tuning_key, []).append(cfg)
+    lines, states, candidates, cells_done = [], [], 0, 0
+    for members in groups.values():
+        head = members[0]
+        if tuned:
+            state, text, rates, n = _tuning_state(load(tuning.study_name(grid_study, head)), head)
+            candidates += n
+        else:
+            state, text, rates = "rates fixed", "rates fixed in the grid file", head
+        states.append(state)
+        ids = [(rates.replace(seed=c.seed) if tuned else c).cell_id for c in members] if rates else []
+        done = sum(i in done_ids for i in ids)
+        cells_done += done
+        lines.append(f"  {head.label:<32} {text}; cells {done} of {len(members)} done")
+    counts = ", ".join(f"{states.count(s)} {s}" for s in STATES if s in states)
+    found = f"; {candidates} tuning candidates done" if tuned else ""
+    lines.append(
+        f"{grid_study}: {len(groups)} configurations ({counts}{found}); "
+        f"cells {cells_done} of {len(cells)} done"
+    )
+    check = load(grid_study + SUFFIX)
+    if check is not None:
+        n = sum(driver.done_trial(t) for t in check.get_trials(deepcopy=False))
+        lines.append(f"{grid_study}{SUFFIX}: epoch-sensitivity check, {n} cells done")
+    return lines
