@@ -24,9 +24,10 @@ def _tuning_state(study: optuna.Study | None, head: RunConfig) -> tuple[str, str
     if selection is None:
         return "tuning", f"tuning, {n} candidate{'' if n == 1 else 's'} done", None, n
     rates = head.replace(lr=selection["lr"], head_lr=selection["head_lr"])
+    best = selection.get("best_val_acc")  # None when every candidate failed
     text = (
         f"tuned: lr {selection['lr']:.3g} / head {selection['head_lr']:.3g}, validation "
-        f"{100 * selection['best_val_acc']:.2f}% ({n} candidates)"
+        f"{'—' if best is None else f'{100 * best:.2f}%'} ({n} candidates)"
     )
     return "tuned", text, rates, n
 
@@ -42,12 +43,14 @@ def grid_progress(cells: list[RunConfig], tuned: bool, grid_study: str, storage)
     grid = load(grid_study)
     trials = grid.get_trials(deepcopy=False) if grid else []
     done_ids = {t.user_attrs.get("cell_id") for t in trials if driver.done_trial(t)}
-    groups: dict[str, list[RunConfig]] = {}
+    members_of: dict[str, list[RunConfig]] = {}
     for cfg in cells:
-        groups.setdefault(cfg.tuning_key, []).append(cfg)
+        members_of.setdefault(cfg.tuning_key, []).append(cfg)
+    # With a tuning stage, its configurations (a probe the grid lacks is tuned too, runs no seeds).
+    groups = tuning.configurations(cells) if tuned else {k: m[0] for k, m in members_of.items()}
     lines, states, candidates, cells_done = [], [], 0, 0
-    for members in groups.values():
-        head = members[0]
+    for key, head in groups.items():
+        members = members_of.get(key, [])
         if tuned:
             state, text, rates, n = _tuning_state(load(tuning.study_name(grid_study, head)), head)
             candidates += n
@@ -57,7 +60,8 @@ def grid_progress(cells: list[RunConfig], tuned: bool, grid_study: str, storage)
         ids = [(rates.replace(seed=c.seed) if tuned else c).cell_id for c in members] if rates else []
         done = sum(i in done_ids for i in ids)
         cells_done += done
-        lines.append(f"  {head.label:<32} {text}; cells {done} of {len(members)} done")
+        seeds = f"cells {done} of {len(members)} done" if members else "no cells (tuned for the fallback)"
+        lines.append(f"  {head.label:<32} {text}; {seeds}")
     counts = ", ".join(f"{states.count(s)} {s}" for s in STATES if s in states)
     found = f"; {candidates} tuning candidates done" if tuned else ""
     lines.append(

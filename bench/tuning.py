@@ -315,13 +315,9 @@ def _selection(
     }
 
 
-def tune_cells(
-    cells: list[RunConfig], spec: TuneSpec, ctx: Context, grid_study: str, storage, show_progress: bool = True
-) -> list[Cell]:
-    """The tuning stage: every configuration of `cells` tuned (or its finished tuning reused), its
-    cells set to the selected rates. Probes come first: a configuration that contains the probe
-    evaluates the probe's selection as its fallback (the probe of a grid without one is tuned too,
-    and runs no seeds). Returns the cells at their selected rates, each with its selection."""
+def configurations(cells: list[RunConfig]) -> dict[str, RunConfig]:
+    """tuning key -> the configuration the tuning stage tunes, probes first; a probe the grid lacks
+    is added for the configurations that contain it (their fallback needs its selection)."""
     groups: dict[str, RunConfig] = {}
     for cfg in sorted(cells, key=lambda c: c.method != "head"):
         groups.setdefault(cfg.tuning_key, cfg)
@@ -331,6 +327,17 @@ def tune_cells(
         ):
             extra = probe_of(cfg)
             groups = {extra.tuning_key: extra, **groups}
+    return groups
+
+
+def tune_cells(
+    cells: list[RunConfig], spec: TuneSpec, ctx: Context, grid_study: str, storage, show_progress: bool = True
+) -> list[Cell]:
+    """The tuning stage: every configuration of `cells` tuned (or its finished tuning reused), its
+    cells set to the selected rates. Probes come first: a configuration that contains the probe
+    evaluates the probe's selection as its fallback (the probe of a grid without one is tuned too,
+    and runs no seeds). Returns the cells at their selected rates, each with its selection."""
+    groups = configurations(cells)
     probes = {_probe_key(g): k for k, g in groups.items() if g.method == "head"}
     bar = tqdm(
         total=len(groups),

@@ -746,9 +746,17 @@ def test_compute_line_splits_tuning_seeds_and_the_check():
         r = make_record(created=created)
         r["run"].update(study=study, **run)
         r["metrics"]["wall_s"] = wall_s
+        r["tuning"] = {"mode": "tuned", "study": "grid-local-tune-lora-proj-r8-k"}
         return r
 
-    tuning = [timed("grid-local-tune/x", f"2026-01-01T0{h}:00:00+00:00", 1800) for h in (0, 1)]
+    # The tuning stage trained at a smaller budget than the cells it tuned: its trials count
+    # towards the cells' setup all the same (their study chose the cells' rates).
+    tuning = [timed("grid-local-tune/lora-proj-r8-k", f"2026-01-01T0{h}:00:00+00:00", 1800) for h in (0, 1)]
+    for t in tuning:
+        t["config"]["train_size"] = 100
+        t["tuning"] = {"mode": "trial"}
+    untimed = timed("grid-local-tune/lora-proj-r8-k", "2026-01-01T02:00:00+00:00", None)
+    untimed["metrics"].pop("train_s")
     seeds = [
         timed("grid-local", "2026-01-01T03:00:00+00:00", 3600),
         timed("grid-local", "2026-01-01T03:30:00+00:00", 3600),  # a second worker, half overlapping
@@ -757,10 +765,16 @@ def test_compute_line_splits_tuning_seeds_and_the_check():
     check = timed("grid-local-2x", "2026-01-02T00:00:00+00:00", 45)
     check["config"].update(epochs=8, patience=0)
     check["tuning"] = {"budget_scale": 2}
+    everything = [*seeds, check, *tuning, untimed]
     setup = agg.setup_of(seeds[0])
-    assert compute.compute_line([*seeds, check, *tuning], setup) == (
-        "tuning stage 2 runs, 1.0 h of worker time, 1.0 h wall; "
+    assert agg.setup_of(tuning[0]) != setup
+    expected = (
+        "tuning stage 3 runs, 1.0 h of worker time, 1.0 h wall (1 without timings); "
         "seeds 2 runs, 2.0 h of worker time, 1.5 h wall; "
         "epoch-sensitivity check 1 run, 45 s of worker time, 45 s wall; "
-        "1 seed-0 cell reused its tuning run (cpu without native bf16: fp32 + channels_last)"
+        "1 seed cell reused its tuning run (cpu without native bf16: fp32 + channels_last)"
     )
+    assert compute.compute_line(everything, setup) == expected
+    for order in range(3):  # whatever the order of the records
+        random.Random(order).shuffle(everything)
+        assert compute.compute_line(everything, setup) == expected

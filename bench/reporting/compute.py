@@ -6,6 +6,7 @@ workers do not count, and parallel workers count once), with the execution path 
 from __future__ import annotations
 
 import datetime as dt
+import math
 
 from bench.reporting.aggregate import is_budget_check, is_tuning_trial, setup_of
 from bench.sensitivity import unscaled
@@ -23,16 +24,37 @@ def part_of(record: dict) -> str | None:
     return None if record["run"].get("reused_from") else "seeds"
 
 
-def _setup(record: dict) -> str:
-    """The setup a record counts towards: a 2x run's is its 1x row's."""
-    if is_budget_check(record):
-        record = {**record, "config": unscaled(record["config"])}
-    return setup_of(record)
+def _tuning_study(record: dict) -> str | None:
+    """The Optuna tuning study a record belongs to: a trial's (its records folder <grid>-tune/<x>
+    is the study <grid>-tune-<x>), or the one that chose a seed cell's rates."""
+    if is_tuning_trial(record):
+        return record["run"]["study"].replace("-tune/", "-tune-", 1)
+    return (record.get("tuning") or {}).get("study")
+
+
+def setups(records: list[dict]) -> list[str]:
+    """Each record's setup for the compute line: a 2x run counts towards its 1x row's, and a
+    tuning trial towards the setup of the cells its study tuned (a stage may tune at a smaller
+    budget than the cells it serves)."""
+    of_cells = {}
+    for r in records:
+        if not is_tuning_trial(r) and not is_budget_check(r) and _tuning_study(r):
+            of_cells.setdefault(_tuning_study(r), setup_of(r))
+    out = []
+    for r in records:
+        if is_budget_check(r):
+            out.append(setup_of({**r, "config": unscaled(r["config"])}))
+        elif is_tuning_trial(r):
+            out.append(of_cells.get(_tuning_study(r)) or setup_of(r))
+        else:
+            out.append(setup_of(r))
+    return out
 
 
 def _interval(record: dict) -> tuple[float, float] | None:
     metrics, start = record.get("metrics") or {}, record["run"].get("created_at")
-    seconds = metrics.get("wall_s", metrics.get("train_s"))
+    seconds = metrics.get("wall_s")
+    seconds = metrics.get("train_s") if seconds is None else seconds
     if start is None or seconds is None:
         return None
     t0 = dt.datetime.fromisoformat(start).timestamp()
@@ -72,22 +94,27 @@ def execution_path(records: list[dict]) -> str:
     return "; ".join(sorted(paths)) or "unknown"
 
 
-def compute_line(records: list[dict], setup: str) -> str:
-    """One setup's cost: per part, runs, worker time and wall time."""
-    mine = [r for r in records if _setup(r) == setup]
+def compute_line(records: list[dict], setup: str, of: list[str] | None = None) -> str:
+    """One setup's cost: per part, runs, worker time and wall time. `of`: setups(records), if
+    already computed."""
+    of = setups(records) if of is None else of
+    mine = [r for r, s in zip(records, of) if s == setup]
     pieces = []
     for part in PARTS:
-        spans = [s for r in mine if part_of(r) == part and (s := _interval(r)) is not None]
+        ran = [r for r in mine if part_of(r) == part]
+        spans = sorted(s for r in ran if (s := _interval(r)) is not None)
+        if not ran:
+            continue
+        piece = f"{part} {len(ran):,} run{'' if len(ran) == 1 else 's'}"
         if spans:
-            worker_s = sum(end - start for start, end in spans)
-            pieces.append(
-                f"{part} {len(spans):,} run{'s' * (len(spans) != 1)}, {duration(worker_s)} of worker time, "
-                f"{duration(union_seconds(spans))} wall"
-            )
+            worker_s = math.fsum(end - start for start, end in spans)
+            piece += f", {duration(worker_s)} of worker time, {duration(union_seconds(spans))} wall"
+        if len(spans) < len(ran):
+            piece += f" ({len(ran) - len(spans)} without timings)"
+        pieces.append(piece)
     reused = sum(part_of(r) is None for r in mine)
     if reused:
         one = reused == 1
-        cells = f"{reused} seed-0 cell{'' if one else 's'}"
-        pieces.append(f"{cells} reused {'its' if one else 'their'} tuning run")
+        pieces.append(f"{reused} seed cell{'' if one else 's'} reused {'its' if one else 'their'} tuning run")
     timed = [r for r in mine if part_of(r) is not None]
-    return f"{'; '.join(pieces) or 'no timed runs'} ({execution_path(timed)})"
+    return f"{'; '.join(pieces) or 'no runs'} ({execution_path(timed)})"
