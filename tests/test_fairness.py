@@ -199,6 +199,7 @@ def test_killed_tuning_stage_resumes_without_rerunning_candidates(tmp_path, tiny
         ("complete just now", True),
     ],
 )
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # fail_stale_trials
 def test_a_crashed_workers_tuning_study_is_taken_over_at_once(last, elsewhere):
     """A study counts as tuned elsewhere while another worker shows signs of life in it; the moment
     its dead worker's trial was failed is none (it made a resumed stage skip the row)."""
