@@ -23,7 +23,7 @@ from bench.backbone import pretrained_backbone
 from bench.context import Context
 from bench.plan import Cell
 from bench.runner import reuse_tuning_run, run_cell
-from bench.trials import RECORDED, RunFailed, finish_trial
+from bench.trials import RECORDED, RunFailed, done_trial, finish_trial
 from lorafit.config import RunConfig
 from lorafit.errors import LorafitError
 
@@ -37,11 +37,6 @@ def _cell_trials(study: optuna.Study) -> dict[str, list[optuna.trial.FrozenTrial
         if "cell_id" in t.user_attrs and not t.user_attrs.get("skipped"):
             by_cell[t.user_attrs["cell_id"]].append(t)
     return by_cell
-
-
-def done_trial(t: optuna.trial.FrozenTrial) -> bool:
-    """A cell's trial with a result: complete, or failed with a record that says why (not retried)."""
-    return t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and bool(t.user_attrs.get(RECORDED)))
 
 
 def _done(trials) -> bool:

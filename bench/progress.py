@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import optuna
 
-from bench import driver, tuning
+from bench import tuning
 from bench.sensitivity import SUFFIX
+from bench.trials import done_trial
 from lorafit.config import RunConfig
 
 STATES = ("tuned", "tuning", "not started", "rates fixed")
@@ -42,7 +43,7 @@ def grid_progress(cells: list[RunConfig], tuned: bool, grid_study: str, storage)
 
     grid = load(grid_study)
     trials = grid.get_trials(deepcopy=False) if grid else []
-    done_ids = {t.user_attrs.get("cell_id") for t in trials if driver.done_trial(t)}
+    done_ids = {t.user_attrs.get("cell_id") for t in trials if done_trial(t)}
     members_of: dict[str, list[RunConfig]] = {}
     for cfg in cells:
         members_of.setdefault(cfg.tuning_key, []).append(cfg)
@@ -70,6 +71,6 @@ def grid_progress(cells: list[RunConfig], tuned: bool, grid_study: str, storage)
     )
     check = load(grid_study + SUFFIX)
     if check is not None:
-        n = sum(driver.done_trial(t) for t in check.get_trials(deepcopy=False))
+        n = sum(done_trial(t) for t in check.get_trials(deepcopy=False))
         lines.append(f"{grid_study}{SUFFIX}: epoch-sensitivity check, {n} cells done")
     return lines

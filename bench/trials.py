@@ -25,6 +25,13 @@ TRIAL_METRICS = (
 )
 
 
+def done_trial(t: optuna.trial.FrozenTrial) -> bool:
+    """A trial with a result: complete, or failed with a record that says why (not retried)."""
+    return t.state == optuna.trial.TrialState.COMPLETE or (
+        t.state == optuna.trial.TrialState.FAIL and bool(t.user_attrs.get(RECORDED))
+    )
+
+
 class RunFailed(Exception):
     """A run ended failed or diverged; its record says why."""
 

@@ -34,7 +34,7 @@ from bench.plan import Cell
 from bench.protocol import Candidate, TuneSpec
 from bench.runner import run_cell
 from bench.storage import grace_seconds
-from bench.trials import RECORDED, RunFailed, finish_trial
+from bench.trials import RECORDED, RunFailed, done_trial, finish_trial
 from lorafit.config import RunConfig
 from lorafit.errors import LorafitError
 
@@ -145,7 +145,7 @@ def evaluated_candidates(study: optuna.Study) -> dict[str, optuna.trial.FrozenTr
             errors[cid] = errors.get(cid, 0) + 1
             if errors[cid] >= 2:
                 out[cid] = t
-        elif t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and t.user_attrs.get(RECORDED)):
+        elif done_trial(t):
             out[cid] = t
     return out
 

@@ -774,7 +774,7 @@ def test_compute_line_splits_tuning_seeds_and_the_check():
         "epoch-sensitivity check 1 run, 45 s of worker time, 45 s wall; "
         "1 seed cell reused its tuning run (cpu without native bf16: fp32 + channels_last)"
     )
-    assert compute.compute_line(everything, setup) == expected
+    assert compute.compute_lines(everything)[setup] == expected
     for order in range(3):  # whatever the order of the records
         random.Random(order).shuffle(everything)
-        assert compute.compute_line(everything, setup) == expected
+        assert compute.compute_lines(everything)[setup] == expected

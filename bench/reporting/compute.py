@@ -94,19 +94,23 @@ def execution_path(records: list[dict]) -> str:
     return "; ".join(sorted(paths)) or "unknown"
 
 
-def compute_line(records: list[dict], setup: str, of: list[str] | None = None) -> str:
-    """One setup's cost: per part, runs, worker time and wall time. `of`: setups(records), if
-    already computed."""
-    of = setups(records) if of is None else of
-    mine = [r for r, s in zip(records, of) if s == setup]
+def compute_lines(records: list[dict]) -> dict[str, str]:
+    """setup -> its cost: per part, runs, worker time and wall time, and the execution path."""
+    by_setup: dict[str, list[dict]] = {}
+    for r, setup in zip(records, setups(records)):
+        by_setup.setdefault(setup, []).append(r)
+    return {setup: _line(mine) for setup, mine in by_setup.items()}
+
+
+def _line(mine: list[dict]) -> str:
     pieces = []
     for part in PARTS:
         ran = [r for r in mine if part_of(r) == part]
-        spans = sorted(s for r in ran if (s := _interval(r)) is not None)
         if not ran:
             continue
+        spans = [s for r in ran if (s := _interval(r)) is not None]
         piece = f"{part} {len(ran):,} run{'' if len(ran) == 1 else 's'}"
-        if spans:
+        if spans:  # fsum, and union_seconds sorts: the same figures in any record order
             worker_s = math.fsum(end - start for start, end in spans)
             piece += f", {duration(worker_s)} of worker time, {duration(union_seconds(spans))} wall"
         if len(spans) < len(ran):

@@ -6,7 +6,7 @@ import pandas as pd
 
 from bench.records import frame
 from bench.reporting.aggregate import config_key, is_budget_check, median_halfwidth, setup_of
-from bench.reporting.compute import compute_line, setups
+from bench.reporting.compute import compute_lines
 from bench.reporting.fmt import values
 
 PROTOCOL_NOTES = {
@@ -109,12 +109,11 @@ def header(records: list[dict], command: str, agg: pd.DataFrame, trials: list[di
     ]
     # The 2x runs train under another budget, so their setup differs: they are described by the
     # epoch-sensitivity table, and their cost by their 1x row's compute line.
-    timed = [*records, *trials]
-    of = setups(timed)
+    cost = compute_lines([*records, *trials])
     for setup, part in df[[not c for c in checked]].groupby("setup", sort=True):
         lines.append(f"- **What**: {_what(part)}")
         lines.append(f"- **Seeds**: {_precision(part, agg[agg['setup'].eq(setup)])}")
-        lines.append(f"- **Compute**: {compute_line(timed, setup, of)}")
+        lines.append(f"- **Compute**: {cost.get(setup, 'no runs')}")
     gpu = values(df["env.gpu"]) if df["env.gpu"].notna().any() else "none"
     lines.append(
         f"- **Where**: device {values(df['env.device'])}; CPU {values(df['env.cpu'])} "
