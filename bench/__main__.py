@@ -6,6 +6,7 @@
     charts        the charts alone
     report ID     the seed post's per-run analysis for one record
     perf          throughput ratios, suite vs the seed post's pipeline
+    reproduce     rerun stored records here; does each reproduce bit for bit?
 
 Errors a user can cause print one line on stderr and exit with status 2.
 """
@@ -32,6 +33,7 @@ COMMANDS = {
         "per-run analysis: classification report, confusion matrix, top confusions",
     ),
     "perf": ("bench.perf", "throughput: the suite vs the seed post's pipeline, ratios from one run"),
+    "reproduce": ("bench.reproduce", "rerun stored records at this checkout: bit for bit or not"),
 }
 DEFAULT_GRID = ROOT / "studies" / "grid.toml"
 

@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 from grids import SLOW_GRID
 
@@ -232,3 +233,37 @@ def test_same_cell_same_seed_identical_metrics(tmp_path, tiny_grid):
 
     assert strip(a["metrics"]) == strip(b["metrics"])
     assert a["analysis"] == b["analysis"]
+
+
+def test_reproduce_reruns_the_dirty_records_and_names_the_one_that_differs(tmp_path, tiny_grid, capsys):
+    runs = tmp_path / "runs"
+    cells = {c.name: c for c in load_grid(tiny_grid(), "smoke")}
+    for name in ("head", "lora-proj", "lora-conv3"):
+        run_cell(cells[name], Context(runs), "det")
+    paths = {
+        json.loads(p.read_text())["config"]["name"]: p for p in (runs / "records" / "det").glob("*.json")
+    }
+    for name in paths:  # head and lora-proj made from modified code, lora-conv3 from a commit
+        record = json.loads(paths[name].read_text())
+        record["run"]["git_sha"] = "0123abc" + ("" if name == "lora-conv3" else "-dirty")
+        if name == "lora-proj":  # and what a different code would have given
+            record["curve"][-1]["val_acc"] += 0.01
+        paths[name].write_text(json.dumps(record))
+    capsys.readouterr()
+    assert main(["reproduce", "--runs-dir", str(runs), "--dirty"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("reproducing 2 records at ")
+    verdicts = {line.split()[0]: line.rsplit(": ", 1)[1] for line in out if line.startswith("  ")}
+    assert verdicts == {cells["head"].cell_id: "same", cells["lora-proj"].cell_id: "DIFFERENT"}
+    assert out[-1].startswith("1 of 2 reproduce bit for bit")
+    summary = pd.read_csv(runs / "reproduced" / "summary.csv")
+    assert dict(zip(summary["id"], summary["bit_for_bit"])) == {
+        cells["head"].cell_id: True,
+        cells["lora-proj"].cell_id: False,
+    }
+    assert len(list((runs / "records").rglob("*.json"))) == 3  # the reruns stay out of the records
+
+
+def test_reproduce_with_nothing_to_rerun_is_a_one_line_error(tmp_path, capsys):
+    assert main(["reproduce", "--runs-dir", str(tmp_path), "--dirty"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
