@@ -86,6 +86,15 @@ def _copy_backbone(record: dict, runs: Path, ctx: Context) -> None:
             shutil.copyfile(source, target / source.name)
 
 
+def _save(summary: Path, rows: list[dict]) -> None:
+    """The verdicts so far, after those of earlier batches (a record rerun again keeps its latest)."""
+    table = pd.DataFrame(rows)
+    if summary.is_file():
+        earlier = pd.read_csv(summary)
+        table = pd.concat([earlier[~earlier["id"].isin(table["id"])], table], ignore_index=True)
+    write_atomic(summary, table.to_csv(index=False))
+
+
 def main(args: argparse.Namespace) -> int:
     runs = Path(args.runs_dir)
     records = selected(load_records(runs, args.study), args.ids, args.dirty)
@@ -105,7 +114,7 @@ def main(args: argparse.Namespace) -> int:
             "note: this checkout has uncommitted changes to lorafit/ or bench/, "
             "so a rerun here vouches for no commit"
         )
-    rows = []
+    rows, summary = [], ctx.runs_dir / "summary.csv"
     for old in records:
         _copy_backbone(old, runs, ctx)
         if args.threads is None and old["env"].get("threads"):
@@ -129,12 +138,7 @@ def main(args: argparse.Namespace) -> int:
                 "test_acc_rerun": new["metrics"].get("test_acc"),
             }
         )
-    table = pd.DataFrame(rows)
-    summary = ctx.runs_dir / "summary.csv"
-    if summary.is_file():  # earlier batches stay; a record rerun again keeps its latest verdict
-        earlier = pd.read_csv(summary)
-        table = pd.concat([earlier[~earlier["id"].isin(table["id"])], table], ignore_index=True)
-    write_atomic(summary, table.to_csv(index=False))
+        _save(summary, rows)  # after every rerun, so an interrupted batch keeps its verdicts
     n_same = sum(r["bit_for_bit"] for r in rows)
     print(
         f"{n_same} of {len(rows)} reproduce bit for bit "

@@ -262,6 +262,9 @@ def test_reproduce_reruns_the_dirty_records_and_names_the_one_that_differs(tmp_p
         cells["lora-proj"].cell_id: False,
     }
     assert len(list((runs / "records").rglob("*.json"))) == 3  # the reruns stay out of the records
+    # a later batch adds its verdicts to the earlier ones
+    assert main(["reproduce", cells["head"].cell_id, "--runs-dir", str(runs)]) == 0
+    assert len(pd.read_csv(runs / "reproduced" / "summary.csv")) == 2
 
 
 def test_reproduce_with_nothing_to_rerun_is_a_one_line_error(tmp_path, capsys):
