@@ -86,12 +86,15 @@ def _copy_backbone(record: dict, runs: Path, ctx: Context) -> None:
             shutil.copyfile(source, target / source.name)
 
 
-def _save(summary: Path, rows: list[dict]) -> None:
-    """The verdicts so far, after those of earlier batches (a record rerun again keeps its latest)."""
+def _earlier(summary: Path) -> pd.DataFrame:
+    """The verdicts of earlier batches (read once per command)."""
+    return pd.read_csv(summary) if summary.is_file() else pd.DataFrame(columns=["id"])
+
+
+def _save(summary: Path, earlier: pd.DataFrame, rows: list[dict]) -> None:
+    """Earlier batches' verdicts, then this batch's so far (a record rerun again keeps its latest)."""
     table = pd.DataFrame(rows)
-    if summary.is_file():
-        earlier = pd.read_csv(summary)
-        table = pd.concat([earlier[~earlier["id"].isin(table["id"])], table], ignore_index=True)
+    table = pd.concat([earlier[~earlier["id"].isin(table["id"])], table], ignore_index=True)
     write_atomic(summary, table.to_csv(index=False))
 
 
@@ -115,6 +118,7 @@ def main(args: argparse.Namespace) -> int:
             "so a rerun here vouches for no commit"
         )
     rows, summary = [], ctx.runs_dir / "summary.csv"
+    earlier = _earlier(summary)
     for old in records:
         _copy_backbone(old, runs, ctx)
         if args.threads is None and old["env"].get("threads"):
@@ -138,7 +142,7 @@ def main(args: argparse.Namespace) -> int:
                 "test_acc_rerun": new["metrics"].get("test_acc"),
             }
         )
-        _save(summary, rows)  # after every rerun, so an interrupted batch keeps its verdicts
+        _save(summary, earlier, rows)  # after every rerun, so an interrupted batch keeps its verdicts
     n_same = sum(r["bit_for_bit"] for r in rows)
     print(
         f"{n_same} of {len(rows)} reproduce bit for bit "
