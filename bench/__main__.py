@@ -139,14 +139,17 @@ def cmd_run_grid(args) -> int:
                 f"its backbones: {', '.join(sorted(present))}"
             )
         cells = [c for c in cells if c.backbone in wanted]
-    cells = resolved(cells, ctx, args.profile)
-    runs, store = runs_and_storage(args)
     name = f"{Path(args.grid).stem}-{args.profile}"
-    if args.status:
-        from bench.progress import grid_progress
+    if args.status:  # reads the storage only: never trains, claims or downloads
+        from bench.progress import grid_progress, status_cells
 
+        runs, store = runs_and_storage(args)
+        ctx.download = False
+        cells = status_cells(cells, ctx, name, store, spec is not None)
         print("\n".join(grid_progress(cells, spec is not None, name, store)))
         return 0
+    cells = resolved(cells, ctx, args.profile)  # before anything is written
+    runs, store = runs_and_storage(args)
     n_configs = len({c.digest() for c in cells if c.seed == 0}) or len(cells)
     targets = ", ".join(sorted({f"{c.source} -> {c.target} ({c.protocol})" for c in cells}))
     print(

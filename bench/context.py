@@ -33,6 +33,7 @@ class Context:
     data_dir: Path | None = None
     device: str | None = None
     cache_budget_mb: float = 2048
+    download: bool = True  # False: a missing dataset is an error, never a torchvision download
     log: Callable[[str], None] = field(default=say, repr=False)
     features: FeatureCache | None = field(default=None, repr=False)
     splits: dict = field(default_factory=dict, repr=False)  # load arguments -> data.Splits
@@ -55,7 +56,9 @@ class Context:
         LorafitError when they are not."""
         for name, protocol in ((cfg.target, cfg.protocol), (cfg.source, "auto")):
             if (name, protocol) not in self.protocols:
-                self.protocols[(name, protocol)] = data.resolve_protocol(name, protocol, self.data_dir)
+                self.protocols[(name, protocol)] = data.resolve_protocol(
+                    name, protocol, self.data_dir, download=self.download
+                )
         return cfg.replace(protocol=self.protocols[(cfg.target, cfg.protocol)])
 
     def _load(self, name: str, protocol: str, seed: int, sizes: tuple[int, int, int]) -> data.Splits:

@@ -2,7 +2,8 @@
 
 Per configuration: its tuning study's state (not started, how many candidates have a result, or
 its selection) and how many of its seed cells are done; then one summary line. Nothing is
-trained, created or claimed, so it is safe to run beside the workers."""
+trained, created, claimed or downloaded, so it is safe to run beside the workers and on a machine
+without the data (the cells' protocol then comes from what the storage holds)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ from bench import tuning
 from bench.sensitivity import SUFFIX
 from bench.trials import done_trial
 from lorafit.config import RunConfig
+from lorafit.errors import LorafitError
+
+# What "auto" resolves to for real data: which one a run used depends on the files it found.
+REAL_PROTOCOLS = ("official", "resplit")
 
 STATES = ("tuned", "tuning", "not started", "rates fixed")
 
@@ -74,3 +79,48 @@ def grid_progress(cells: list[RunConfig], tuned: bool, grid_study: str, storage)
         n = sum(done_trial(t) for t in check.get_trials(deepcopy=False))
         lines.append(f"{grid_study}{SUFFIX}: epoch-sensitivity check, {n} cells done")
     return lines
+
+
+def _names_in(storage, grid_study: str) -> set[str]:
+    """The storage's study names and the cell ids its grid study has seen."""
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    if grid_study not in names:
+        return names
+    grid = optuna.load_study(study_name=grid_study, storage=storage)
+    return names | {t.user_attrs.get("cell_id") for t in grid.get_trials(deepcopy=False)}
+
+
+def _footprint(cells: list[RunConfig], grid_study: str, tuned: bool) -> set[str]:
+    """The study names (tuned) or cell ids (fixed rates) these cells leave in the storage."""
+    if tuned:
+        return {tuning.study_name(grid_study, g) for g in tuning.configurations(cells).values()}
+    return {c.cell_id for c in cells}
+
+
+def status_cells(cells: list[RunConfig], ctx, grid_study: str, storage, tuned: bool) -> list[RunConfig]:
+    """The cells with their protocol resolved as the run resolved it, without downloading: from the
+    data files when they are here, else, per target, the real-data protocol whose studies the
+    storage holds. `ctx` must not download (Context(download=False))."""
+    out: list[RunConfig | None] = []
+    missing: dict[str, list[int]] = {}  # target -> positions of its unresolved cells
+    for i, cfg in enumerate(cells):
+        try:
+            out.append(ctx.resolve(cfg))
+        except LorafitError:
+            if cfg.protocol != "auto":
+                raise
+            out.append(None)
+            missing.setdefault(cfg.target, []).append(i)
+    seen = _names_in(storage, grid_study) if missing else set()
+    for target, where in missing.items():
+        tries = {p: [cells[i].replace(protocol=p) for i in where] for p in REAL_PROTOCOLS}
+        found = {p: len(_footprint(c, grid_study, tuned) & seen) for p, c in tries.items()}
+        best = max(found, key=found.get)
+        if not found[best]:
+            raise LorafitError(
+                f"--status: the {target} files are not here and the storage holds none of this grid's "
+                "studies; pass --data-dir DIR (nothing has run yet, or check --runs-dir/--storage)"
+            )
+        for i, cfg in zip(where, tries[best], strict=True):
+            out[i] = cfg
+    return out

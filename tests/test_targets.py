@@ -57,13 +57,25 @@ def test_target_runs_end_to_end(split, emnist_dir, runs, tmp_path, capsys):
     assert all(target in aggregate.setup_of(r) for r in records)  # one leaderboard table per target
 
 
-def test_target_in_the_grid_file_and_missing_files(emnist_dir, tmp_path, capsys):
+def test_target_in_the_grid_file_and_missing_files(emnist_dir, tmp_path, capsys, monkeypatch):
     grid = tmp_path / "letters.toml"
     grid.write_text('[data]\ntarget = "emnist-letters"\n' + GRID)
     runs = tmp_path / "runs"
     argv = ["run", "grid", "--grid", str(grid), "--runs-dir", str(runs), "--no-progress", "--only", "head"]
     assert main([*argv, "--data-dir", str(emnist_dir)]) == 0
     assert "-> emnist-letters (resplit)" in capsys.readouterr().out
+
+    def no_download(*args):
+        raise AssertionError("--status downloaded data")
+
+    monkeypatch.setattr(data, "_download", no_download)
+    # --status on a machine without the files: the protocol is the one the storage's cells ran with.
+    assert main([*argv, "--status"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith("cells 1 of 1 done")
+    nothing = ["run", "grid", "--grid", str(grid), "--runs-dir", str(tmp_path / "runs3"), "--status"]
+    assert main(nothing) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --status: the emnist-letters files are not here") and err.count("\n") == 1
     empty = tmp_path / "empty"
     empty.mkdir()
     other = tmp_path / "runs2"
