@@ -128,6 +128,11 @@ def test_the_epoch_sensitivity_check_pairs_2x_with_1x(tiny_grid, tmp_path, capsy
     (compute,) = [line for line in head.splitlines() if line.startswith("- **Compute**")]
     assert "tuning stage" not in compute  # the tiny grid's rates are fixed
     assert f"seeds {len(base)} runs" in compute and f"epoch-sensitivity check {len(checks)} runs" in compute
+    # The check alone has no 1x rows to pair with: a one-line pointer to its study.
+    alone = tmp_path / "x.md"
+    assert main(["leaderboard", "--runs-dir", runs, "--study", "tiny-smoke-2x", "--output", str(alone)]) == 2
+    assert not alone.exists()
+    assert "pass --study tiny-smoke (its leaderboard includes" in capsys.readouterr().err
 
 
 def test_the_leaderboard_header_says_how_long_runs_trained():

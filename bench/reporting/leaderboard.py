@@ -201,6 +201,11 @@ def check_overwrite(output: Path, args: argparse.Namespace) -> None:
 
 def main(args: argparse.Namespace) -> int:
     runs = Path(args.runs_dir)
+    if args.study and args.study.endswith(SUFFIX):  # alone, its 2x runs have no 1x rows to pair with
+        raise LorafitError(
+            f"--study {args.study} is the epoch-sensitivity check of {args.study.removesuffix(SUFFIX)}; "
+            f"pass --study {args.study.removesuffix(SUFFIX)} (its leaderboard includes the check's table)"
+        )
     # A study's epoch-sensitivity check is its own study (<study>-2x) and pairs with it.
     records = load_records(runs, args.study) + (
         load_records(runs, f"{args.study}{SUFFIX}") if args.study else []
