@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from bench.cli import common, data_dir_of, positive, resolved, runs_and_storage, target_of
+from bench.drain import Drained
 from lorafit.errors import LorafitError
 from lorafit.train import pick_device
 
@@ -85,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
         "budget, at the 1x selected rates (bench/sensitivity.py); run after the grid itself",
     )
     run.add_argument(
+        "--drain",
+        action="store_true",
+        help="ask this grid's running workers (here or on any machine sharing the storage) to finish "
+        "their current run and exit, then exit; workers started later are not affected",
+    )
+    run.add_argument(
         "--status",
         action="store_true",
         help="print how far this grid has come (tuning and cells, read from the storage) and exit; "
@@ -114,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run_grid(args) -> int:
     import optuna
 
-    from bench import driver, grid, profiles, storage, tuning
+    from bench import drain, driver, grid, profiles, storage, tuning
     from bench.context import Context
     from bench.plan import Cell
 
@@ -140,6 +147,11 @@ def cmd_run_grid(args) -> int:
             )
         cells = [c for c in cells if c.backbone in wanted]
     name = f"{Path(args.grid).stem}-{args.profile}"
+    if args.drain:
+        _, store = runs_and_storage(args)
+        drain.request(store, name)
+        print(f"grid {name}: drain requested; its running workers exit after their current run")
+        return 0
     if args.status:  # reads the storage only: never trains, claims or downloads
         from bench.progress import grid_progress, status_cells
 
@@ -150,6 +162,7 @@ def cmd_run_grid(args) -> int:
         return 0
     cells = resolved(cells, ctx, args.profile)  # before anything is written
     runs, store = runs_and_storage(args)
+    ctx.between_runs = drain.watcher(store, name)
     n_configs = len({c.digest() for c in cells if c.seed == 0}) or len(cells)
     targets = ", ".join(sorted({f"{c.source} -> {c.target} ({c.protocol})" for c in cells}))
     print(
@@ -324,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     except LorafitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Drained as e:
+        print(f"grid {e}: stopped on request (--drain) between two runs; the same command resumes")
+        return 1
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -34,6 +34,8 @@ class Context:
     device: str | None = None
     cache_budget_mb: float = 2048
     download: bool = True  # False: a missing dataset is an error, never a torchvision download
+    # Called between two runs (candidates or cells); raises to stop the worker there (bench.drain).
+    between_runs: Callable[[], None] = field(default=lambda: None, repr=False)
     log: Callable[[str], None] = field(default=say, repr=False)
     features: FeatureCache | None = field(default=None, repr=False)
     splits: dict = field(default_factory=dict, repr=False)  # load arguments -> data.Splits

@@ -163,6 +163,7 @@ def run_grid(
 
     try:
         while True:
+            ctx.between_runs()
             waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
             if waiting:
                 try:

@@ -191,6 +191,7 @@ class _Tuner:
                         user_attrs={"candidate": cand.id, "candidate_spec": cand.to_dict()},
                         skip_if_exists=False,
                     )
+                self.ctx.between_runs()
                 self.study.optimize(self._objective, n_trials=1, catch=(RunFailed,))
                 done = evaluated_candidates(self.study)
         return done
@@ -382,6 +383,7 @@ def tune_cells(
                 progressed = True
                 bar.update(1)
             if not progressed and len(chosen) < len(groups):
+                ctx.between_runs()
                 time.sleep(POLL_S)
     finally:
         bar.close()

@@ -12,8 +12,9 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-from grids import SLOW_GRID
+from grids import SLOW_GRID, TUNED_GRID
 
+from bench import drain
 from bench.__main__ import main
 from bench.grid import load_grid
 from bench.runner import Context, run_cell
@@ -136,6 +137,45 @@ def test_kill_9_mid_cell_then_resume_completes_the_grid(tmp_path):
     )
     assert clean_run.returncode == 0
     assert _metrics_by_cell(runs, "crash-smoke") == _metrics_by_cell(clean, "crash-smoke")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("text", "finished"), [(TUNED_GRID, "  tune "), (SLOW_GRID, " complete ")])
+def test_drain_stops_a_worker_between_two_runs(tmp_path, text, finished, capsys):
+    """--drain: a worker in the tuning stage (or among the cells) finishes the run it is in and
+    exits; nothing is left running or failed. (Resuming is the kill tests' subject; that a worker
+    started after the request goes on is the next test's.)"""
+    grid = tmp_path / "drained.toml"
+    grid.write_text(text)
+    runs = tmp_path / "runs"
+    worker = _start(_cmd(grid, runs))
+    seen, deadline = [], time.time() + 120
+    for line in worker.stdout:
+        seen.append(line)
+        if finished in line or time.time() > deadline:
+            break
+    assert main(["run", "grid", "--grid", str(grid), "--runs-dir", str(runs), "--drain"]) == 0
+    assert "drain requested" in capsys.readouterr().out
+    out = "".join(seen) + worker.communicate(timeout=300)[0]
+    assert worker.returncode == 1 and "stopped on request (--drain) between two runs" in out, out
+    storage = f"sqlite:///{runs / 'optuna.db'}"
+    studies = [_study(storage, s.study_name) for s in optuna.get_all_study_summaries(storage)]
+    states = [t.state.name for st in studies for t in st.get_trials()]
+    assert "RUNNING" not in states and "FAIL" not in states, states
+    records = list((runs / "records").rglob("*.json"))
+    assert len(records) == out.count(finished) < 6  # every finished run recorded, the rest not run
+    _no_partial_files(runs)
+
+
+def test_a_drain_reaches_only_the_workers_started_before_it(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    before = drain.watcher(storage, "g-smoke")
+    before()  # no study yet: nobody asked
+    drain.request(storage, "g-smoke")
+    after = drain.watcher(storage, "g-smoke", started=time.time() + 1)
+    with pytest.raises(drain.Drained):
+        before()
+    after()
 
 
 def _two_workers(grid: Path, runs: Path, *extra: str, kill_one: bool = False) -> list[str]:
