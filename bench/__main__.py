@@ -8,7 +8,8 @@
     perf          throughput ratios, suite vs the seed post's pipeline
     reproduce     rerun stored records here; does each reproduce bit for bit?
 
-Errors a user can cause print one line on stderr and exit with status 2.
+Errors a user can cause print one line on stderr and exit with status 2; a worker stopped by
+`run grid --drain` exits with status 3, `run grid` with cells that failed or gave up with 1.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import sys
 from pathlib import Path
 
 from bench.cli import common, data_dir_of, positive, resolved, runs_and_storage, target_of
+from bench.drain import STATUS as DRAINED
 from bench.drain import Drained
 from lorafit.errors import LorafitError
 from lorafit.train import pick_device
@@ -126,8 +128,11 @@ def cmd_run_grid(args) -> int:
     from bench.plan import Cell
 
     profiles.profile(args.profile)
-    pick_device(args.device)
-    ctx = Context(Path(args.runs_dir), data_dir_of(args.data_dir), args.device, args.cache_mb)
+    watching = args.status or args.drain  # reads (or flags) the storage: no device, no data needed
+    if not watching:
+        pick_device(args.device)
+    data_dir = Path(args.data_dir) if watching and args.data_dir else data_dir_of(args.data_dir)
+    ctx = Context(Path(args.runs_dir), data_dir, args.device, args.cache_mb)
     spec = None if args.no_tune else grid.load_tuning(args.grid, args.profile)
     if args.tune_only and spec is None:
         raise LorafitError(f"--tune-only: the {args.profile} profile of this grid has no tuning stage")
@@ -147,18 +152,15 @@ def cmd_run_grid(args) -> int:
             )
         cells = [c for c in cells if c.backbone in wanted]
     name = f"{Path(args.grid).stem}-{args.profile}"
-    if args.drain:
-        _, store = runs_and_storage(args)
-        drain.request(store, name)
-        print(f"grid {name}: drain requested; its running workers exit after their current run")
-        return 0
-    if args.status:  # reads the storage only: never trains, claims or downloads
-        from bench.progress import grid_progress, status_cells
+    if watching:  # never trains, claims, downloads or creates a file
+        from bench.progress import existing_storage, grid_progress, status_cells
 
-        runs, store = runs_and_storage(args)
-        ctx.download = False
-        cells = status_cells(cells, ctx, name, store, spec is not None)
-        print("\n".join(grid_progress(cells, spec is not None, name, store)))
+        store = existing_storage(args)
+        if args.drain:
+            print(drain.request(store, name))
+            return 0
+        cells, notes = status_cells(cells, data_dir, name, store, spec is not None)
+        print("\n".join([*notes, *grid_progress(cells, spec is not None, name, store)]))
         return 0
     cells = resolved(cells, ctx, args.profile)  # before anything is written
     runs, store = runs_and_storage(args)
@@ -338,8 +340,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Drained as e:
-        print(f"grid {e}: stopped on request (--drain) between two runs; the same command resumes")
-        return 1
+        print(
+            f"grid {e}: stopped on request (--drain) between two runs; the same command resumes",
+            file=sys.stderr,
+        )
+        return DRAINED
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -33,7 +33,6 @@ class Context:
     data_dir: Path | None = None
     device: str | None = None
     cache_budget_mb: float = 2048
-    download: bool = True  # False: a missing dataset is an error, never a torchvision download
     # Called between two runs (candidates or cells); raises to stop the worker there (bench.drain).
     between_runs: Callable[[], None] = field(default=lambda: None, repr=False)
     log: Callable[[str], None] = field(default=say, repr=False)
@@ -58,9 +57,7 @@ class Context:
         LorafitError when they are not."""
         for name, protocol in ((cfg.target, cfg.protocol), (cfg.source, "auto")):
             if (name, protocol) not in self.protocols:
-                self.protocols[(name, protocol)] = data.resolve_protocol(
-                    name, protocol, self.data_dir, download=self.download
-                )
+                self.protocols[(name, protocol)] = data.resolve_protocol(name, protocol, self.data_dir)
         return cfg.replace(protocol=self.protocols[(cfg.target, cfg.protocol)])
 
     def _load(self, name: str, protocol: str, seed: int, sizes: tuple[int, int, int]) -> data.Splits:

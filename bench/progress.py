@@ -3,7 +3,7 @@
 Per configuration: its tuning study's state (not started, how many candidates have a result, or
 its selection) and how many of its seed cells are done; then one summary line. Nothing is
 trained, created, claimed or downloaded, so it is safe to run beside the workers and on a machine
-without the data (the cells' protocol then comes from what the storage holds)."""
+without the data (the cells' protocol then comes from the studies the storage holds)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import optuna
 from bench import tuning
 from bench.sensitivity import SUFFIX
 from bench.trials import done_trial
+from lorafit import data
 from lorafit.config import RunConfig
 from lorafit.errors import LorafitError
 
@@ -81,6 +82,18 @@ def grid_progress(cells: list[RunConfig], tuned: bool, grid_study: str, storage)
     return lines
 
 
+def existing_storage(args):
+    """The grid's storage for reading: a server, or the runs directory's SQLite file when there is
+    one; else an empty in-memory storage, so that looking creates no file."""
+    from pathlib import Path
+
+    from bench.cli import runs_and_storage
+
+    if args.storage or (Path(args.runs_dir) / "optuna.db").exists():
+        return runs_and_storage(args)[1]
+    return optuna.storages.InMemoryStorage()
+
+
 def _names_in(storage, grid_study: str) -> set[str]:
     """The storage's study names and the cell ids its grid study has seen."""
     names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
@@ -97,21 +110,22 @@ def _footprint(cells: list[RunConfig], grid_study: str, tuned: bool) -> set[str]
     return {c.cell_id for c in cells}
 
 
-def status_cells(cells: list[RunConfig], ctx, grid_study: str, storage, tuned: bool) -> list[RunConfig]:
-    """The cells with their protocol resolved as the run resolved it, without downloading: from the
-    data files when they are here, else, per target, the real-data protocol whose studies the
-    storage holds. `ctx` must not download (Context(download=False))."""
-    out: list[RunConfig | None] = []
-    missing: dict[str, list[int]] = {}  # target -> positions of its unresolved cells
+def status_cells(
+    cells: list[RunConfig], data_dir, grid_study: str, storage, tuned: bool
+) -> tuple[list[RunConfig], list[str]]:
+    """The cells with their target's protocol resolved as the run resolved it, never downloading:
+    from the data files when they are here, else, per target, the real-data protocol whose studies
+    the storage holds; and a line per target whose protocol came from the storage."""
+    out, missing = list(cells), {}  # target -> positions of its unresolved cells
     for i, cfg in enumerate(cells):
+        if cfg.protocol != "auto":
+            continue  # already part of the cell's identity
         try:
-            out.append(ctx.resolve(cfg))
+            out[i] = cfg.replace(protocol=data.resolve_protocol(cfg.target, "auto", data_dir, download=False))
         except LorafitError:
-            if cfg.protocol != "auto":
-                raise
-            out.append(None)
             missing.setdefault(cfg.target, []).append(i)
     seen = _names_in(storage, grid_study) if missing else set()
+    notes = []
     for target, where in missing.items():
         tries = {p: [cells[i].replace(protocol=p) for i in where] for p in REAL_PROTOCOLS}
         found = {p: len(_footprint(c, grid_study, tuned) & seen) for p, c in tries.items()}
@@ -121,6 +135,11 @@ def status_cells(cells: list[RunConfig], ctx, grid_study: str, storage, tuned: b
                 f"--status: the {target} files are not here and the storage holds none of this grid's "
                 "studies; pass --data-dir DIR (nothing has run yet, or check --runs-dir/--storage)"
             )
+        also = [f"{n} of protocol {p}" for p, n in found.items() if n and p != best]
+        notes.append(
+            f"{target}: the data files are not here; protocol {best}, from the storage's studies"
+            + (f" (it also holds {', '.join(also)}: pass --data-dir to decide)" if also else "")
+        )
         for i, cfg in zip(where, tries[best], strict=True):
             out[i] = cfg
-    return out
+    return out, notes

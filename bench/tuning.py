@@ -184,6 +184,7 @@ class _Tuner:
         done = evaluated_candidates(self.study)
         for cand in cands:
             while cand.id not in done:
+                self.ctx.between_runs()
                 waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
                 if not any(t.user_attrs.get("candidate") == cand.id for t in waiting):
                     self.study.enqueue_trial(
@@ -191,7 +192,6 @@ class _Tuner:
                         user_attrs={"candidate": cand.id, "candidate_spec": cand.to_dict()},
                         skip_if_exists=False,
                     )
-                self.ctx.between_runs()
                 self.study.optimize(self._objective, n_trials=1, catch=(RunFailed,))
                 done = evaluated_candidates(self.study)
         return done
@@ -355,6 +355,7 @@ def tune_cells(
             for key, head in groups.items():
                 if key in chosen:
                     continue
+                ctx.between_runs()  # before tune() claims the configuration
                 probe = (
                     chosen.get(probes.get(_probe_key(head), ""))
                     if protocol.contains_probe(head.method)
@@ -383,7 +384,6 @@ def tune_cells(
                 progressed = True
                 bar.update(1)
             if not progressed and len(chosen) < len(groups):
-                ctx.between_runs()
                 time.sleep(POLL_S)
     finally:
         bar.close()

@@ -140,42 +140,59 @@ def test_kill_9_mid_cell_then_resume_completes_the_grid(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("text", "finished"), [(TUNED_GRID, "  tune "), (SLOW_GRID, " complete ")])
-def test_drain_stops_a_worker_between_two_runs(tmp_path, text, finished, capsys):
+@pytest.mark.parametrize(
+    ("text", "finished", "resume"), [(TUNED_GRID, "  tune ", False), (SLOW_GRID, " complete ", True)]
+)
+def test_drain_stops_a_worker_between_two_runs(tmp_path, text, finished, resume, capsys):
     """--drain: a worker in the tuning stage (or among the cells) finishes the run it is in and
-    exits; nothing is left running or failed. (Resuming is the kill tests' subject; that a worker
-    started after the request goes on is the next test's.)"""
+    exits; nothing is left running or failed, and a worker started afterwards is not drained."""
     grid = tmp_path / "drained.toml"
     grid.write_text(text)
     runs = tmp_path / "runs"
+    drain_cmd = ["run", "grid", "--grid", str(grid), "--runs-dir", str(runs), "--drain"]
+    assert main(drain_cmd) == 2  # nothing of this grid in the storage yet
+    assert "holds no study of grid drained-smoke" in capsys.readouterr().err
     worker = _start(_cmd(grid, runs))
     seen, deadline = [], time.time() + 120
     for line in worker.stdout:
         seen.append(line)
-        if finished in line or time.time() > deadline:
+        if finished in line:
             break
-    assert main(["run", "grid", "--grid", str(grid), "--runs-dir", str(runs), "--drain"]) == 0
-    assert "drain requested" in capsys.readouterr().out
+        assert time.time() < deadline, "no run finished in time"
+    assert main(drain_cmd) == 0
+    assert "drain requested; " in capsys.readouterr().out  # 0 or 1 runs in progress: a race
     out = "".join(seen) + worker.communicate(timeout=300)[0]
-    assert worker.returncode == 1 and "stopped on request (--drain) between two runs" in out, out
+    assert worker.returncode == drain.STATUS, out
+    assert "stopped on request (--drain) between two runs; the same command resumes" in out
     storage = f"sqlite:///{runs / 'optuna.db'}"
     studies = [_study(storage, s.study_name) for s in optuna.get_all_study_summaries(storage)]
     states = [t.state.name for st in studies for t in st.get_trials()]
     assert "RUNNING" not in states and "FAIL" not in states, states
     records = list((runs / "records").rglob("*.json"))
-    assert len(records) == out.count(finished) < 6  # every finished run recorded, the rest not run
+    assert len(records) == out.count(finished)  # every finished run recorded, the one in progress too
+    assert not (runs / "records" / "drained-smoke").exists() if not resume else len(records) < 5
     _no_partial_files(runs)
+    if resume:  # a worker started after the request goes on, and finishes the grid
+        again = subprocess.run(
+            _cmd(grid, runs), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300
+        )
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert len(list((runs / "records" / "drained-smoke").glob("*.json"))) == 5
 
 
 def test_a_drain_reaches_only_the_workers_started_before_it(tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.create_study(study_name="g-smoke-tune-head-0", storage=storage)  # a grid in its tuning stage
     before = drain.watcher(storage, "g-smoke")
-    before()  # no study yet: nobody asked
+    before()  # nobody asked yet
     drain.request(storage, "g-smoke")
-    after = drain.watcher(storage, "g-smoke", started=time.time() + 1)
+    after = drain.watcher(storage, "g-smoke")
     with pytest.raises(drain.Drained):
         before()
-    after()
+    after()  # started after the request: goes on
+    drain.request(storage, "g-smoke")
+    with pytest.raises(drain.Drained):
+        after()
 
 
 def _two_workers(grid: Path, runs: Path, *extra: str, kill_one: bool = False) -> list[str]:

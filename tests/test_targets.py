@@ -69,11 +69,14 @@ def test_target_in_the_grid_file_and_missing_files(emnist_dir, tmp_path, capsys,
         raise AssertionError("--status downloaded data")
 
     monkeypatch.setattr(data, "_download", no_download)
-    # --status on a machine without the files: the protocol is the one the storage's cells ran with.
-    assert main([*argv, "--status"]) == 0
-    assert capsys.readouterr().out.splitlines()[-1].endswith("cells 1 of 1 done")
+    # --status on a machine without the files (and without the device the workers named): the
+    # protocol is the one the storage's cells ran with, and the first line says where it came from.
+    assert main([*argv, "--status", "--device", "cuda:7", "--data-dir", str(tmp_path / "none")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("emnist-letters: the data files are not here; protocol resplit, from the")
+    assert out[-1].endswith("cells 1 of 1 done")
     nothing = ["run", "grid", "--grid", str(grid), "--runs-dir", str(tmp_path / "runs3"), "--status"]
-    assert main(nothing) == 2
+    assert main(nothing) == 2 and not (tmp_path / "runs3").exists()  # looking creates nothing
     err = capsys.readouterr().err
     assert err.startswith("error: --status: the emnist-letters files are not here") and err.count("\n") == 1
     empty = tmp_path / "empty"
@@ -159,3 +162,31 @@ def test_a_new_adapter_method_is_one_registry_entry():
         assert torch.allclose(model(x), out, atol=1e-5)
     finally:
         del adapters.ADAPTERS[entry.name]
+
+
+@pytest.mark.parametrize("ran", ["official", "resplit"])
+@pytest.mark.parametrize("tuned", [True, False])
+def test_status_without_the_files_takes_the_protocol_the_storage_ran(ran, tuned, tmp_path):
+    import optuna
+
+    from bench import tuning
+    from bench.progress import status_cells
+    from lorafit.config import RunConfig
+
+    cells = [
+        RunConfig(name="head", method="head", policy="head", target="emnist-letters", seed=s) for s in (0, 1)
+    ]
+    storage = optuna.storages.InMemoryStorage()
+    ran_as = cells[0].replace(protocol=ran)
+    if tuned:  # the tuning study's name carries the protocol
+        optuna.create_study(study_name=tuning.study_name("g-local", ran_as), storage=storage)
+    else:  # the grid's trials carry the cell ids
+        grid = optuna.create_study(study_name="g-local", storage=storage)
+        grid.enqueue_trial({}, user_attrs={"cell_id": ran_as.cell_id})
+    resolved, notes = status_cells(cells, tmp_path, "g-local", storage, tuned)
+    assert [c.protocol for c in resolved] == [ran, ran] and f"protocol {ran}," in notes[0]
+    explicit = [c.replace(protocol="official") for c in cells]  # nothing to resolve
+    assert status_cells(explicit, tmp_path, "g-local", optuna.storages.InMemoryStorage(), tuned) == (
+        explicit,
+        [],
+    )
