@@ -152,19 +152,20 @@ def cmd_run_grid(args) -> int:
             )
         cells = [c for c in cells if c.backbone in wanted]
     name = f"{Path(args.grid).stem}-{args.profile}"
-    if watching:  # never trains, claims, downloads or creates a file
-        from bench.progress import existing_storage, grid_progress, status_cells
+    from bench.progress import existing_storage, grid_progress, status_cells
 
-        store = existing_storage(args)
+    store = existing_storage(args)
+    if watching:  # never trains, claims, downloads or creates a file
         if args.drain:
             print(drain.request(store, name))
             return 0
         cells, notes = status_cells(cells, data_dir, name, store, spec is not None)
         print("\n".join([*notes, *grid_progress(cells, spec is not None, name, store)]))
         return 0
+    drains = drain.requested(store, name)  # read before resolving: that may download for minutes
     cells = resolved(cells, ctx, args.profile)  # before anything is written
     runs, store = runs_and_storage(args)
-    ctx.between_runs = drain.watcher(store, name)
+    ctx.between_runs = drain.watcher(store, name, start=drains)
     n_configs = len({c.digest() for c in cells if c.seed == 0}) or len(cells)
     targets = ", ".join(sorted({f"{c.source} -> {c.target} ({c.protocol})" for c in cells}))
     print(

@@ -60,20 +60,23 @@ def request(storage, grid_study: str) -> str:
     )
 
 
-def watcher(storage, grid_study: str) -> Callable[[], None]:
-    """A check to call between runs: raises Drained once a drain was requested after this call."""
+def requested(storage, grid_study: str) -> int:
+    """How many drains of `grid_study` the storage holds (0 before its study exists)."""
     import optuna
 
-    def requests() -> int:
-        try:
-            return _requests(optuna.load_study(study_name=grid_study, storage=storage))
-        except KeyError:  # not created yet: nobody asked
-            return 0
+    try:
+        return _requests(optuna.load_study(study_name=grid_study, storage=storage))
+    except KeyError:  # not created yet: nobody asked
+        return 0
 
-    start = requests()
+
+def watcher(storage, grid_study: str, start: int | None = None) -> Callable[[], None]:
+    """A check to call between runs: raises Drained once more drains were requested than `start`
+    (default: as many as now, i.e. when this worker starts)."""
+    seen = requested(storage, grid_study) if start is None else start
 
     def check() -> None:
-        if requests() > start:
+        if requested(storage, grid_study) > seen:
             raise Drained(grid_study)
 
     return check

@@ -83,15 +83,17 @@ def grid_progress(cells: list[RunConfig], tuned: bool, grid_study: str, storage)
 
 
 def existing_storage(args):
-    """The grid's storage for reading: a server, or the runs directory's SQLite file when there is
-    one; else an empty in-memory storage, so that looking creates no file."""
+    """The grid's storage for reading: a server, or the SQLite file when there is one; else an empty
+    in-memory storage, so that looking creates no file (not even the runs directory)."""
     from pathlib import Path
 
-    from bench.cli import runs_and_storage
+    from bench import storage
 
-    if args.storage or (Path(args.runs_dir) / "optuna.db").exists():
-        return runs_and_storage(args)[1]
-    return optuna.storages.InMemoryStorage()
+    url = args.storage or storage.default_url(Path(args.runs_dir))
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return optuna.storages.InMemoryStorage()
+    storage.quiet_optuna()
+    return storage.open_storage(url, Path(args.runs_dir))
 
 
 def _names_in(storage, grid_study: str) -> set[str]:

@@ -190,6 +190,8 @@ def test_a_drain_reaches_only_the_workers_started_before_it(tmp_path):
     with pytest.raises(drain.Drained):
         before()
     after()  # started after the request: goes on
+    with pytest.raises(drain.Drained):  # the count read before a worker resolved its data
+        drain.watcher(storage, "g-smoke", start=0)()
     drain.request(storage, "g-smoke")
     with pytest.raises(drain.Drained):
         after()
