@@ -351,11 +351,11 @@ def tune_cells(
     waiting_for: set[str] = set()
     try:
         while len(chosen) < len(groups):
+            ctx.between_runs()  # once per pass (a storage read), not per configuration
             progressed = False
             for key, head in groups.items():
                 if key in chosen:
                     continue
-                ctx.between_runs()  # before tune() claims the configuration
                 probe = (
                     chosen.get(probes.get(_probe_key(head), ""))
                     if protocol.contains_probe(head.method)
