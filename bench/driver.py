@@ -23,6 +23,7 @@ from bench.backbone import pretrained_backbone
 from bench.context import Context
 from bench.plan import Cell
 from bench.runner import reuse_tuning_run, run_cell
+from bench.storage import fail_stale_trials
 from bench.trials import RECORDED, RunFailed, done_trial, finish_trial
 from lorafit.config import RunConfig
 from lorafit.errors import LorafitError
@@ -179,7 +180,7 @@ def run_grid(
             status = grid_status(study, cells)
             if "pending" in status.values():
                 # Another worker runs it, or a dead one held it: wait for the heartbeat check.
-                optuna.storages.fail_stale_trials(study)
+                fail_stale_trials(study)
                 time.sleep(POLL_S)
                 continue
             if "missing" in status.values():

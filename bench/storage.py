@@ -16,6 +16,7 @@ import optuna
 from filelock import FileLock
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
 
 from lorafit.errors import LorafitError
 
@@ -36,6 +37,30 @@ def _heartbeat_settings() -> tuple[int, int]:
 def grace_seconds() -> int:
     """How long a running trial may go without a heartbeat before it counts as crashed."""
     return _heartbeat_settings()[1]
+
+
+# (storage, trial id) -> when this worker first saw the trial running; None once it gave it a heartbeat
+_running_since: dict[tuple[int, int], float | None] = {}
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Optuna's heartbeat check, closing the one gap it leaves by design: a worker killed after it
+    claimed a trial but before its heartbeat thread first wrote leaves a RUNNING trial with no
+    heartbeat, which Optuna never counts as stale, so its cell would wait forever.
+
+    A running trial this worker has watched for a grace period gets one heartbeat from it. A live
+    trial's own thread wrote its row within milliseconds of the claim, so this only refreshes it
+    once; a headless trial now goes stale after another grace period and is retried like any
+    crashed worker's. Timed on this worker's monotonic clock: machines' clocks do not matter."""
+    optuna.storages.fail_stale_trials(study)
+    storage = study._storage  # what Optuna's own check reads; record_heartbeat is public on it
+    now = time.monotonic()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        key = (id(storage), trial._trial_id)
+        since = _running_since.setdefault(key, now)
+        if since is not None and now - since > grace_seconds():
+            storage.record_heartbeat(trial._trial_id)
+            _running_since[key] = None  # once: a dead worker's heartbeat is not kept fresh
 
 
 def default_url(runs_dir: Path) -> str:

@@ -33,7 +33,7 @@ from bench.context import Context
 from bench.plan import Cell
 from bench.protocol import Candidate, TuneSpec
 from bench.runner import run_cell
-from bench.storage import grace_seconds
+from bench.storage import fail_stale_trials, grace_seconds
 from bench.trials import RECORDED, RunFailed, done_trial, finish_trial
 from lorafit.config import RunConfig
 from lorafit.errors import LorafitError
@@ -114,7 +114,7 @@ def _tuned_elsewhere(study: optuna.Study) -> bool:
     failed for its worker is no sign of that worker)."""
     if study.user_attrs.get("owner") == WORKER:
         return False
-    optuna.storages.fail_stale_trials(study)
+    fail_stale_trials(study)
     trials = study.get_trials(deepcopy=False)
     if any(t.state == TrialState.RUNNING for t in trials):
         return True

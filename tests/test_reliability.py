@@ -255,6 +255,34 @@ def test_postgres_workers_with_a_crash(tmp_path):
             pass
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # study.ask, as a worker claims
+def test_a_worker_killed_before_its_first_heartbeat_does_not_hold_its_cell(tmp_path, tiny_grid, monkeypatch):
+    # Optuna never counts a running trial without a heartbeat as stale; a worker killed between
+    # claiming a cell and its heartbeat thread's first write left that cell pending forever.
+    monkeypatch.setenv("LORAFIT_HEARTBEAT_S", "1")
+    monkeypatch.setenv("LORAFIT_GRACE_S", "2")
+    from bench import driver
+
+    claimed = []
+
+    def claim_and_die(study, cells, ctx, show_progress=True):
+        driver.enqueue_missing(study, cells)
+        claimed.append(study.ask())  # pops the oldest waiting cell: RUNNING, no heartbeat ever
+        return {}
+
+    argv = ["run", "grid", "--grid", str(tiny_grid()), "--runs-dir", str(tmp_path), "--no-progress"]
+    with monkeypatch.context() as m:
+        m.setattr(driver, "run_grid", claim_and_die)
+        assert main(argv) == 0
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    headless = _study(storage, "tiny-smoke").trials[claimed[0].number]
+    assert headless.state.name == "RUNNING" and "cell_id" in headless.user_attrs
+    assert main(argv) == 0  # used to wait forever
+    states = _per_cell_states(_study(storage, "tiny-smoke"))
+    assert states[headless.user_attrs["cell_id"]] == ["FAIL", "COMPLETE"], states
+    assert all(s.count("COMPLETE") == 1 for s in states.values()), states
+
+
 def test_divergence_is_recorded_and_the_grid_goes_on(tmp_path, tiny_grid, capsys):
     grid = tiny_grid(
         SLOW_GRID.split('[[cell]]\nname = "lora-')[0]
