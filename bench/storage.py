@@ -39,14 +39,16 @@ def grace_seconds() -> int:
     return _heartbeat_settings()[1]
 
 
-# (storage, trial id) -> when this worker first saw the trial running; None once it gave it a heartbeat
-_running_since: dict[tuple[int, int], float | None] = {}
+# (study, trial number, claimed at) -> when this worker first saw the trial running; None once it
+# gave it a heartbeat. Not keyed by storage object: every load_study wraps the storage anew.
+_running_since: dict[tuple, float | None] = {}
 
 
-def fail_stale_trials(study: optuna.Study) -> None:
-    """Optuna's heartbeat check, closing the one gap it leaves by design: a worker killed after it
-    claimed a trial but before its heartbeat thread first wrote leaves a RUNNING trial with no
-    heartbeat, which Optuna never counts as stale, so its cell would wait forever.
+def fail_stale_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Optuna's heartbeat check, closing the one gap it leaves by design, then the study's trials
+    as they stand after it. A worker killed after it claimed a trial but before its heartbeat
+    thread first wrote leaves a RUNNING trial with no heartbeat, which Optuna never counts as
+    stale, so its cell would wait forever.
 
     A running trial this worker has watched for a grace period gets one heartbeat from it. A live
     trial's own thread wrote its row within milliseconds of the claim, so this only refreshes it
@@ -55,12 +57,16 @@ def fail_stale_trials(study: optuna.Study) -> None:
     optuna.storages.fail_stale_trials(study)
     storage = study._storage  # what Optuna's own check reads; record_heartbeat is public on it
     now = time.monotonic()
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        key = (id(storage), trial._trial_id)
+    trials = study.get_trials(deepcopy=False)
+    for trial in trials:
+        if trial.state != TrialState.RUNNING:
+            continue
+        key = (study.study_name, trial.number, trial.datetime_start)
         since = _running_since.setdefault(key, now)
         if since is not None and now - since > grace_seconds():
             storage.record_heartbeat(trial._trial_id)
             _running_since[key] = None  # once: a dead worker's heartbeat is not kept fresh
+    return trials
 
 
 def default_url(runs_dir: Path) -> str:

@@ -114,8 +114,7 @@ def _tuned_elsewhere(study: optuna.Study) -> bool:
     failed for its worker is no sign of that worker)."""
     if study.user_attrs.get("owner") == WORKER:
         return False
-    fail_stale_trials(study)
-    trials = study.get_trials(deepcopy=False)
+    trials = fail_stale_trials(study)
     if any(t.state == TrialState.RUNNING for t in trials):
         return True
     times = [study.user_attrs.get("claimed_at", 0.0)]

@@ -283,6 +283,24 @@ def test_a_worker_killed_before_its_first_heartbeat_does_not_hold_its_cell(tmp_p
     assert all(s.count("COMPLETE") == 1 for s in states.values()), states
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
+def test_a_headless_trial_is_failed_though_each_poll_loads_its_study_anew(tmp_path, monkeypatch):
+    # The tuning stage reloads its studies on every pass; the watch must survive that.
+    monkeypatch.setenv("LORAFIT_HEARTBEAT_S", "1")
+    monkeypatch.setenv("LORAFIT_GRACE_S", "2")
+    from bench.storage import fail_stale_trials, open_storage
+
+    store = open_storage(None, tmp_path)
+    optuna.create_study(study_name="s", storage=store).ask()  # claimed, never a heartbeat
+    deadline, polls = time.time() + 30, []
+    while optuna.load_study(study_name="s", storage=store).trials[0].state.name == "RUNNING":
+        assert time.time() < deadline, "the headless trial was never failed"
+        polls.append(optuna.load_study(study_name="s", storage=store))  # kept alive: no id reuse
+        fail_stale_trials(polls[-1])
+        time.sleep(0.5)
+    assert optuna.load_study(study_name="s", storage=store).trials[0].state.name == "FAIL"
+
+
 def test_divergence_is_recorded_and_the_grid_goes_on(tmp_path, tiny_grid, capsys):
     grid = tiny_grid(
         SLOW_GRID.split('[[cell]]\nname = "lora-')[0]
