@@ -147,8 +147,8 @@ def cmd_run_grid(args) -> int:
         missing = [b for b in wanted if b not in present]
         if missing:
             raise LorafitError(
-                f"--backbone: no cell of this grid uses {', '.join(missing)}; "
-                f"its backbones: {', '.join(sorted(present))}"
+                f"--backbone: no cell of this grid uses {', '.join(missing)} on profile {args.profile}; "
+                f"its backbones there: {', '.join(sorted(present))}"
             )
         cells = [c for c in cells if c.backbone in wanted]
     name = f"{Path(args.grid).stem}-{args.profile}"

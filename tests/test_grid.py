@@ -95,6 +95,16 @@ def test_local_runs_each_peft_method_at_the_size_nearest_lora_r8(network):
     assert others(local) == others(everything)
 
 
+@pytest.mark.parametrize(
+    ("profile", "networks"),
+    [("smoke", {"seed-cnn", "residual-cnn", "resnet18"}), ("local", {"seed-cnn", "residual-cnn"})],
+)
+def test_each_profile_runs_the_backbones_its_edition_covers(profile, networks):
+    """ResNet-18 is too slow for local on 2 cores (docs/results.md): a bare `--profile local` must
+    not queue its rows behind the two backbones the third edition covers."""
+    assert {c.backbone for c in load_grid(DEFAULT_GRID, profile, seeds=1, tuned=True)} == networks
+
+
 def test_grid_file_declares_the_ablation():
     every = load_grid(DEFAULT_GRID, "smoke")
     cells = [c for c in every if c.backbone == "seed-cnn"]
@@ -329,7 +339,7 @@ def test_bad_grid_files_exit_2_with_one_line(case, tmp_path, tiny_grid, capsys):
         (["--storage", "redis://localhost"], "unsupported storage URL"),
         (["--runs-dir", "FILE/runs"], "not writable"),
         (["--only", "nothing-matches"], "matches no cell"),
-        (["--backbone", "seed-cnn,resnet50"], "no cell of this grid uses resnet50"),
+        (["--backbone", "seed-cnn,resnet50"], "no cell of this grid uses resnet50 on profile smoke"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(args, message, tmp_path, capsys):
