@@ -207,7 +207,10 @@ def cmd_run_grid(args) -> int:
         sampler=optuna.samplers.RandomSampler(seed=0),
     )
     study.set_user_attr("kind", "grid")
-    status = driver.run_grid(study, plan, ctx, show_progress=not args.no_progress)
+    try:
+        status = driver.run_grid(study, plan, ctx, show_progress=not args.no_progress)
+    except Drained as e:  # the request is counted on the 1x grid; name the study this ran
+        raise Drained(name) from e
     counts = {s: list(status.values()).count(s) for s in sorted(set(status.values()))}
     print(
         f"grid {name}: "

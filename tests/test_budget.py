@@ -135,6 +135,25 @@ def test_the_epoch_sensitivity_check_pairs_2x_with_1x(tiny_grid, tmp_path, capsy
     assert "pass --study tiny-smoke (its leaderboard includes" in capsys.readouterr().err
 
 
+def test_a_drained_budget_check_names_the_study_it_was_running(tiny_grid, tmp_path, monkeypatch, capsys):
+    """The drain request is counted on the 1x grid, but the stopped worker ran <grid>-2x."""
+    from bench import drain
+
+    argv = ["run", "grid", "--grid", str(tiny_grid()), "--runs-dir", str(tmp_path), "--no-progress"]
+    assert main([*argv, "--only", "head"]) == 0
+
+    def asked_at_once(storage, grid_study, start=None):
+        def check():
+            raise drain.Drained(grid_study)
+
+        return check
+
+    monkeypatch.setattr(drain, "watcher", asked_at_once)
+    capsys.readouterr()
+    assert main([*argv, "--only", "head", "--budget-check"]) == drain.STATUS
+    assert "grid tiny-smoke-2x: stopped on request (--drain)" in capsys.readouterr().err
+
+
 def test_the_leaderboard_header_says_how_long_runs_trained():
     import pandas as pd
 
