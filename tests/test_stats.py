@@ -251,3 +251,54 @@ def test_header_reports_seeds_and_median_halfwidth():
         f"3 seeds (0, 1, 2; 3 per configuration), paired across configurations; median 95% CI "
         f"half-width of test accuracy over the 6 rows: ± {100 * half:.2f} points"
     ) in md
+
+
+def test_a_seed_counts_once_however_many_records_it_has():
+    """Two grid files sharing a configuration give a seed two records: one observation, their mean."""
+    recs = [make_record(seed=0, acc=0.80), make_record(seed=0, acc=0.90), make_record(seed=1, acc=0.80)]
+    r = agg.aggregate(recs).set_index("label").loc["lora-proj-r8"]
+    assert r["n"] == 2 and r["n_runs"] == 3 and r["accs"] == pytest.approx((0.85, 0.80))
+    assert r["acc_mean"] == pytest.approx(0.825) and r["acc_sd"] == pytest.approx(np.std([0.85, 0.8], ddof=1))
+
+
+def _with_val(records, val):
+    for r in records:
+        r["config"]["backbone"] = "residual-cnn"
+        r["metrics"]["val_acc"] = val
+    return records
+
+
+def test_where_tests_every_placement_against_the_one_best_on_validation():
+    """The reference is chosen on validation accuracy: picking the test winner and then testing it
+    on the same test accuracies would make its p-values too small."""
+    recs = (
+        _with_val(per_seed("lora-stage2", "lora", "stage2", 8, "lora", 4_000, [0.82, 0.83, 0.84]), 0.80)
+        + _with_val(per_seed("lora-stage3", "lora", "stage3", 8, "lora", 8_000, [0.81, 0.82, 0.82]), 0.85)
+        + _with_val(per_seed("lora-stem", "lora", "stem", 8, "lora", 200, [0.70, 0.71, 0.72]), 0.70)
+    )
+    df = agg.aggregate(recs)
+    where = comparisons(df).query("kind == 'where'")
+    assert set(where["a"]) == {"lora-stage3-r8"}  # second on test, first on validation
+    assert sorted(where["b"]) == ["lora-stage2-r8", "lora-stem-r8"]
+    d = where.set_index("b").loc["lora-stage2-r8", "diff"]
+    assert d == pytest.approx(np.mean([-0.01, -0.01, -0.02]))
+    md = leaderboard.render_markdown(recs, "cmd")
+    assert "**stage3** (the best by validation accuracy) reaches" in md
+
+
+def test_the_seed_post_without_a_lora_rival_says_so():
+    recs = [
+        *per_seed("seed-post", "seed", "seed", 8, "seed", 3_000, [0.75, 0.74, 0.78]),
+        *per_seed("lora-proj", "lora", "proj", 16, "lora", 5_800, [0.80, 0.82, 0.82]),
+    ]
+    md = leaderboard.render_markdown(recs, "cmd")
+    assert "has no LoRA configuration with at most its 3,000 trainable parameters" in md
+
+
+def test_a_comparison_without_a_common_seed_is_not_a_difference():
+    recs = [
+        *per_seed("full", "full", "none", 0, "full", 100_000, [0.85, 0.86], seeds=[0, 1]),
+        *per_seed("scratch", "scratch", "none", 0, "scratch", 100_000, [0.80, 0.83], seeds=[2, 3]),
+    ]
+    md = leaderboard.render_markdown(recs, "cmd")
+    assert "trained from scratch: no seed in common, so no difference." in md and "nan" not in md

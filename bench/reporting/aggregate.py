@@ -34,6 +34,7 @@ BASELINES = ("scratch", "full", "head", "residual")  # bold in the table: the re
 # Metric columns every record may lack (failed runs): reindexed so aggregation never KeyErrors.
 METRICS = (
     "test_acc",
+    "val_acc",
     "test_balanced_acc",
     "source_acc_before",
     "source_acc_after",
@@ -194,12 +195,9 @@ def aggregate(records: Iterable[dict], replicates: int = BOOTSTRAP_REPLICATES) -
         target=("config.target", "first"),
         backbone=("config.backbone", "first"),
         n_runs=("run.id", "size"),
-        n=("acc", "count"),
         n_failed=("failed", "sum"),
         n_diverged=("diverged", "sum"),
         error=("run.error", _first_valid),
-        acc_mean=("acc", "mean"),
-        acc_sd=("acc", "std"),
         merged_acc_mean=("merged_acc", "mean"),
         trainable_params=("metrics.trainable_params", "max"),
         total_params=("metrics.total_params", "max"),
@@ -209,13 +207,23 @@ def aggregate(records: Iterable[dict], replicates: int = BOOTSTRAP_REPLICATES) -
         **metric_aggregations(),
     ).reset_index()
     out["seeds"] = g["config.seed"].agg(lambda s: tuple(sorted(s))).to_numpy()
-    out["accs"] = g["acc"].agg(lambda s: tuple(s.dropna())).to_numpy()  # per seed, seed order
     done = df[df["acc"].notna()]
-    per_seed = done.groupby(["setup", "key", "config.seed"], sort=True)["acc"].mean()
+    per_seed = done.groupby(["setup", "key", "config.seed"], sort=True)[["acc", "metrics.val_acc"]].mean()
     seed_acc = {k: {} for k in zip(out["setup"], out["key"])}
-    for (setup, key, s), a in per_seed.items():
+    seed_val = {k: {} for k in zip(out["setup"], out["key"])}
+    for (setup, key, s), (a, v) in per_seed.iterrows():
         seed_acc[(setup, key)][int(s)] = float(a)
+        seed_val[(setup, key)][int(s)] = float(v)
     out["seed_acc"] = [seed_acc[k] for k in zip(out["setup"], out["key"])]
+    # A seed is one observation: the interval and n count seeds, not records (two grid files
+    # sharing a configuration give one seed two records; the paired tests use their mean too).
+    out["accs"] = [tuple(a[s] for s in sorted(a)) for a in out["seed_acc"]]  # seed order
+    out["n"] = [len(a) for a in out["accs"]]
+    out["acc_mean"] = [float(np.mean(a)) if a else np.nan for a in out["accs"]]
+    out["acc_sd"] = [float(np.std(a, ddof=1)) if len(a) > 1 else np.nan for a in out["accs"]]
+    # Validation accuracy (a split the test never sees): what comparisons choose a reference by.
+    vals = [[v for v in seed_val[k].values() if not np.isnan(v)] for k in zip(out["setup"], out["key"])]
+    out["val_mean"] = [float(np.mean(v)) if v else np.nan for v in vals]
     out["rank"] = out["rank"].fillna(0).astype(int)
     out["acc_ci"] = t_halfwidth(out["acc_sd"], out["n"])
     out["acc_lo"], out["acc_hi"] = out["acc_mean"] - out["acc_ci"], out["acc_mean"] + out["acc_ci"]
@@ -263,11 +271,19 @@ def aggregate(records: Iterable[dict], replicates: int = BOOTSTRAP_REPLICATES) -
     return out
 
 
+def chosen_on_validation(rows: pd.DataFrame) -> pd.Series:
+    """The row a comparison tests the others against: the highest mean validation accuracy. The
+    test accuracies it is then compared on played no part in the choice, so picking the winner
+    does not bias its tests; rows without a validation accuracy (older records) fall back to test."""
+    score = rows["val_mean"].fillna(rows["acc_mean"]) if "val_mean" in rows else rows["acc_mean"]
+    return rows.loc[score.sort_values(ascending=False, kind="mergesort").index[0]]
+
+
 def reference(part: pd.DataFrame, method: str) -> pd.Series | None:
-    """The row a method's comparisons use within one setup: its most accurate configuration
-    (part is sorted by accuracy), or None when no configuration of that method has a result."""
+    """The row a method's comparisons use within one setup: its configuration with the best
+    validation accuracy, or None when no configuration of that method has a result."""
     rows = part[part["method"].eq(method) & part["acc_mean"].notna()]
-    return rows.iloc[0] if len(rows) else None
+    return chosen_on_validation(rows) if len(rows) else None
 
 
 def full_reference(df: pd.DataFrame) -> float:

@@ -151,8 +151,8 @@ MERGED_LEGEND = (
 )
 PAIRED_LEGEND = (
     "Δ vs full / head: mean over the seeds both have of (this row − the reference) in points ± the "
-    "half-width of the paired 95% t-interval (scipy ttest_rel); the reference is the most accurate "
-    "configuration of that method (ref); (n=k): only k seeds pair."
+    "half-width of the paired 95% t-interval (scipy ttest_rel); the reference is the configuration of "
+    "that method with the best validation accuracy (ref); (n=k): only k seeds pair."
 )
 FRONT_LEGEND = (
     f"P(front): share of {BOOTSTRAP_REPLICATES:,} paired bootstrap replicates over seeds (one draw "

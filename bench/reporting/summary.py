@@ -19,8 +19,10 @@ def _describe(row: pd.Series) -> str:
 def _versus(c: pd.Series) -> str:
     """'+2.98 points (95% CI +1.10 to +4.86; p = 0.012, Holm p = 0.048)' for one comparison row."""
     text = f"{100 * c['diff']:+.2f} points"
+    if c["n"] == 0:
+        return "no seed in common, so no difference"
     if c["n"] < 2:
-        return text + f" on {c['n']} common seed, no test"
+        return text + " on 1 common seed, no test"
     return f"{text} (95% CI {ci(c)}; {fmt_p(c['p'])}, {fmt_p(c['p_holm'], 'Holm p')})"
 
 
@@ -63,7 +65,7 @@ def summary(df: pd.DataFrame, comp: pd.DataFrame | None = None) -> list[str]:
     if len(comp):
         lines.append(_test_note(comp))
     rows = done.set_index("label")
-    seed = done[done["method"].eq("seed")]
+    seed = done[done["method"].eq("residual")]  # the seed post (names.modernize's spelling)
     seed_comp = comp[comp["kind"].eq("seed")]
     if not seed.empty and seed_comp.empty:
         s = seed.iloc[0]
@@ -76,7 +78,7 @@ def summary(df: pd.DataFrame, comp: pd.DataFrame | None = None) -> list[str]:
         lines.append(
             f"The seed post's setup (**{s.name}**) reaches {fmt_acc(s, '%')} with "
             f"{count(s['trainable_params'])} trainable parameters; the best LoRA configuration with at "
-            f"most that many, **{b.name}** ({count(b['trainable_params'])}), reaches "
+            f"most that many by validation accuracy, **{b.name}** ({count(b['trainable_params'])}), reaches "
             f"{fmt_acc(b, '%')}: {_versus(c)}."
         )
     for _, c in comp[comp["kind"].eq("pretraining")].iterrows():
@@ -129,7 +131,8 @@ def summary(df: pd.DataFrame, comp: pd.DataFrame | None = None) -> list[str]:
         clear = int(((cs["p_holm"] < 0.05) & (cs["diff"] > 0)).sum())
         what = f"LoRA r{rank} ({shape}" + (f", policy {policy})" if policy != "lora" else ")")
         lines.append(
-            f"Where {what} belongs on {best['backbone']}: **{best['placement']}** reaches "
+            f"Where {what} belongs on {best['backbone']}: **{best['placement']}** (the best by "
+            f"validation accuracy) reaches "
             f"{fmt_acc(best, '%')}; against it {parts} — ahead of {clear} of {len(cs)} other "
             f"placement{'s' if len(cs) > 1 else ''} at Holm p < 0.05."
         )
