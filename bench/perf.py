@@ -26,6 +26,7 @@ from lorafit import adapters, freeze, glyphs
 from lorafit.config import RunConfig
 from lorafit.data import Split
 from lorafit.features import FeatureCache
+from lorafit.io import write_atomic
 from lorafit.model import SeedCNN, replace_head
 from lorafit.train import MEAN, STD, bf16_supported, fit, pick_device, predict
 
@@ -47,7 +48,7 @@ class Workload:
 def _write_idx(path: Path, array: torch.Tensor) -> None:
     a = array.numpy()
     header = struct.pack(">HBB", 0, 8, a.ndim) + struct.pack(f">{a.ndim}I", *a.shape)
-    path.write_bytes(header + a.tobytes())
+    write_atomic(path, header + a.tobytes())
 
 
 def make_workload(n: int, root: Path) -> Workload:

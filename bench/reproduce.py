@@ -72,7 +72,9 @@ def env_differences(old: dict, new: dict) -> list[str]:
     ]
 
 
-def _short(sha: str) -> str:
+def _short(sha: str | None) -> str:
+    if not sha:
+        return "an unknown commit"  # made (or rerun) outside a git checkout
     return sha[:7] + ("-dirty" if sha.endswith("-dirty") else "")
 
 
@@ -82,8 +84,7 @@ def _copy_backbone(record: dict, runs: Path, ctx: Context) -> None:
     for suffix in (".pt", ".json"):
         source, target = runs / "backbones" / f"{digest}{suffix}", ctx.runs_dir / "backbones"
         if digest and source.is_file() and not (target / source.name).is_file():
-            target.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, target / source.name)
+            write_atomic(target / source.name, lambda tmp, source=source: shutil.copyfile(source, tmp))
 
 
 def _earlier(summary: Path) -> pd.DataFrame:
@@ -111,8 +112,10 @@ def main(args: argparse.Namespace) -> int:
         device=args.device,
     )
     sha = git_sha()
-    print(f"reproducing {len(records)} records at {sha}")
-    if sha.endswith("-dirty"):
+    print(f"reproducing {len(records)} record{'' if len(records) == 1 else 's'} at {_short(sha)}")
+    if sha is None:
+        print("note: this code is not a git checkout, so a rerun here vouches for no commit")
+    elif sha.endswith("-dirty"):
         print(
             "note: this checkout has uncommitted changes to lorafit/ or bench/, "
             "so a rerun here vouches for no commit"

@@ -245,7 +245,9 @@ def custom(
     names to module-path patterns; `weights` a state-dict file when the model is already trained
     on the source task (else it is pretrained like every entry); `stages` the children its
     forward applies in order, when it is such a sequence (enables the frozen-prefix cache).
-    Checked now, on a built model: every bad input is one LorafitError line."""
+    Checked now, on a built model: every bad input is one LorafitError line, and leaves no entry
+    of that name (an earlier reading's included)."""
+    BACKBONES.pop(name, None)  # re-reading the same grid file registers it again
     make = _import(factory)
     if weights and not Path(weights).is_file():
         raise LorafitError(f"backbone {name}: weights file {weights} not found")
@@ -277,7 +279,6 @@ def custom(
         weights=weights,
         factory=factory,
     )
-    BACKBONES.pop(name, None)  # re-reading the same grid file registers it again
     BACKBONES[name] = made
     try:
         _check_custom(made)

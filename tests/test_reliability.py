@@ -372,6 +372,25 @@ def test_reproduce_reruns_the_dirty_records_and_names_the_one_that_differs(tmp_p
     assert len(pd.read_csv(runs / "reproduced" / "summary.csv")) == 2
 
 
+def test_reproduce_outside_a_git_checkout_says_so(tmp_path, tiny_grid, capsys, monkeypatch):
+    """An installed copy (or a tarball) has no commit: the record made there and the rerun say so."""
+    from bench import reproduce
+
+    runs = tmp_path / "runs"
+    head = next(c for c in load_grid(tiny_grid(), "smoke") if c.name == "head")
+    run_cell(head, Context(runs), "det")
+    (path,) = (runs / "records" / "det").glob("*.json")
+    record = json.loads(path.read_text())
+    record["run"]["git_sha"] = None
+    path.write_text(json.dumps(record))
+    monkeypatch.setattr(reproduce, "git_sha", lambda: None)
+    capsys.readouterr()
+    assert main(["reproduce", head.cell_id, "--runs-dir", str(runs)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("reproducing 1 record at an unknown commit\nnote: this code is not a git checkout")
+    assert f"{head.cell_id} made at an unknown commit: same" in " ".join(out.split())
+
+
 def test_reproduce_with_nothing_to_rerun_is_a_one_line_error(tmp_path, capsys):
     assert main(["reproduce", "--runs-dir", str(tmp_path), "--dirty"]) == 2
     assert capsys.readouterr().err.count("\n") == 1

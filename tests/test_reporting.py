@@ -587,6 +587,12 @@ def test_default_output_is_in_the_runs_dir_and_other_records_are_not_overwritten
     with pytest.raises(LorafitError, match="is not a leaderboard this command wrote"):
         leaderboard.main(_args(leaderboard, ["--runs-dir", str(runs_a), "--output", str(other)]))
     assert other.read_text() == "# My notes\n"
+    folder = tmp_path / "out"
+    folder.mkdir()
+    for force in ([], ["--force"]):  # a folder is never a leaderboard to replace
+        with pytest.raises(LorafitError, match=r"--output .*out is a folder; name the leaderboard file"):
+            leaderboard.main(_args(leaderboard, ["--runs-dir", str(runs_a), "--output", str(folder), *force]))
+    assert not any(folder.iterdir())
 
 
 def test_leaderboard_seeds_keeps_whole_paired_seeds(tmp_path, monkeypatch):

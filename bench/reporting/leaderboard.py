@@ -177,9 +177,17 @@ def generated_from(text: str) -> tuple[str, str | None] | None:
 
 def check_overwrite(output: Path, args: argparse.Namespace) -> None:
     """Refuse (one line) to replace a leaderboard generated from other records, unless --force."""
+    if output.is_dir():
+        raise LorafitError(
+            f"--output {output} is a folder; name the leaderboard file, e.g. {output / 'leaderboard.md'}"
+        )
     if args.force or not output.exists():
         return
-    origin = generated_from(output.read_text(errors="replace"))
+    try:
+        text = output.read_text(errors="replace")
+    except OSError as e:
+        raise LorafitError(f"cannot read {output} ({e.strerror}); pass another --output") from None
+    origin = generated_from(text)
     if origin is None:
         raise LorafitError(
             f"{output} exists and is not a leaderboard this command wrote; "
