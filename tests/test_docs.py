@@ -3,6 +3,7 @@ interval, every paired difference (a signed number of points, either way round) 
 is in a committed leaderboard, and every relative link they make resolves."""
 
 import re
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -12,11 +13,16 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LEADERBOARDS = [ROOT / "leaderboard.md", *sorted((ROOT / "results").glob("*/*.md"))]
 
 
+@cache
+def boards() -> str:
+    """Every committed leaderboard's text, read once for all the pages' checks."""
+    return "\n".join(p.read_text() for p in LEADERBOARDS)
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_every_quoted_accuracy_is_in_a_leaderboard(page):
-    boards = "\n".join(p.read_text() for p in LEADERBOARDS)
     quoted = re.findall(r"\b\d{1,3}\.\d\d ± \d+\.\d\d\b", page.read_text())
-    missing = sorted({q for q in quoted if q not in boards})
+    missing = sorted({q for q in quoted if q not in boards()})
     assert not missing, f"{page.name} quotes accuracies no leaderboard has: {missing}"
 
 
@@ -26,13 +32,14 @@ def _flipped(number: str) -> str:
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_every_quoted_difference_and_holm_p_is_in_a_leaderboard(page):
-    boards = "\n".join(p.read_text() for p in LEADERBOARDS)
     text = page.read_text().replace("−", "-")
     signed = set(re.findall(r"(?<![\w.])([+-]\d+\.\d\d)(?!\d)", text))
-    missing = sorted(d for d in signed if d not in boards and _flipped(d) not in boards)
+    missing = sorted(d for d in signed if d not in boards() and _flipped(d) not in boards())
     holm = set(re.findall(r"Holm p\s*(?:=|≤|<)?\s*(0\.\d{2,3})(?!\d)", text))
     # the summary's "Holm p = 0.017" or the matched-budget table's "| 0.0171" column
-    missing += sorted(f"Holm p {v}" for v in holm if f"Holm p = {v}" not in boards and f"| {v}" not in boards)
+    missing += sorted(
+        f"Holm p {v}" for v in holm if f"Holm p = {v}" not in boards() and f"| {v}" not in boards()
+    )
     assert not missing, f"{page.name} quotes differences or p-values no leaderboard has: {missing}"
 
 

@@ -207,23 +207,24 @@ def aggregate(records: Iterable[dict], replicates: int = BOOTSTRAP_REPLICATES) -
         **metric_aggregations(),
     ).reset_index()
     out["seeds"] = g["config.seed"].agg(lambda s: tuple(sorted(s))).to_numpy()
+    # A seed is one observation: n, the mean and the interval count seeds, not records (two grid
+    # files sharing a configuration give one seed two records; the paired tests use their mean too).
     done = df[df["acc"].notna()]
     per_seed = done.groupby(["setup", "key", "config.seed"], sort=True)[["acc", "metrics.val_acc"]].mean()
+    over_seeds = per_seed.groupby(level=["setup", "key"]).agg(
+        n=("acc", "count"),
+        acc_mean=("acc", "mean"),
+        acc_sd=("acc", "std"),
+        # validation accuracy (a split the test never sees): what comparisons choose a reference by
+        val_mean=("metrics.val_acc", "mean"),
+    )
+    out = out.join(over_seeds, on=["setup", "key"])
+    out["n"] = out["n"].fillna(0).astype(int)
     seed_acc = {k: {} for k in zip(out["setup"], out["key"])}
-    seed_val = {k: {} for k in zip(out["setup"], out["key"])}
-    for (setup, key, s), (a, v) in per_seed.iterrows():
+    for (setup, key, s), a in per_seed["acc"].items():
         seed_acc[(setup, key)][int(s)] = float(a)
-        seed_val[(setup, key)][int(s)] = float(v)
     out["seed_acc"] = [seed_acc[k] for k in zip(out["setup"], out["key"])]
-    # A seed is one observation: the interval and n count seeds, not records (two grid files
-    # sharing a configuration give one seed two records; the paired tests use their mean too).
     out["accs"] = [tuple(a[s] for s in sorted(a)) for a in out["seed_acc"]]  # seed order
-    out["n"] = [len(a) for a in out["accs"]]
-    out["acc_mean"] = [float(np.mean(a)) if a else np.nan for a in out["accs"]]
-    out["acc_sd"] = [float(np.std(a, ddof=1)) if len(a) > 1 else np.nan for a in out["accs"]]
-    # Validation accuracy (a split the test never sees): what comparisons choose a reference by.
-    vals = [[v for v in seed_val[k].values() if not np.isnan(v)] for k in zip(out["setup"], out["key"])]
-    out["val_mean"] = [float(np.mean(v)) if v else np.nan for v in vals]
     out["rank"] = out["rank"].fillna(0).astype(int)
     out["acc_ci"] = t_halfwidth(out["acc_sd"], out["n"])
     out["acc_lo"], out["acc_hi"] = out["acc_mean"] - out["acc_ci"], out["acc_mean"] + out["acc_ci"]
@@ -275,7 +276,7 @@ def chosen_on_validation(rows: pd.DataFrame) -> pd.Series:
     """The row a comparison tests the others against: the highest mean validation accuracy. The
     test accuracies it is then compared on played no part in the choice, so picking the winner
     does not bias its tests; rows without a validation accuracy (older records) fall back to test."""
-    score = rows["val_mean"].fillna(rows["acc_mean"]) if "val_mean" in rows else rows["acc_mean"]
+    score = rows["val_mean"].fillna(rows["acc_mean"])
     return rows.loc[score.sort_values(ascending=False, kind="mergesort").index[0]]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from bench.reporting import evidence
+from bench.reporting.aggregate import reference
 from bench.reporting.comparisons import comparisons
 from bench.reporting.fmt import ci, count, fmt_acc, fmt_p, fmt_share, pct
 
@@ -18,9 +19,9 @@ def _describe(row: pd.Series) -> str:
 
 def _versus(c: pd.Series) -> str:
     """'+2.98 points (95% CI +1.10 to +4.86; p = 0.012, Holm p = 0.048)' for one comparison row."""
-    text = f"{100 * c['diff']:+.2f} points"
     if c["n"] == 0:
         return "no seed in common, so no difference"
+    text = f"{100 * c['diff']:+.2f} points"
     if c["n"] < 2:
         return text + " on 1 common seed, no test"
     return f"{text} (95% CI {ci(c)}; {fmt_p(c['p'])}, {fmt_p(c['p_holm'], 'Holm p')})"
@@ -65,10 +66,10 @@ def summary(df: pd.DataFrame, comp: pd.DataFrame | None = None) -> list[str]:
     if len(comp):
         lines.append(_test_note(comp))
     rows = done.set_index("label")
-    seed = done[done["method"].eq("residual")]  # the seed post (names.modernize's spelling)
+    seed = reference(done, "residual")  # the seed post, as the comparisons chose it
     seed_comp = comp[comp["kind"].eq("seed")]
-    if not seed.empty and seed_comp.empty:
-        s = seed.iloc[0]
+    if seed is not None and seed_comp.empty:
+        s = seed
         lines.append(
             f"The seed post's setup, {_describe(s)}, has no LoRA configuration with at most "
             f"its {count(s['trainable_params'])} trainable parameters to compare with."
