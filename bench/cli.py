@@ -41,23 +41,31 @@ def positive(flag: str):
     return parse
 
 
-def common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--runs-dir", default="runs", help="where storage, backbones, records, charts go (default ./runs)"
-    )
+def add_data_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data-dir",
         default=None,
         help="folder with the official MNIST/EMNIST files (default: $LORAFIT_DATA_DIR, else "
         "download with torchvision into the cache)",
     )
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
+
+
+def common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--runs-dir", default="runs", help="where storage, backbones, records, charts go (default ./runs)"
+    )
+    add_data_dir(p)
     p.add_argument(
         "--storage",
         default=None,
         help="Optuna storage URL (default sqlite:///RUNS/optuna.db; "
         "postgresql://USER@HOST/DB for many machines)",
     )
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
+    add_device(p)
     p.add_argument(
         "--cache-mb",
         type=float,

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from bench.cli import data_dir_of, positive
+from bench.cli import add_data_dir, add_device, data_dir_of, positive
 from bench.context import Context
 from bench.provenance import git_sha
 from bench.records import load_records, write_atomic
@@ -38,8 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dirty", action="store_true", help="only records made from modified code (sha ends -dirty)"
     )
     parser.add_argument("--output", default=None, help="where the reruns go (default RUNS/reproduced)")
-    parser.add_argument("--data-dir", default=None, help="folder with the official MNIST/EMNIST files")
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
+    add_data_dir(parser)
+    add_device(parser)
     parser.add_argument(
         "--threads",
         type=positive("--threads"),

@@ -69,7 +69,8 @@ def sensitivity_table(part: pd.DataFrame, checks: pd.DataFrame) -> list[str]:
         f"Representative rows trained again at {SCALE}× the budget (epochs and patience; for the plateau "
         f"schedule its cap and patience) at the rates the 1× tuning stage selected, on the same seeds "
         f"(`python -m bench run grid --budget-check`). A row passes when {SCALE}× moves its mean by no "
-        f"more than its own 1× 95% half-width; {judged - moved} of {judged} with two or more seeds pass. "
+        f"more than its own 1× 95% half-width; {judged - moved} of the {judged} rows with a 1× "
+        f"half-width (two or more seeds at 1×) pass. "
         f"Epochs: medians over seeds.",
         "",
         "| " + " | ".join(head) + " |",
