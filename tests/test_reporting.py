@@ -269,6 +269,26 @@ def test_markdown_header_table_summary_and_links():
     assert "![Test accuracy vs trainable parameters](../runs/charts/acc_vs_params.png)" in md
 
 
+@pytest.mark.parametrize("reuse", [False, True])
+def test_header_measures_the_optimism_of_seed_cells_that_reuse_their_tuning_run(reuse):
+    """Seed 0 reuses each row's tuning run: selected on validation, it reads high, and the header
+    says by how much against the rows' other seeds (here +2 and +1 points of test, +4 of val)."""
+    recs = []
+    for name, bump in (("a", 0.02), ("b", 0.01)):
+        for seed in range(3):
+            r = make_record(name, seed=seed, acc=0.80 + (bump if seed == 0 else 0.0))
+            r["metrics"]["val_acc"] = 0.81 + (0.04 if seed == 0 else 0.0)
+            r["run"]["reused_from"] = 7 if reuse and seed == 0 else None
+            recs.append(r)
+    md = leaderboard.render_markdown(recs, "cmd", [])
+    line = next(x for x in md.splitlines() if x.startswith("- **Seeds**"))
+    if reuse:
+        assert "reuse their tuning run (selected on validation) sit +1.50 points" in line
+        assert "+4.00 in validation accuracy (mean over 2 rows;" in line
+    else:
+        assert "reuse" not in line
+
+
 def test_failed_and_diverged_configurations_are_listed():
     md = leaderboard.render_markdown(grid_records(), "cmd")
     failed = next(line for line in md.splitlines() if "lora-all-r4" in line)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+from scipy import stats
 
 from bench.records import frame
 from bench.reporting.aggregate import config_key, is_budget_check, median_halfwidth, setup_of
@@ -64,6 +65,33 @@ def _precision(part: pd.DataFrame, rows: pd.DataFrame) -> str:
     )
 
 
+def _reuse_optimism(part: pd.DataFrame) -> str:
+    """How far the seed cells that reuse their tuning run (the candidate the tuning stage selected on
+    validation, so an optimistic draw) sit above the same rows' freshly trained seeds."""
+    if "run.reused_from" not in part or "metrics.test_acc" not in part:
+        return ""
+    if not part["run.reused_from"].notna().any():
+        return ""
+    done = part[part["metrics.test_acc"].notna()]
+    reused = done["run.reused_from"].notna()
+    gaps = pd.concat(
+        {
+            kind: done[reused].groupby("key")[col].mean() - done[~reused].groupby("key")[col].mean()
+            for kind, col in (("test", "metrics.test_acc"), ("val", "metrics.val_acc"))
+        },
+        axis=1,
+    ).dropna()
+    if len(gaps) < 2:
+        return ""
+    p = stats.ttest_1samp(gaps["test"], 0.0).pvalue
+    return (
+        f"; the seed cells that reuse their tuning run (selected on validation) sit "
+        f"{100 * gaps['test'].mean():+.2f} points from their rows' other seeds in test accuracy and "
+        f"{100 * gaps['val'].mean():+.2f} in validation accuracy (mean over {len(gaps)} rows; "
+        f"one-sample t-test of the test gaps, p = {p:.3f})"
+    )
+
+
 def header(records: list[dict], command: str, agg: pd.DataFrame, trials: list[dict] = ()) -> list[str]:
     """Title, regeneration command and "What, where, when"; `trials` (the tuning stage's records)
     count towards the compute line only."""
@@ -112,7 +140,7 @@ def header(records: list[dict], command: str, agg: pd.DataFrame, trials: list[di
     cost = compute_lines([*records, *trials])
     for setup, part in df[[not c for c in checked]].groupby("setup", sort=True):
         lines.append(f"- **What**: {_what(part)}")
-        lines.append(f"- **Seeds**: {_precision(part, agg[agg['setup'].eq(setup)])}")
+        lines.append(f"- **Seeds**: {_precision(part, agg[agg['setup'].eq(setup)])}{_reuse_optimism(part)}")
         lines.append(f"- **Compute**: {cost.get(setup, 'no runs')}")
     gpu = values(df["env.gpu"]) if df["env.gpu"].notna().any() else "none"
     lines.append(
