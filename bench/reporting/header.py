@@ -8,7 +8,7 @@ from scipy import stats
 from bench.records import frame
 from bench.reporting.aggregate import config_key, is_budget_check, median_halfwidth, setup_of
 from bench.reporting.compute import compute_lines
-from bench.reporting.fmt import values
+from bench.reporting.fmt import fmt_p, values
 
 PROTOCOL_NOTES = {
     "resplit": "EMNIST byclass test split re-partitioned 70/10/20 — "
@@ -67,7 +67,8 @@ def _precision(part: pd.DataFrame, rows: pd.DataFrame) -> str:
 
 def _reuse_optimism(part: pd.DataFrame) -> str:
     """How far the seed cells that reuse their tuning run (the candidate the tuning stage selected on
-    validation, so an optimistic draw) sit above the same rows' freshly trained seeds."""
+    validation) sit from the same rows' freshly trained seeds: the selection's optimism, confounded
+    with that seed's common effect on every row."""
     if "run.reused_from" not in part or "metrics.test_acc" not in part:
         return ""
     if not part["run.reused_from"].notna().any():
@@ -85,10 +86,11 @@ def _reuse_optimism(part: pd.DataFrame) -> str:
         return ""
     p = stats.ttest_1samp(gaps["test"], 0.0).pvalue
     return (
-        f"; the seed cells that reuse their tuning run (selected on validation) sit "
+        f"; the seed cells that reuse their tuning run sit "
         f"{100 * gaps['test'].mean():+.2f} points from their rows' other seeds in test accuracy and "
         f"{100 * gaps['val'].mean():+.2f} in validation accuracy (mean over {len(gaps)} rows; "
-        f"one-sample t-test of the test gaps, p = {p:.3f})"
+        f"one-sample t-test of the test gaps, {fmt_p(p)}): the selection on validation pushes this "
+        f"up, that seed's effect on every row moves it either way"
     )
 
 
