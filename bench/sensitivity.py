@@ -5,8 +5,9 @@ at SCALE times the training budget (epochs and patience: for the plateau schedul
 patience, for cosine its length and early-stopping patience) at the rates the 1x tuning stage
 selected, on the same paired seeds, into the study <grid>-<profile>-2x. The rows (per backbone
 and target, from the 1x records): the probe, full fine-tuning, scratch, the seed post, LoRA on proj
-at rank 8 and at its best other rank, the best and the worst LoRA placement besides proj, and the
-best row of every other adapter method. The leaderboard pairs each with its 1x row
+(on a backbone without one, the placement whose rank it sweeps) at rank 8 and at its best other
+rank, the best and the worst LoRA placement besides that one, and the best row of every other
+adapter method. The leaderboard pairs each with its 1x row
 (bench.reporting.epochs.sensitivity_table): a row passes when 2x moves it by no more than its
 own 95% half-width.
 """
@@ -33,6 +34,15 @@ def unscaled(config: dict, scale: int = SCALE) -> dict:
     return {**config, "epochs": config["epochs"] // scale, "patience": config.get("patience", 0) // scale}
 
 
+def rank_sweep_placement(lora: pd.DataFrame) -> str | None:
+    """Where the setup sweeps LoRA's rank: `proj` on the seed CNN, else the placement with the most
+    ranks (the residual CNN's stage3), so "LoRA at two ranks" exists on every backbone."""
+    ranks = lora.groupby("placement")["rank"].nunique()
+    if ranks.empty:
+        return None
+    return "proj" if "proj" in ranks.index else str(ranks.idxmax())  # a tie: the first by name
+
+
 def representative(part: pd.DataFrame) -> list[str]:
     """The labels of one setup's representative rows (`part`: aggregate rows, best first)."""
     done = part[part["acc_mean"].notna()]
@@ -44,10 +54,11 @@ def representative(part: pd.DataFrame) -> list[str]:
     for method in ("head", "full", "scratch", "residual"):
         take(done[done["method"].eq(method)])
     lora = done[done["method"].eq("lora") & done["policy"].eq("lora")]
-    proj = lora[lora["placement"].eq("proj")]
-    take(proj[proj["rank"].eq(8)])
-    take(proj[proj["rank"].ne(8)])
-    elsewhere = lora[~lora["placement"].eq("proj")]
+    sweep = rank_sweep_placement(lora)
+    swept = lora[lora["placement"].eq(sweep)]
+    take(swept[swept["rank"].eq(8)])
+    take(swept[swept["rank"].ne(8)])
+    elsewhere = lora[~lora["placement"].eq(sweep)]
     if elsewhere["rank"].eq(8).any():  # the placement question is asked at rank 8
         elsewhere = elsewhere[elsewhere["rank"].eq(8)]
     take(elsewhere)

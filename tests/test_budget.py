@@ -1,11 +1,14 @@
 """The training budget rule (lorafit.budget): when each schedule stops and why, and time to accuracy."""
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from bench.__main__ import main
 from bench.records import load_records
 from bench.reporting.leaderboard import render_markdown
+from bench.sensitivity import representative
 from lorafit.budget import PLATEAU_DECAYS, PLATEAU_FACTOR, Budget, time_to
 from lorafit.config import RunConfig
 from lorafit.errors import LorafitError
@@ -133,6 +136,31 @@ def test_the_epoch_sensitivity_check_pairs_2x_with_1x(tiny_grid, tmp_path, capsy
     assert main(["leaderboard", "--runs-dir", runs, "--study", "tiny-smoke-2x", "--output", str(alone)]) == 2
     assert not alone.exists()
     assert "pass --study tiny-smoke (its leaderboard includes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "placements, expected",
+    [
+        (
+            {"proj": (1, 8, 16), "conv2": (8,), "conv3": (8,)},
+            ["proj-r8", "proj-r1", "conv2-r8", "conv3-r8"],
+        ),
+        (  # no proj: the rank is swept on stage3
+            {"stem": (8,), "stage2": (8,), "stage3": (2, 8, 16), "shortcuts": (2, 8)},
+            ["stage3-r8", "stage3-r2", "stem-r8", "shortcuts-r8"],
+        ),
+    ],
+)
+def test_the_check_takes_lora_at_two_ranks_on_every_backbone(placements, expected):
+    """LoRA at rank 8 and its best other rank where the rank is swept (on a backbone without proj,
+    the placement with the most ranks), then the best and the worst other placement at rank 8."""
+    labels = [(p, r) for p, ranks in placements.items() for r in ranks]
+    rows = [("head", "head", "—", 0, 0.70), ("full", "full", "—", 0, 0.80)] + [
+        (f"{p}-r{r}", "lora", p, r, acc) for (p, r), acc in zip(labels, np.linspace(0.79, 0.71, len(labels)))
+    ]
+    part = pd.DataFrame(rows, columns=["label", "method", "placement", "rank", "acc_mean"])
+    part = part.assign(policy="lora").sort_values("acc_mean", ascending=False)
+    assert representative(part) == ["head", "full", *expected]
 
 
 def test_a_drained_budget_check_names_the_study_it_was_running(tiny_grid, tmp_path, monkeypatch, capsys):
