@@ -7,6 +7,7 @@ import torch
 
 from bench.__main__ import main
 from bench.records import load_records
+from bench.reporting.epochs import verdict
 from bench.reporting.leaderboard import render_markdown
 from bench.sensitivity import representative
 from lorafit.budget import PLATEAU_DECAYS, PLATEAU_FACTOR, Budget, time_to
@@ -118,6 +119,10 @@ def test_the_epoch_sensitivity_check_pairs_2x_with_1x(tiny_grid, tmp_path, capsy
     assert "## Epoch sensitivity (2× the training budget)" in md
     table = md.split("## Epoch sensitivity")[1].split("\n\n")[2]
     assert len(table.splitlines()) == 2 + 4 and "seed-post-r8" in table
+    # The summary's comparisons asked again at 2x: the seed post's and the placement's (conv3 vs proj)
+    again = md.split("## The summary's comparisons at 2× the budget")[1].split("\n\n")[2].splitlines()
+    assert len(again) == 2 + 2 and "− seed-post-r8" in again[2] and "lora-conv3" in again[3]
+    assert all(line.count("(n=2)") == 1 for line in again[2:])
     assert "of 4 configurations" in md.split("## Results")[0]  # the 2x records are not rows
     # The command it prints next names the 1x study, whose leaderboard reads the check beside it.
     hint = f"next: python -m bench leaderboard --runs-dir {runs} --study tiny-smoke"
@@ -161,6 +166,22 @@ def test_the_check_takes_lora_at_two_ranks_on_every_backbone(placements, expecte
     part = pd.DataFrame(rows, columns=["label", "method", "placement", "rank", "acc_mean"])
     part = part.assign(policy="lora").sort_values("acc_mean", ascending=False)
     assert representative(part) == ["head", "full", *expected]
+
+
+@pytest.mark.parametrize(
+    "p_1x, diff_1x, p_2x, diff_2x, n, expected",
+    [
+        (0.01, 0.02, 0.01, 0.01, 5, "holds"),
+        (0.01, 0.02, 0.01, -0.01, 5, "reversed"),
+        (0.50, 0.00, 0.60, 0.00, 5, "a tie at both"),
+        (0.01, 0.02, 0.20, 0.01, 5, "not at 2×"),
+        (0.50, 0.00, 0.01, 0.01, 5, "only at 2×"),
+        (0.01, 0.02, float("nan"), 0.01, 1, "—"),  # one seed at 2x: not judged
+    ],
+)
+def test_what_2x_says_about_a_finding(p_1x, diff_1x, p_2x, diff_2x, n, expected):
+    longer = pd.Series({"n": n, "p_holm": p_2x, "diff": diff_2x})
+    assert verdict(p_1x, diff_1x, longer) == expected
 
 
 def test_a_drained_budget_check_names_the_study_it_was_running(tiny_grid, tmp_path, monkeypatch, capsys):

@@ -109,6 +109,7 @@ def render_markdown(
             + evidence.tuning_table(part)
             + evidence.containment_table(evidence.containment(part))
             + epochs.sensitivity_table(part, checks)
+            + epochs.comparisons_table(part, checks, comp)
             + ledger_table(part)
         )
         if extra:
