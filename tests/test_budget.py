@@ -7,7 +7,7 @@ import torch
 
 from bench.__main__ import main
 from bench.records import load_records
-from bench.reporting.epochs import verdict
+from bench.reporting.epochs import replaced_rival, verdict
 from bench.reporting.leaderboard import render_markdown
 from bench.sensitivity import representative
 from lorafit.budget import PLATEAU_DECAYS, PLATEAU_FACTOR, Budget, time_to
@@ -122,7 +122,7 @@ def test_the_epoch_sensitivity_check_pairs_2x_with_1x(tiny_grid, tmp_path, capsy
     # The summary's comparisons asked again at 2x: the seed post's and the placement's (conv3 vs proj)
     again = md.split("## The summary's comparisons at 2× the budget")[1].split("\n\n")[2].splitlines()
     assert len(again) == 2 + 2 and "− seed-post-r8" in again[2] and "lora-conv3" in again[3]
-    assert all(line.count("(n=2)") == 1 for line in again[2:])
+    assert all(line.split(" | ")[-2] == "2" for line in again[2:])  # both seeds pair
     assert "of 4 configurations" in md.split("## Results")[0]  # the 2x records are not rows
     # The command it prints next names the 1x study, whose leaderboard reads the check beside it.
     hint = f"next: python -m bench leaderboard --runs-dir {runs} --study tiny-smoke"
@@ -173,7 +173,7 @@ def test_the_check_takes_lora_at_two_ranks_on_every_backbone(placements, expecte
     [
         (0.01, 0.02, 0.01, 0.01, 5, "holds"),
         (0.01, 0.02, 0.01, -0.01, 5, "reversed"),
-        (0.50, 0.00, 0.60, 0.00, 5, "a tie at both"),
+        (0.50, 0.00, 0.60, 0.00, 5, "no difference at either"),
         (0.01, 0.02, 0.20, 0.01, 5, "not at 2×"),
         (0.50, 0.00, 0.01, 0.01, 5, "only at 2×"),
         (0.01, 0.02, float("nan"), 0.01, 1, "—"),  # one seed at 2x: not judged
@@ -182,6 +182,20 @@ def test_the_check_takes_lora_at_two_ranks_on_every_backbone(placements, expecte
 def test_what_2x_says_about_a_finding(p_1x, diff_1x, p_2x, diff_2x, n, expected):
     longer = pd.Series({"n": n, "p_holm": p_2x, "diff": diff_2x})
     assert verdict(p_1x, diff_1x, longer) == expected
+
+
+@pytest.mark.parametrize(
+    "a, b, expected",
+    [
+        ("r16", "seed-post", ""),  # the summary's own pair
+        ("seed-post", "r16", ""),  # either way round
+        ("r8", "seed-post", " (in place of r16)"),
+        ("x", "y", " (not one of the summary's)"),
+    ],
+)
+def test_a_2x_comparison_names_the_rival_it_replaced(a, b, expected):
+    comp = pd.DataFrame([{"kind": "seed", "a": "r16", "b": "seed-post"}])
+    assert replaced_rival(pd.Series({"kind": "seed", "a": a, "b": b}), comp) == expected
 
 
 def test_a_drained_budget_check_names_the_study_it_was_running(tiny_grid, tmp_path, monkeypatch, capsys):

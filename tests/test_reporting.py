@@ -271,8 +271,8 @@ def test_markdown_header_table_summary_and_links():
 
 @pytest.mark.parametrize("reuse", [False, True])
 def test_header_measures_the_optimism_of_seed_cells_that_reuse_their_tuning_run(reuse):
-    """Seed 0 reuses each row's tuning run: selected on validation, it reads high, and the header
-    says by how much against the rows' other seeds (here +2 and +1 points of test, +4 of val)."""
+    """Seed 0 reuses each row's tuning run, selected on validation: the header puts its gap to the
+    rows' other seeds (here +2 and +1 points of test, +4 of val) beside the other seeds' gaps."""
     recs = []
     for name, bump in (("a", 0.02), ("b", 0.01)):
         for seed in range(3):
@@ -283,10 +283,25 @@ def test_header_measures_the_optimism_of_seed_cells_that_reuse_their_tuning_run(
     md = leaderboard.render_markdown(recs, "cmd", [])
     line = next(x for x in md.splitlines() if x.startswith("- **Seeds**"))
     if reuse:
-        assert "reuse their tuning run sit +1.50 points" in line
-        assert "+4.00 in validation accuracy (mean over 2 rows;" in line
+        assert "seed 0's cells reuse their tuning run" in line
+        assert "sit +1.50 points in test and +4.00 in validation accuracy" in line
+        assert "other seeds' same gaps span -0.75 to -0.75 (test) and -2.00 to -2.00 (validation)" in line
     else:
         assert "reuse" not in line
+
+
+def test_header_says_why_plateau_runs_stopped():
+    recs = []
+    for seed, reason in enumerate(("plateau", "cap", "plateau")):
+        r = make_record(seed=seed)
+        r["config"].update(schedule="plateau", patience=2)
+        r["metrics"]["stop_reason"] = reason
+        recs.append(r)
+    md = leaderboard.render_markdown(recs, "cmd", [])
+    assert (
+        "trained to a plateau (batch 256, patience 2, cap 4 epochs; stopped: 1 at the cap, 2 on a plateau)"
+        in md
+    )
 
 
 def test_failed_and_diverged_configurations_are_listed():

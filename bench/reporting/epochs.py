@@ -8,7 +8,7 @@ import pandas as pd
 from bench.reporting.aggregate import aggregate, is_budget_check
 from bench.reporting.comparisons import comparisons
 from bench.reporting.fmt import cell, fmt_num, pct
-from bench.reporting.stats import paired
+from bench.reporting.stats import holm, paired
 from bench.sensitivity import SCALE, unscaled
 
 
@@ -70,8 +70,8 @@ def sensitivity_table(part: pd.DataFrame, checks: pd.DataFrame) -> list[str]:
         f"Representative rows trained again at {SCALE}× the budget (epochs and patience; for the plateau "
         f"schedule its cap and patience) at the rates the 1× tuning stage selected, on the same seeds "
         f"(`python -m bench run grid --budget-check`). A row passes when {SCALE}× moves its mean by no "
-        f"more than its own 1× 95% half-width; {judged - moved} of the {judged} rows with a 1× "
-        f"half-width (two or more seeds at 1×) pass. "
+        f"more than its own 1× 95% half-width; {judged - moved} of the {judged} rows that have both a "
+        f"1× half-width (two or more seeds) and a {SCALE}× run pass. "
         f"Epochs: medians over seeds.",
         "",
         "| " + " | ".join(head) + " |",
@@ -89,13 +89,17 @@ QUESTIONS = {
     "budget": "method vs LoRA",
 }
 ALPHA = 0.05
-# (a difference at 1x, a difference at 2x) -> what 2x says, when they do not both differ
-UNLESS_BOTH = {(False, False): "a tie at both", (True, False): "not at 2×", (False, True): "only at 2×"}
+# (a difference at 1x, a difference at 2x) -> what 2x says, unless both differ
+UNLESS_BOTH = {
+    (False, False): "no difference at either",
+    (True, False): "not at 2×",
+    (False, True): "only at 2×",
+}
 
 
 def verdict(p_1x: float, diff_1x: float, longer: pd.Series) -> str:
-    """What 2x says about a 1x finding: a difference (p < ALPHA) that holds or reverses, a tie at
-    both budgets, or one budget's difference the other does not show."""
+    """What 2x says about a 1x finding, both judged on the same seeds and Holm family: a difference
+    (p < ALPHA) that holds or reverses, none at either budget, or one budget's alone."""
     if longer["n"] < 2 or pd.isna(longer["p_holm"]) or pd.isna(p_1x):
         return "—"
     one, two = p_1x < ALPHA, longer["p_holm"] < ALPHA
@@ -104,43 +108,69 @@ def verdict(p_1x: float, diff_1x: float, longer: pd.Series) -> str:
     return UNLESS_BOTH[(one, two)]
 
 
+def replaced_rival(c: pd.Series, comp: pd.DataFrame) -> str:
+    """The summary's own rival a 2x comparison replaced ('' when the pair is the summary's own)."""
+    mine = comp[comp["kind"].eq(c["kind"])]
+    if ((mine["a"].eq(c["a"]) & mine["b"].eq(c["b"])) | (mine["a"].eq(c["b"]) & mine["b"].eq(c["a"]))).any():
+        return ""
+    for kept, other in (("a", "b"), ("b", "a")):
+        same = mine[mine[kept].eq(c[kept])]
+        if len(same):
+            return f" (in place of {same.iloc[0][other]})"
+    return " (not one of the summary's)"
+
+
 def comparisons_table(part: pd.DataFrame, checks: pd.DataFrame, comp: pd.DataFrame) -> list[str]:
-    """Do the summary's findings survive 2x? The summary's comparisons asked again among the rows
-    the check re-trained (so a rival outside the check is replaced by the nearest one inside),
-    each beside the same pair's 1x difference; Holm over the 2x family."""
+    """Do the summary's findings survive 2x? Its comparisons asked again among the rows the check
+    re-trained (a rival outside the check is replaced by the one the same rule picks inside), each
+    beside the same pair at 1x on the same seeds; both budgets Holm-adjusted over this family, and
+    the change in the difference itself (2x minus 1x, paired by seed)."""
     if checks.empty or part.empty:
         return []
-    mine = checks[checks["setup"].eq(part["setup"].iloc[0])]
+    base = part.set_index("key")
+    # the 2x rows under their 1x labels (labels depend on which rows share a name)
+    mine = checks[checks["setup"].eq(part["setup"].iloc[0]) & checks["key"].isin(base.index)]
+    mine = mine.assign(label=mine["key"].map(base["label"]))
     longer = comparisons(mine) if len(mine) >= 2 else pd.DataFrame()
     if longer.empty:
         return []
-    base = part.set_index("label")
-    holm_1x = {(c["a"], c["b"]): c["p_holm"] for _, c in comp.iterrows()}
-    rows, verdicts = [], []
+    acc = base.set_index("label")["seed_acc"]
+    twice = mine.set_index("label")["seed_acc"]
+    ones, changes = [], []
     for _, c in longer.iterrows():
-        one = paired(base.loc[c["a"], "seed_acc"], base.loc[c["b"], "seed_acc"])
-        own = (c["a"], c["b"]) in holm_1x
-        p_1x = holm_1x[(c["a"], c["b"])] if own else one["p"]
-        verdicts.append(verdict(p_1x, one["diff"], c))
+        seeds = sorted(set(twice[c["a"]]) & set(twice[c["b"]]))
+        one = paired(*({s: acc[x][s] for s in seeds if s in acc[x]} for x in (c["a"], c["b"])))
+        ones.append(one)
+        per_seed = [{s: r[c["a"]][s] - r[c["b"]][s] for s in seeds if s in r[c["a"]]} for r in (twice, acc)]
+        changes.append(paired(*per_seed))
+    p_1x = holm([o["p"] for o in ones])
+    rows, verdicts = [], []
+    for (_, c), one, change, p1 in zip(longer.iterrows(), ones, changes, p_1x):
+        verdicts.append(verdict(p1, one["diff"], c))
         interval = f" ({100 * c['lo']:+.2f} to {100 * c['hi']:+.2f})" if c["n"] >= 2 else ""
+        moved = f" ({100 * change['lo']:+.2f} to {100 * change['hi']:+.2f})" if change["n"] >= 2 else ""
         rows.append(
             [
                 QUESTIONS.get(c["kind"], c["kind"]),
-                f"{c['a']} − {c['b']}",
+                f"{c['a']} − {c['b']}{replaced_rival(c, comp)}",
                 f"{100 * one['diff']:+.2f}",
-                fmt_num(p_1x, ".3g") + ("" if own else " (unadjusted)"),
-                f"{100 * c['diff']:+.2f}{interval} (n={c['n']})",
+                fmt_num(p1, ".3g"),
+                f"{100 * c['diff']:+.2f}{interval}",
                 fmt_num(c["p_holm"], ".3g"),
+                f"{100 * change['diff']:+.2f}{moved}",
+                c["n"],
                 verdicts[-1],
             ]
         )
     head = [
         "question",
         "comparison (a − b)",
-        "1× Δ points (paired)",
+        "1× Δ points",
         "1× p (Holm)",
-        f"{SCALE}× Δ points (paired, 95% CI)",
+        f"{SCALE}× Δ points (95% CI)",
         f"{SCALE}× p (Holm)",
+        f"{SCALE}× Δ − 1× Δ (95% CI)",
+        "seeds",
         f"at {SCALE}×",
     ]
     tally = ", ".join(f"{verdicts.count(v)} {v}" for v in dict.fromkeys(verdicts) if v != "—")
@@ -148,14 +178,14 @@ def comparisons_table(part: pd.DataFrame, checks: pd.DataFrame, comp: pd.DataFra
         f"## The summary's comparisons at {SCALE}× the budget",
         "",
         f"The summary's paired comparisons asked again among the rows the check re-trained at {SCALE}× "
-        f"(where a comparison's rival was not re-trained, the same rule picks the nearest one that "
-        f"was), beside the same pair's 1× difference over all its seeds: its Holm p where the pair "
-        f"is one of the summary's own, else its unadjusted p; the {SCALE}× Holm p is over these "
-        f"{len(rows)} comparisons. At {SCALE}× (p < {ALPHA} counts as a difference): "
-        f"{tally or 'none judged yet (two or more seeds needed)'}.",
+        f"(where a comparison's rival was not re-trained, the same rule picks one that was, named in "
+        f"brackets), each beside the same pair at 1× on the same seeds. Both budgets' p are "
+        f"Holm-adjusted over these {len(rows)} comparisons (so the 1× p here can differ from the "
+        f"summary's); {SCALE}× Δ − 1× Δ is the change in the difference, paired by seed. At {SCALE}× "
+        f"(p < {ALPHA} counts as a difference): {tally or 'none judged yet (two or more seeds needed)'}.",
         "",
         "| " + " | ".join(head) + " |",
-        "|---|---|--:|--:|--:|--:|:-:|",
+        "|---|---|--:|--:|--:|--:|--:|--:|:-:|",
         *("| " + " | ".join(cell(x) for x in r) + " |" for r in rows),
         "",
     ]
