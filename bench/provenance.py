@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import platform
 import subprocess
 from pathlib import Path
@@ -22,6 +23,8 @@ def env_info(device: torch.device, splits: data.Splits, src: data.Splits | None)
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "optuna": optuna.__version__,
+        # PEFT's methods and the statistics run through these; a patch release can change numbers
+        **{name: _version(name) for name in ("peft", "numpy", "scipy")},
         "device": device.type,
         "cpu": cpu_name(),
         "threads": torch.get_num_threads(),
@@ -31,6 +34,13 @@ def env_info(device: torch.device, splits: data.Splits, src: data.Splits | None)
         "target_files": dict(splits.files),
         "source_files": dict(src.files) if src else {},
     }
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 @functools.cache

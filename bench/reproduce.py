@@ -27,7 +27,7 @@ from lorafit.config import RunConfig
 from lorafit.errors import LorafitError
 
 # What decides the exact floating-point result of a run besides its RunConfig.
-DETERMINING_ENV = ("device", "cpu", "bf16", "threads", "torch")
+DETERMINING_ENV = ("device", "cpu", "bf16", "threads", "torch", "peft")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,5 +1,7 @@
 """The training budget rule (lorafit.budget): when each schedule stops and why, and time to accuracy."""
 
+import importlib.metadata
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -108,6 +110,7 @@ def test_the_epoch_sensitivity_check_pairs_2x_with_1x(tiny_grid, tmp_path, capsy
         (r["config"]["name"], r["config"]["seed"]): r for r in records if r["run"]["study"] == "tiny-smoke"
     }
     checks = [r for r in records if r["run"]["study"] == "tiny-smoke-2x"]
+    assert {r["env"]["peft"] for r in records} == {importlib.metadata.version("peft")}
     # head, seed post, LoRA on proj at r2 (no r8 here: its best other rank), the best and the worst
     # other placement (conv3 alone: once)
     assert {r["config"]["name"] for r in checks} == {"head", "seed-post", "lora-proj", "lora-conv3"}

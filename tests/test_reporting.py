@@ -290,6 +290,13 @@ def test_header_measures_the_optimism_of_seed_cells_that_reuse_their_tuning_run(
         assert "reuse" not in line
 
 
+def test_header_names_peft_where_records_say_it():
+    recs = [make_record(seed=s) for s in range(2)]
+    assert ", peft" not in leaderboard.render_markdown(recs, "cmd", [])  # older records: not said
+    recs[0]["env"]["peft"] = "0.21.2"
+    assert "optuna 5.0, peft 0.21.2, unknown; git" in leaderboard.render_markdown(recs, "cmd", [])
+
+
 def test_header_says_why_plateau_runs_stopped():
     recs = []
     for seed, reason in enumerate(("plateau", "cap", "plateau")):

@@ -105,6 +105,13 @@ def _reuse_optimism(part: pd.DataFrame) -> str:
     )
 
 
+def _peft(df: pd.DataFrame) -> str:
+    """PEFT's versions, where the records say (older records did not; those count as unknown)."""
+    if df["env.peft"].isna().all():
+        return ""
+    return f", peft {values(df['env.peft'].fillna('unknown'))}"
+
+
 def header(records: list[dict], command: str, agg: pd.DataFrame, trials: list[dict] = ()) -> list[str]:
     """Title, regeneration command and "What, where, when"; `trials` (the tuning stage's records)
     count towards the compute line only."""
@@ -118,6 +125,7 @@ def header(records: list[dict], command: str, agg: pd.DataFrame, trials: list[di
         "env.torch",
         "env.torchvision",
         "env.optuna",
+        "env.peft",
         "env.protocol",
         "run.git_sha",
         "run.created_at",
@@ -161,7 +169,7 @@ def header(records: list[dict], command: str, agg: pd.DataFrame, trials: list[di
         f"({values(df['env.threads'])} thread{'' if values(df['env.threads']) == '1' else 's'} per run); "
         f"GPU {gpu}; Python {values(df['env.python'])}, "
         f"torch {values(df['env.torch'])}, torchvision {values(df['env.torchvision'])}, "
-        f"optuna {values(df['env.optuna'])}; git {values(df['run.git_sha'])}"
+        f"optuna {values(df['env.optuna'])}{_peft(df)}; git {values(df['run.git_sha'])}"
     )
     created = df["run.created_at"].dropna().sort_values()
     lines.append(
