@@ -7,7 +7,7 @@ import pandas as pd
 
 from bench.reporting.aggregate import aggregate, is_budget_check
 from bench.reporting.comparisons import comparisons
-from bench.reporting.fmt import cell, fmt_num, pct
+from bench.reporting.fmt import cell, ci, fmt_num, pct
 from bench.reporting.stats import holm, paired
 from bench.sensitivity import SCALE, unscaled
 
@@ -42,7 +42,7 @@ def sensitivity_table(part: pd.DataFrame, checks: pd.DataFrame) -> list[str]:
         ok = passes(base, d["diff"])
         judged += ok is not None
         moved += ok is False
-        interval = f" ({100 * d['lo']:+.2f} to {100 * d['hi']:+.2f})" if d["n"] >= 2 else ""
+        interval = f" ({ci(d)})" if d["n"] >= 2 else ""
         rows.append(
             [
                 base["label"],
@@ -120,6 +120,11 @@ def replaced_rival(c: pd.Series, comp: pd.DataFrame) -> str:
     return " (not one of the summary's)"
 
 
+def _differences(a: dict, b: dict) -> dict:
+    """a − b per seed, on the seeds both have."""
+    return {s: a[s] - b[s] for s in a.keys() & b.keys()}
+
+
 def comparisons_table(part: pd.DataFrame, checks: pd.DataFrame, comp: pd.DataFrame) -> list[str]:
     """Do the summary's findings survive 2x? Its comparisons asked again among the rows the check
     re-trained (a rival outside the check is replaced by the one the same rule picks inside), each
@@ -138,17 +143,16 @@ def comparisons_table(part: pd.DataFrame, checks: pd.DataFrame, comp: pd.DataFra
     twice = mine.set_index("label")["seed_acc"]
     ones, changes = [], []
     for _, c in longer.iterrows():
-        seeds = sorted(set(twice[c["a"]]) & set(twice[c["b"]]))
-        one = paired(*({s: acc[x][s] for s in seeds if s in acc[x]} for x in (c["a"], c["b"])))
-        ones.append(one)
-        per_seed = [{s: r[c["a"]][s] - r[c["b"]][s] for s in seeds if s in r[c["a"]]} for r in (twice, acc)]
-        changes.append(paired(*per_seed))
+        seeds = set(twice[c["a"]]) & set(twice[c["b"]])  # the 1x side pairs on the 2x side's seeds
+        a1, b1 = ({s: v for s, v in acc[x].items() if s in seeds} for x in (c["a"], c["b"]))
+        ones.append(paired(a1, b1))
+        changes.append(paired(_differences(twice[c["a"]], twice[c["b"]]), _differences(a1, b1)))
     p_1x = holm([o["p"] for o in ones])
     rows, verdicts = [], []
     for (_, c), one, change, p1 in zip(longer.iterrows(), ones, changes, p_1x):
         verdicts.append(verdict(p1, one["diff"], c))
-        interval = f" ({100 * c['lo']:+.2f} to {100 * c['hi']:+.2f})" if c["n"] >= 2 else ""
-        moved = f" ({100 * change['lo']:+.2f} to {100 * change['hi']:+.2f})" if change["n"] >= 2 else ""
+        interval = f" ({ci(c)})" if c["n"] >= 2 else ""
+        moved = f" ({ci(change)})" if change["n"] >= 2 else ""
         rows.append(
             [
                 QUESTIONS.get(c["kind"], c["kind"]),

@@ -56,9 +56,9 @@ def _stops(part: pd.DataFrame) -> str:
     if "metrics.stop_reason" not in part:
         return ""
     reasons = part["metrics.stop_reason"].dropna().value_counts().sort_index()
-    said = {"plateau": "on a plateau", "cap": "at the cap", "diverged": "diverged"}
     if reasons.empty:
         return ""
+    said = {"plateau": "on a plateau", "cap": "at the cap", "diverged": "diverged"}
     return "; stopped: " + ", ".join(f"{n} {said.get(r, r)}" for r, n in reasons.items())
 
 
