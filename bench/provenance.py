@@ -72,3 +72,15 @@ def git_sha() -> str | None:
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def path_of(record: dict) -> str:
+    """How one run trained: bf16 autocast where the device has native bf16, fp32 where it has not
+    (lorafit.train.bf16_supported), channels_last either way."""
+    env = record.get("env") or {}
+    device, bf16 = env.get("device") or "cpu", env.get("bf16")
+    if bf16 is None:
+        return f"{device}, precision not recorded"
+    if bf16:
+        return f"{device} with native bf16: bf16 autocast + channels_last"
+    return f"{device} without native bf16: fp32 + channels_last"

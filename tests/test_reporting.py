@@ -311,6 +311,25 @@ def test_header_says_why_plateau_runs_stopped():
     )
 
 
+def test_a_row_whose_runs_mixed_bf16_and_fp32_says_so():
+    recs = []
+    for seed in range(3):
+        mixed, plain = make_record(seed=seed), make_record("head", "head", "none", 0, "head", seed=seed)
+        mixed["env"]["bf16"] = seed == 0  # seed 0 ran on a machine with native bf16
+        recs += [mixed, plain]
+    md = leaderboard.render_markdown(recs, "cmd")
+    row = {}  # the first table that lists a configuration is the leaderboard's
+    for line in md.splitlines():
+        if line.startswith("| "):
+            row.setdefault(line.split("|")[2].strip(" *"), line)
+    assert "runs on 2 paths: 1 cpu bf16, 2 cpu fp32" in row["lora-proj-r8"]
+    assert "paths" not in row["head"]
+    assert (
+        "(cpu with native bf16: bf16 autocast + channels_last, 1 run; "
+        "cpu without native bf16: fp32 + channels_last, 5 runs)" in md
+    )
+
+
 def test_failed_and_diverged_configurations_are_listed():
     md = leaderboard.render_markdown(grid_records(), "cmd")
     failed = next(line for line in md.splitlines() if "lora-all-r4" in line)

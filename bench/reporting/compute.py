@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections import Counter
 
+from bench.provenance import path_of
 from bench.reporting.aggregate import is_budget_check, is_tuning_trial, setup_of
 from bench.sensitivity import unscaled
 
@@ -79,19 +81,14 @@ def duration(seconds: float) -> str:
 
 
 def execution_path(records: list[dict]) -> str:
-    """How the runs trained: bf16 autocast where the device has native bf16, fp32 where it has not
-    (lorafit.train.bf16_supported), channels_last either way."""
-    paths = set()
-    for r in records:
-        env = r.get("env") or {}
-        device, bf16 = env.get("device") or "cpu", env.get("bf16")
-        if bf16 is None:
-            paths.add(f"{device}, precision not recorded")
-        elif bf16:
-            paths.add(f"{device} with native bf16: bf16 autocast + channels_last")
-        else:
-            paths.add(f"{device} without native bf16: fp32 + channels_last")
-    return "; ".join(sorted(paths)) or "unknown"
+    """The paths the runs took; with how many runs each when they took more than one."""
+    counts = Counter(path_of(r) for r in records)
+    if len(counts) == 1:
+        return next(iter(counts))
+    return (
+        "; ".join(f"{path}, {n:,} run{'' if n == 1 else 's'}" for path, n in sorted(counts.items()))
+        or "unknown"
+    )
 
 
 def compute_lines(records: list[dict]) -> dict[str, str]:
