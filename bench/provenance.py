@@ -84,3 +84,14 @@ def path_of(record: dict) -> str:
     if bf16:
         return f"{device} with native bf16: bf16 autocast + channels_last"
     return f"{device} without native bf16: fp32 + channels_last"
+
+
+def short_path(path: str) -> str:
+    """ "cpu with native bf16: bf16 autocast + channels_last" -> "cpu bf16" (bench.provenance.path_of)."""
+    device = path.split()[0].rstrip(",")
+    return f"{device} " + ("fp32" if "fp32" in path else "bf16" if "bf16 autocast" in path else "unrecorded")
+
+
+def paths_named(counts: list[tuple[str, int]]) -> str:
+    """[(path, runs), ...] -> "2 paths: 1 cpu bf16, 2 cpu fp32"."""
+    return f"{len(counts)} paths: " + ", ".join(f"{n} {short_path(p)}" for p, n in counts)

@@ -760,7 +760,18 @@ def test_tuning_evidence_table_csv_and_fallback_mark():
         in row
     )
     fallback = next(line for line in md.splitlines() if line.startswith("| lora-conv2-r8 | 0 / 0.01 |"))
-    assert "fell back to the probe" in fallback
+    assert "fell back to the probe" in fallback and "paths" not in row
+    # lora-proj-r8's candidates, two of them on a machine without native bf16
+    trials = []
+    for t, bf16 in enumerate((True, False, False)):
+        trial = make_record(seed=0)
+        trial["run"]["study"] = "grid-local-tune/lora-proj-r8-0000"
+        trial["run"]["id"] = f"t{t:04d}-lora-proj-r8"
+        trial["env"]["bf16"] = bf16
+        trials.append(trial)
+    md = leaderboard.render_markdown(recs, "cmd", trials=trials)
+    row = next(line for line in md.splitlines() if line.startswith("| lora-proj-r8 | 0.001 / 0.01 |"))
+    assert row.endswith("; candidates on 2 paths: 1 cpu bf16, 2 cpu fp32 |")
     main_row = next(
         line for line in md.splitlines() if line.startswith("| ") and "| lora-conv2-r8 | lora |" in line
     )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from bench.provenance import paths_named
 from bench.reporting import evidence
 from bench.reporting.fmt import (
     cell,
@@ -54,12 +55,6 @@ def _dash(x: str) -> str:
     return x if x and x != "none" else "—"
 
 
-def _short_path(path: str) -> str:
-    """ "cpu with native bf16: bf16 autocast + channels_last" -> "cpu bf16" (bench.provenance.path_of)."""
-    device = path.split()[0].rstrip(",")
-    return f"{device} " + ("fp32" if "fp32" in path else "bf16" if "bf16 autocast" in path else "unrecorded")
-
-
 def _notes(row: pd.Series) -> str:
     notes = []
     if row["n_diverged"]:
@@ -71,7 +66,7 @@ def _notes(row: pd.Series) -> str:
         notes.append(f"first error: {err[:100] + '…' if len(err) > 100 else err}")
     paths = row.get("paths") or ()
     if len(paths) > 1:  # bf16 and fp32 round differently: say so where a row's runs mixed them
-        notes.append(f"runs on {len(paths)} paths: " + ", ".join(f"{n} {_short_path(p)}" for p, n in paths))
+        notes.append(f"runs on {paths_named(paths)}")
     if row["n"] == 0:
         notes.insert(0, "**no result**")
     if evidence.fell_back(row):

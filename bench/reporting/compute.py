@@ -26,12 +26,20 @@ def part_of(record: dict) -> str | None:
     return None if record["run"].get("reused_from") else "seeds"
 
 
-def _tuning_study(record: dict) -> str | None:
+def tuning_study(record: dict) -> str | None:
     """The Optuna tuning study a record belongs to: a trial's (its records folder <grid>-tune/<x>
     is the study <grid>-tune-<x>), or the one that chose a seed cell's rates."""
     if is_tuning_trial(record):
         return record["run"]["study"].replace("-tune/", "-tune-", 1)
     return (record.get("tuning") or {}).get("study")
+
+
+def candidate_paths(trials: list[dict]) -> dict[str, Counter]:
+    """Tuning study -> how many of its candidates took each execution path."""
+    out: dict[str, Counter] = {}
+    for t in trials:
+        out.setdefault(tuning_study(t), Counter())[path_of(t)] += 1
+    return out
 
 
 def setups(records: list[dict]) -> list[str]:
@@ -40,14 +48,14 @@ def setups(records: list[dict]) -> list[str]:
     budget than the cells it serves)."""
     of_cells = {}
     for r in records:
-        if not is_tuning_trial(r) and not is_budget_check(r) and _tuning_study(r):
-            of_cells.setdefault(_tuning_study(r), setup_of(r))
+        if not is_tuning_trial(r) and not is_budget_check(r) and tuning_study(r):
+            of_cells.setdefault(tuning_study(r), setup_of(r))
     out = []
     for r in records:
         if is_budget_check(r):
             out.append(setup_of({**r, "config": unscaled(r["config"])}))
         elif is_tuning_trial(r):
-            out.append(of_cells.get(_tuning_study(r)) or setup_of(r))
+            out.append(of_cells.get(tuning_study(r)) or setup_of(r))
         else:
             out.append(setup_of(r))
     return out
