@@ -413,3 +413,26 @@ def test_reproduce_outside_a_git_checkout_says_so(tmp_path, tiny_grid, capsys, m
 def test_reproduce_with_nothing_to_rerun_is_a_one_line_error(tmp_path, capsys):
     assert main(["reproduce", "--runs-dir", str(tmp_path), "--dirty"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+@pytest.mark.parametrize("here_bf16", [False, True])
+def test_a_worker_says_when_it_trains_on_another_path_than_earlier_runs(monkeypatch, here_bf16):
+    import torch
+
+    from bench import provenance
+
+    monkeypatch.setattr(provenance, "bf16_supported", lambda device: here_bf16)
+
+    def run(bf16: bool, backbone: str = "seed-cnn") -> dict:
+        return {"config": {"backbone": backbone}, "env": {"device": "cpu", "bf16": bf16}}
+
+    earlier = [run(True), run(True), run(False), run(False, "residual-cnn")]
+    note = provenance.path_note(earlier, {"seed-cnn"}, torch.device("cpu"))
+    assert note.startswith(
+        f"note: this machine trains as cpu {'with' if here_bf16 else 'without'} native bf16"
+    )
+    others = "1 of the 3" if here_bf16 else "2 of the 3"
+    assert f"{others} earlier runs of seed-cnn here took another (2 cpu bf16, 1 cpu fp32)" in note
+    same = [run(here_bf16), run(not here_bf16, "residual-cnn")]
+    assert provenance.path_note(same, {"seed-cnn"}, torch.device("cpu")) is None
+    assert provenance.path_note([], {"seed-cnn"}, torch.device("cpu")) is None
