@@ -175,6 +175,14 @@ def cmd_run_grid(args) -> int:
         f"storage {storage.redact(args.storage or storage.default_url(runs))}",
         flush=True,
     )
+    from bench import sensitivity
+    from bench.provenance import path_note
+    from bench.records import load_records
+
+    # this grid's cells, its tuning stage's candidates and its epoch-sensitivity check
+    earlier = [r for suffix in ("", "-tune", sensitivity.SUFFIX) for r in load_records(runs, name + suffix)]
+    if note := path_note(earlier, {c.backbone for c in cells}, ctx.torch_device):
+        print(note, flush=True)
     if spec is not None:
         print(
             f"tuning stage: {spec.candidates} designed candidates per configuration at the seeds' budget "
@@ -189,9 +197,6 @@ def cmd_run_grid(args) -> int:
     else:
         plan = [Cell(c) for c in cells]
     if args.budget_check:
-        from bench import sensitivity
-        from bench.records import load_records
-
         plan = sensitivity.plan(plan, load_records(runs, name), name)
         name += sensitivity.SUFFIX
         print(

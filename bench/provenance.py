@@ -6,11 +6,13 @@ import functools
 import importlib.metadata
 import platform
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import torch
 
 from lorafit import data
+from lorafit.backbones import DEFAULT as DEFAULT_BACKBONE
 from lorafit.train import bf16_supported
 
 
@@ -72,3 +74,46 @@ def git_sha() -> str | None:
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def path_of(record: dict) -> str:
+    """How one run trained: bf16 autocast where the device has native bf16, fp32 where it has not
+    (lorafit.train.bf16_supported), channels_last either way."""
+    env = record.get("env") or {}
+    device, bf16 = env.get("device") or "cpu", env.get("bf16")
+    if bf16 is None:
+        return f"{device}, precision not recorded"
+    if bf16:
+        return f"{device} with native bf16: bf16 autocast + channels_last"
+    return f"{device} without native bf16: fp32 + channels_last"
+
+
+def short_path(path: str) -> str:
+    """ "cpu with native bf16: bf16 autocast + channels_last" -> "cpu bf16" (bench.provenance.path_of)."""
+    device = path.split()[0].rstrip(",")
+    return f"{device} " + ("fp32" if "fp32" in path else "bf16" if "bf16 autocast" in path else "unrecorded")
+
+
+def paths_named(counts: list[tuple[str, int]]) -> str:
+    """[(path, runs), ...] -> "2 paths: 1 cpu bf16, 2 cpu fp32"."""
+    return f"{len(counts)} paths: " + ", ".join(f"{n} {short_path(p)}" for p, n in counts)
+
+
+def path_note(records: list[dict], backbones: set[str], device: torch.device) -> str | None:
+    """A worker's warning when it will train on another path than earlier runs of its backbones
+    did: bf16 and fp32 round differently, so their runs are only poolable where reproduce's
+    closing lines show no shift; the leaderboard marks what mixes them."""
+    here = path_of({"env": {"device": device.type, "bf16": bf16_supported(device)}})
+    earlier = Counter(
+        path_of(r) for r in records if (r.get("config") or {}).get("backbone", DEFAULT_BACKBONE) in backbones
+    )
+    others = sum(n for path, n in earlier.items() if path != here)
+    if not others:
+        return None
+    return (
+        f"note: this machine trains as {here}; {others:,} of the {sum(earlier.values()):,} earlier runs of "
+        f"{', '.join(sorted(backbones))} here took another ("
+        + ", ".join(f"{n:,} {short_path(p)}" for p, n in sorted(earlier.items()))
+        + "); "
+        "the leaderboard marks the rows and tuning stages that mix paths"
+    )

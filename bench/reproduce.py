@@ -22,6 +22,7 @@ from bench.cli import add_data_dir, add_device, data_dir_of, positive
 from bench.context import Context
 from bench.provenance import git_sha
 from bench.records import load_records, write_atomic
+from bench.reporting.stats import paired
 from bench.runner import run_cell
 from lorafit.config import RunConfig
 from lorafit.errors import LorafitError
@@ -70,6 +71,38 @@ def env_differences(old: dict, new: dict) -> list[str]:
         for k in DETERMINING_ENV
         if old["env"].get(k) != new["env"].get(k)
     ]
+
+
+def _kind(differences: str) -> str:
+    """The environment change that can move a result; a field the original never recorded
+    ("peft None -> 0.21.2") is not a change anyone can attribute."""
+    return "; ".join(d for d in differences.split("; ") if d and " None -> " not in d)
+
+
+def rerun_effects(rows: list[dict]) -> list[str]:
+    """Per kind of environment change, over the reruns it made differ: rerun − original test
+    accuracy, paired by record (same configuration, seed and data), in points: the mean with its
+    95% t-interval and p, and the spread of single differences. Is the change systematic, or only
+    the run-to-run divergence that any change of rounding starts?"""
+    by_kind: dict[str, list[dict]] = {}
+    for r in rows:
+        if not r["bit_for_bit"] and r["test_acc"] is not None and r["test_acc_rerun"] is not None:
+            by_kind.setdefault(_kind(r["env_differences"]) or "same environment", []).append(r)
+    lines = []
+    for kind, mine in sorted(by_kind.items()):
+        new = {i: 100 * r["test_acc_rerun"] for i, r in enumerate(mine)}
+        old = {i: 100 * r["test_acc"] for i, r in enumerate(mine)}
+        d = paired(new, old)
+        reruns = f"{d['n']} rerun" + ("" if d["n"] == 1 else "s")
+        line = f"rerun - original test accuracy ({kind}; {reruns}): {d['diff']:+.2f} points"
+        if d["n"] >= 2:
+            spread = pd.Series(new) - pd.Series(old)
+            line += (
+                f" (95% CI {d['lo']:+.2f} to {d['hi']:+.2f}, paired t p {d['p']:.3f}; "
+                f"single reruns {spread.min():+.2f} to {spread.max():+.2f}, sd {spread.std():.2f})"
+            )
+        lines.append(line)
+    return lines
 
 
 def _short(sha: str | None) -> str:
@@ -151,4 +184,6 @@ def main(args: argparse.Namespace) -> int:
         f"{n_same} of {len(rows)} reproduce bit for bit "
         f"(reruns in {ctx.runs_dir / 'records'}, verdicts in {summary})"
     )
+    for line in rerun_effects(rows):
+        print(line)
     return 0 if n_same == len(rows) else 1

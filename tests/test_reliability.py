@@ -360,7 +360,8 @@ def test_reproduce_reruns_the_dirty_records_and_names_the_one_that_differs(tmp_p
     assert out[0].startswith("reproducing 2 records at ")
     verdicts = {line.split()[0]: line.rsplit(": ", 1)[1] for line in out if line.startswith("  ")}
     assert verdicts == {cells["head"].cell_id: "same", cells["lora-proj"].cell_id: "DIFFERENT"}
-    assert out[-1].startswith("1 of 2 reproduce bit for bit")
+    assert out[-2].startswith("1 of 2 reproduce bit for bit")
+    assert out[-1] == "rerun - original test accuracy (same environment; 1 rerun): +0.00 points"
     summary = pd.read_csv(runs / "reproduced" / "summary.csv")
     assert dict(zip(summary["id"], summary["bit_for_bit"])) == {
         cells["head"].cell_id: True,
@@ -370,6 +371,24 @@ def test_reproduce_reruns_the_dirty_records_and_names_the_one_that_differs(tmp_p
     # a later batch adds its verdicts to the earlier ones
     assert main(["reproduce", cells["head"].cell_id, "--runs-dir", str(runs)]) == 0
     assert len(pd.read_csv(runs / "reproduced" / "summary.csv")) == 2
+
+
+def test_reproduce_says_whether_an_environment_change_moves_accuracy_systematically():
+    from bench.reproduce import rerun_effects
+
+    def row(old: float, new: float, differences: str) -> dict:
+        same = old == new and not differences
+        return {"bit_for_bit": same, "env_differences": differences, "test_acc": old, "test_acc_rerun": new}
+
+    fp32 = "cpu Intel -> AMD; bf16 True -> False; peft None -> 0.21.2"
+    rows = [row(0.80, 0.81, fp32), row(0.80, 0.79, fp32), row(0.70, 0.72, "bf16 True -> False")]
+    rows += [row(0.5, 0.5, ""), row(0.6, 0.6, "threads 1 -> 2")]  # bit for bit / unchanged accuracy
+    assert rerun_effects(rows) == [
+        "rerun - original test accuracy (bf16 True -> False; 1 rerun): +2.00 points",
+        "rerun - original test accuracy (cpu Intel -> AMD; bf16 True -> False; 2 reruns): +0.00 points"
+        " (95% CI -12.71 to +12.71, paired t p 1.000; single reruns -1.00 to +1.00, sd 1.41)",
+        "rerun - original test accuracy (threads 1 -> 2; 1 rerun): +0.00 points",
+    ]
 
 
 def test_reproduce_outside_a_git_checkout_says_so(tmp_path, tiny_grid, capsys, monkeypatch):
@@ -394,3 +413,26 @@ def test_reproduce_outside_a_git_checkout_says_so(tmp_path, tiny_grid, capsys, m
 def test_reproduce_with_nothing_to_rerun_is_a_one_line_error(tmp_path, capsys):
     assert main(["reproduce", "--runs-dir", str(tmp_path), "--dirty"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+@pytest.mark.parametrize("here_bf16", [False, True])
+def test_a_worker_says_when_it_trains_on_another_path_than_earlier_runs(monkeypatch, here_bf16):
+    import torch
+
+    from bench import provenance
+
+    monkeypatch.setattr(provenance, "bf16_supported", lambda device: here_bf16)
+
+    def run(bf16: bool, backbone: str = "seed-cnn") -> dict:
+        return {"config": {"backbone": backbone}, "env": {"device": "cpu", "bf16": bf16}}
+
+    earlier = [run(True), run(True), run(False), run(False, "residual-cnn")]
+    note = provenance.path_note(earlier, {"seed-cnn"}, torch.device("cpu"))
+    assert note.startswith(
+        f"note: this machine trains as cpu {'with' if here_bf16 else 'without'} native bf16"
+    )
+    others = "1 of the 3" if here_bf16 else "2 of the 3"
+    assert f"{others} earlier runs of seed-cnn here took another (2 cpu bf16, 1 cpu fp32)" in note
+    same = [run(here_bf16), run(not here_bf16, "residual-cnn")]
+    assert provenance.path_note(same, {"seed-cnn"}, torch.device("cpu")) is None
+    assert provenance.path_note([], {"seed-cnn"}, torch.device("cpu")) is None

@@ -311,6 +311,25 @@ def test_header_says_why_plateau_runs_stopped():
     )
 
 
+def test_a_row_whose_runs_mixed_bf16_and_fp32_says_so():
+    recs = []
+    for seed in range(3):
+        mixed, plain = make_record(seed=seed), make_record("head", "head", "none", 0, "head", seed=seed)
+        mixed["env"]["bf16"] = seed == 0  # seed 0 ran on a machine with native bf16
+        recs += [mixed, plain]
+    md = leaderboard.render_markdown(recs, "cmd")
+    row = {}  # the first table that lists a configuration is the leaderboard's
+    for line in md.splitlines():
+        if line.startswith("| "):
+            row.setdefault(line.split("|")[2].strip(" *"), line)
+    assert "runs on 2 paths: 1 cpu bf16, 2 cpu fp32" in row["lora-proj-r8"]
+    assert "paths" not in row["head"]
+    assert (
+        "(cpu with native bf16: bf16 autocast + channels_last, 1 run; "
+        "cpu without native bf16: fp32 + channels_last, 5 runs)" in md
+    )
+
+
 def test_failed_and_diverged_configurations_are_listed():
     md = leaderboard.render_markdown(grid_records(), "cmd")
     failed = next(line for line in md.splitlines() if "lora-all-r4" in line)
@@ -741,7 +760,18 @@ def test_tuning_evidence_table_csv_and_fallback_mark():
         in row
     )
     fallback = next(line for line in md.splitlines() if line.startswith("| lora-conv2-r8 | 0 / 0.01 |"))
-    assert "fell back to the probe" in fallback
+    assert "fell back to the probe" in fallback and "paths" not in row
+    # lora-proj-r8's candidates, two of them on a machine without native bf16
+    trials = []
+    for t, bf16 in enumerate((True, False, False)):
+        trial = make_record(seed=0)
+        trial["run"]["study"] = "grid-local-tune/lora-proj-r8-0000"
+        trial["run"]["id"] = f"t{t:04d}-lora-proj-r8"
+        trial["env"]["bf16"] = bf16
+        trials.append(trial)
+    md = leaderboard.render_markdown(recs, "cmd", trials=trials)
+    row = next(line for line in md.splitlines() if line.startswith("| lora-proj-r8 | 0.001 / 0.01 |"))
+    assert row.endswith("; candidates on 2 paths: 1 cpu bf16, 2 cpu fp32 |")
     main_row = next(
         line for line in md.splitlines() if line.startswith("| ") and "| lora-conv2-r8 | lora |" in line
     )

@@ -10,11 +10,13 @@ markdown and no charts here: the leaderboard and the charts render what this mod
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
 
+from bench.provenance import path_of
 from bench.records import frame
 from bench.reporting.columns import metric_aggregations
 from bench.reporting.stats import (
@@ -174,6 +176,7 @@ def aggregate(records: Iterable[dict], replicates: int = BOOTSTRAP_REPLICATES) -
     # Records written before the parameter ledger have none of its fields (and another peak_mem_mb).
     df["config.backbone"] = [r["config"].get("backbone") or DEFAULT_BACKBONE for r in records]
     df["has_ledger"] = ["adapter_file_bytes" in (r.get("metrics") or {}) for r in records]
+    df["path"] = [path_of(r) for r in records]
 
     g = df.groupby(["setup", "key"], sort=True)
     out = g.agg(
@@ -195,6 +198,7 @@ def aggregate(records: Iterable[dict], replicates: int = BOOTSTRAP_REPLICATES) -
         target=("config.target", "first"),
         backbone=("config.backbone", "first"),
         n_runs=("run.id", "size"),
+        paths=("path", lambda s: tuple(sorted(Counter(s).items()))),
         n_failed=("failed", "sum"),
         n_diverged=("diverged", "sum"),
         error=("run.error", _first_valid),

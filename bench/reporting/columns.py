@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from bench.provenance import paths_named
 from bench.reporting import evidence
 from bench.reporting.fmt import (
     cell,
@@ -63,6 +64,9 @@ def _notes(row: pd.Series) -> str:
     if notes and row["error"]:
         err = " ".join(str(row["error"]).split())  # the table escapes it
         notes.append(f"first error: {err[:100] + '…' if len(err) > 100 else err}")
+    paths = row.get("paths") or ()
+    if len(paths) > 1:  # bf16 and fp32 round differently: say so where a row's runs mixed them
+        notes.append(f"runs on {paths_named(paths)}")
     if row["n"] == 0:
         notes.insert(0, "**no result**")
     if evidence.fell_back(row):

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections import Counter
 
+from bench.provenance import path_of
 from bench.reporting.aggregate import is_budget_check, is_tuning_trial, setup_of
 from bench.sensitivity import unscaled
 
@@ -24,12 +26,20 @@ def part_of(record: dict) -> str | None:
     return None if record["run"].get("reused_from") else "seeds"
 
 
-def _tuning_study(record: dict) -> str | None:
+def tuning_study(record: dict) -> str | None:
     """The Optuna tuning study a record belongs to: a trial's (its records folder <grid>-tune/<x>
     is the study <grid>-tune-<x>), or the one that chose a seed cell's rates."""
     if is_tuning_trial(record):
         return record["run"]["study"].replace("-tune/", "-tune-", 1)
     return (record.get("tuning") or {}).get("study")
+
+
+def candidate_paths(trials: list[dict]) -> dict[str, Counter]:
+    """Tuning study -> how many of its candidates took each execution path."""
+    out: dict[str, Counter] = {}
+    for t in trials:
+        out.setdefault(tuning_study(t), Counter())[path_of(t)] += 1
+    return out
 
 
 def setups(records: list[dict]) -> list[str]:
@@ -38,14 +48,14 @@ def setups(records: list[dict]) -> list[str]:
     budget than the cells it serves)."""
     of_cells = {}
     for r in records:
-        if not is_tuning_trial(r) and not is_budget_check(r) and _tuning_study(r):
-            of_cells.setdefault(_tuning_study(r), setup_of(r))
+        if not is_tuning_trial(r) and not is_budget_check(r) and tuning_study(r):
+            of_cells.setdefault(tuning_study(r), setup_of(r))
     out = []
     for r in records:
         if is_budget_check(r):
             out.append(setup_of({**r, "config": unscaled(r["config"])}))
         elif is_tuning_trial(r):
-            out.append(of_cells.get(_tuning_study(r)) or setup_of(r))
+            out.append(of_cells.get(tuning_study(r)) or setup_of(r))
         else:
             out.append(setup_of(r))
     return out
@@ -79,19 +89,14 @@ def duration(seconds: float) -> str:
 
 
 def execution_path(records: list[dict]) -> str:
-    """How the runs trained: bf16 autocast where the device has native bf16, fp32 where it has not
-    (lorafit.train.bf16_supported), channels_last either way."""
-    paths = set()
-    for r in records:
-        env = r.get("env") or {}
-        device, bf16 = env.get("device") or "cpu", env.get("bf16")
-        if bf16 is None:
-            paths.add(f"{device}, precision not recorded")
-        elif bf16:
-            paths.add(f"{device} with native bf16: bf16 autocast + channels_last")
-        else:
-            paths.add(f"{device} without native bf16: fp32 + channels_last")
-    return "; ".join(sorted(paths)) or "unknown"
+    """The paths the runs took; with how many runs each when they took more than one."""
+    counts = Counter(path_of(r) for r in records)
+    if len(counts) == 1:
+        return next(iter(counts))
+    return (
+        "; ".join(f"{path}, {n:,} run{'' if n == 1 else 's'}" for path, n in sorted(counts.items()))
+        or "unknown"
+    )
 
 
 def compute_lines(records: list[dict]) -> dict[str, str]:

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 
 import pandas as pd
 
 from bench.protocol import contains_probe
+from bench.provenance import paths_named
 from bench.reporting.fmt import num
 from bench.reporting.stats import paired
 from lorafit import backbones
@@ -194,8 +196,11 @@ def tuning_rows(part: pd.DataFrame) -> list[dict]:
     return out
 
 
-def tuning_table(part: pd.DataFrame) -> list[str]:
+def tuning_table(part: pd.DataFrame, paths: dict[str, Counter] | None = None) -> list[str]:
+    """paths: tuning study -> its candidates' execution paths (compute.candidate_paths), to say
+    where a row's candidates mixed bf16 and fp32."""
     rows = tuning_rows(part)
+    paths = paths or {}
     if not rows:
         return []
     head = (
@@ -219,6 +224,9 @@ def tuning_table(part: pd.DataFrame) -> list[str]:
         better = [name for k, name in SENSITIVITY if (row["sensitivity"][k] or 0) > 0]
         if better:
             notes.append(f"a neighbour scored higher: {', '.join(better)}")
+        mixed = sorted(paths.get(s.get("study"), {}).items())
+        if len(mixed) > 1:  # candidates compared across roundings (reproduce measures what that moves)
+            notes.append(f"candidates on {paths_named(mixed)}")
         cells = [
             row["label"],
             rates,

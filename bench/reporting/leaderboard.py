@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.records import load_records, write_atomic
-from bench.reporting import charts, columns, epochs, evidence
+from bench.reporting import charts, columns, compute, epochs, evidence
 from bench.reporting.aggregate import aggregate, is_tuning_trial
 from bench.reporting.comparisons import comparisons
 from bench.reporting.header import header
@@ -106,7 +106,7 @@ def render_markdown(
         ] + [f"- {s}" for s in summary(part, comp)]
         extra = (
             budget_table(part, comp)
-            + evidence.tuning_table(part)
+            + evidence.tuning_table(part, compute.candidate_paths(trials))
             + evidence.containment_table(evidence.containment(part))
             + epochs.sensitivity_table(part, checks)
             + epochs.comparisons_table(part, checks, comp)
