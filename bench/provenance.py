@@ -76,27 +76,30 @@ def git_sha() -> str | None:
         return None
 
 
+# env["bf16"] -> the path's short name and what ran (lorafit.train.bf16_supported decides)
+_PRECISION = {
+    True: ("bf16", "with native bf16: bf16 autocast + channels_last"),
+    False: ("fp32", "without native bf16: fp32 + channels_last"),
+    None: ("unrecorded", ", precision not recorded"),
+}
+
+
 def path_of(record: dict) -> str:
-    """How one run trained: bf16 autocast where the device has native bf16, fp32 where it has not
-    (lorafit.train.bf16_supported), channels_last either way."""
+    """How one run trained, as a short key: "cpu bf16", "cpu fp32", "cpu unrecorded"."""
     env = record.get("env") or {}
-    device, bf16 = env.get("device") or "cpu", env.get("bf16")
-    if bf16 is None:
-        return f"{device}, precision not recorded"
-    if bf16:
-        return f"{device} with native bf16: bf16 autocast + channels_last"
-    return f"{device} without native bf16: fp32 + channels_last"
+    return f"{env.get('device') or 'cpu'} {_PRECISION[env.get('bf16')][0]}"
 
 
-def short_path(path: str) -> str:
-    """ "cpu with native bf16: bf16 autocast + channels_last" -> "cpu bf16" (bench.provenance.path_of)."""
-    device = path.split()[0].rstrip(",")
-    return f"{device} " + ("fp32" if "fp32" in path else "bf16" if "bf16 autocast" in path else "unrecorded")
+def described(path: str) -> str:
+    """ "cpu bf16" -> "cpu with native bf16: bf16 autocast + channels_last"."""
+    device, short = path.split(" ", 1)
+    long = next(text for name, text in _PRECISION.values() if name == short)
+    return device + ("" if long.startswith(",") else " ") + long
 
 
 def paths_named(counts: list[tuple[str, int]]) -> str:
-    """[(path, runs), ...] -> "2 paths: 1 cpu bf16, 2 cpu fp32"."""
-    return f"{len(counts)} paths: " + ", ".join(f"{n} {short_path(p)}" for p, n in counts)
+    """[(path, runs), ...] -> "1 cpu bf16, 2 cpu fp32"."""
+    return ", ".join(f"{n:,} {path}" for path, n in counts)
 
 
 def path_note(records: list[dict], backbones: set[str], device: torch.device) -> str | None:
@@ -111,9 +114,8 @@ def path_note(records: list[dict], backbones: set[str], device: torch.device) ->
     if not others:
         return None
     return (
-        f"note: this machine trains as {here}; {others:,} of the {sum(earlier.values()):,} earlier runs of "
-        f"{', '.join(sorted(backbones))} here took another ("
-        + ", ".join(f"{n:,} {short_path(p)}" for p, n in sorted(earlier.items()))
-        + "); "
-        "the leaderboard marks the rows and tuning stages that mix paths"
+        f"note: this machine trains as {described(here)}; {others:,} of the {sum(earlier.values()):,} "
+        f"earlier runs of {', '.join(sorted(backbones))} here took another "
+        f"({paths_named(sorted(earlier.items()))}); the leaderboard marks the rows and tuning stages "
+        "that mix paths"
     )

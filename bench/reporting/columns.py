@@ -66,7 +66,7 @@ def _notes(row: pd.Series) -> str:
         notes.append(f"first error: {err[:100] + '…' if len(err) > 100 else err}")
     paths = row.get("paths") or ()
     if len(paths) > 1:  # bf16 and fp32 round differently: say so where a row's runs mixed them
-        notes.append(f"runs on {paths_named(paths)}")
+        notes.append(f"runs on {len(paths)} paths: {paths_named(paths)}")
     if row["n"] == 0:
         notes.insert(0, "**no result**")
     if evidence.fell_back(row):

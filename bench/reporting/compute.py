@@ -9,7 +9,7 @@ import datetime as dt
 import math
 from collections import Counter
 
-from bench.provenance import path_of
+from bench.provenance import described, path_of
 from bench.reporting.aggregate import is_budget_check, is_tuning_trial, setup_of
 from bench.sensitivity import unscaled
 
@@ -92,9 +92,11 @@ def execution_path(records: list[dict]) -> str:
     """The paths the runs took; with how many runs each when they took more than one."""
     counts = Counter(path_of(r) for r in records)
     if len(counts) == 1:
-        return next(iter(counts))
+        return described(next(iter(counts)))
     return (
-        "; ".join(f"{path}, {n:,} run{'' if n == 1 else 's'}" for path, n in sorted(counts.items()))
+        "; ".join(
+            f"{described(path)}, {n:,} run{'' if n == 1 else 's'}" for path, n in sorted(counts.items())
+        )
         or "unknown"
     )
 

@@ -226,7 +226,7 @@ def tuning_table(part: pd.DataFrame, paths: dict[str, Counter] | None = None) ->
             notes.append(f"a neighbour scored higher: {', '.join(better)}")
         mixed = sorted(paths.get(s.get("study"), {}).items())
         if len(mixed) > 1:  # candidates compared across roundings (reproduce measures what that moves)
-            notes.append(f"candidates on {paths_named(mixed)}")
+            notes.append(f"candidates on {len(mixed)} paths: {paths_named(mixed)}")
         cells = [
             row["label"],
             rates,
