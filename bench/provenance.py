@@ -76,12 +76,13 @@ def git_sha() -> str | None:
         return None
 
 
-# env["bf16"] -> the path's short name and what ran (lorafit.train.bf16_supported decides)
+# env["bf16"] -> the path's short name and what ran there (lorafit.train.bf16_supported decides)
 _PRECISION = {
-    True: ("bf16", "with native bf16: bf16 autocast + channels_last"),
-    False: ("fp32", "without native bf16: fp32 + channels_last"),
-    None: ("unrecorded", ", precision not recorded"),
+    True: ("bf16", "{device} with native bf16: bf16 autocast + channels_last"),
+    False: ("fp32", "{device} without native bf16: fp32 + channels_last"),
+    None: ("unrecorded", "{device}, precision not recorded"),
 }
+_DESCRIPTION = dict(_PRECISION.values())
 
 
 def path_of(record: dict) -> str:
@@ -92,9 +93,8 @@ def path_of(record: dict) -> str:
 
 def described(path: str) -> str:
     """ "cpu bf16" -> "cpu with native bf16: bf16 autocast + channels_last"."""
-    device, short = path.split(" ", 1)
-    long = next(text for name, text in _PRECISION.values() if name == short)
-    return device + ("" if long.startswith(",") else " ") + long
+    device, precision = path.split(" ", 1)
+    return _DESCRIPTION[precision].format(device=device)
 
 
 def paths_named(counts: list[tuple[str, int]]) -> str:
