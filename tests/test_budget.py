@@ -9,7 +9,7 @@ import torch
 
 from bench.__main__ import main
 from bench.records import load_records
-from bench.reporting.epochs import replaced_rival, verdict
+from bench.reporting.epochs import GAINS, LOWER, WITHIN, budget_verdict, replaced_rival, verdict
 from bench.reporting.leaderboard import render_markdown
 from bench.sensitivity import representative
 from lorafit.budget import PLATEAU_DECAYS, PLATEAU_FACTOR, Budget, time_to
@@ -169,6 +169,23 @@ def test_the_check_takes_lora_at_two_ranks_on_every_backbone(placements, expecte
     part = pd.DataFrame(rows, columns=["label", "method", "placement", "rank", "acc_mean"])
     part = part.assign(policy="lora").sort_values("acc_mean", ascending=False)
     assert representative(part) == ["head", "full", *expected]
+
+
+@pytest.mark.parametrize(
+    "half_width, diff, expected",
+    [
+        (0.0035, 0.0030, WITHIN),
+        (0.0035, -0.0035, WITHIN),  # exactly the half-width: within
+        (0.0035, 0.0055, GAINS),  # the 1x budget held the row back: it fails
+        (0.0035, -0.0055, LOWER),  # longer training at the 1x rates costs it: marked, not failed
+        (float("nan"), 0.01, None),  # one seed: no half-width to judge by
+        (0.0035, float("nan"), None),  # no 2x run
+    ],
+)
+def test_the_budget_check_fails_a_row_only_when_2x_raises_it_beyond_its_half_width(
+    half_width, diff, expected
+):
+    assert budget_verdict(pd.Series({"acc_ci": half_width}), diff) == expected
 
 
 @pytest.mark.parametrize(

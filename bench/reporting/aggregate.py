@@ -224,10 +224,12 @@ def aggregate(records: Iterable[dict], replicates: int = BOOTSTRAP_REPLICATES) -
     )
     out = out.join(over_seeds, on=["setup", "key"])
     out["n"] = out["n"].fillna(0).astype(int)
-    seed_acc = {k: {} for k in zip(out["setup"], out["key"])}
-    for (setup, key, s), a in per_seed["acc"].items():
-        seed_acc[(setup, key)][int(s)] = float(a)
-    out["seed_acc"] = [seed_acc[k] for k in zip(out["setup"], out["key"])]
+    # seed -> test (and validation) accuracy: what paired differences pair
+    for column, name in (("acc", "seed_acc"), ("metrics.val_acc", "seed_val")):
+        by_seed = {k: {} for k in zip(out["setup"], out["key"])}
+        for (setup, key, s), a in per_seed[column].dropna().items():
+            by_seed[(setup, key)][int(s)] = float(a)
+        out[name] = [by_seed[k] for k in zip(out["setup"], out["key"])]
     out["accs"] = [tuple(a[s] for s in sorted(a)) for a in out["seed_acc"]]  # seed order
     out["rank"] = out["rank"].fillna(0).astype(int)
     out["acc_ci"] = t_halfwidth(out["acc_sd"], out["n"])
