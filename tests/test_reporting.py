@@ -290,6 +290,18 @@ def test_header_measures_the_optimism_of_seed_cells_that_reuse_their_tuning_run(
         assert "reuse" not in line
 
 
+def test_header_names_the_rows_wider_than_the_half_width_target():
+    """Rows whose 95% half-width exceeds ± 0.5 points need more seeds before their differences are
+    cited: the Seeds line names them, widest first, and says nothing when none is."""
+    spreads = {"narrow": (0.800, 0.801, 0.802), "wide": (0.80, 0.82, 0.81), "wider": (0.78, 0.82, 0.80)}
+    recs = [make_record(name, seed=s, acc=a) for name, accs in spreads.items() for s, a in enumerate(accs)]
+    line = next(x for x in leaderboard.render_markdown(recs, "cmd", []).splitlines() if "**Seeds**" in x)
+    assert line.endswith("; wider than ± 0.50 points: wider-r8 ± 4.97, wide-r8 ± 2.48")
+    narrow = [r for r in recs if r["config"]["name"] == "narrow"]
+    line = next(x for x in leaderboard.render_markdown(narrow, "cmd", []).splitlines() if "**Seeds**" in x)
+    assert "wider than" not in line
+
+
 def test_header_names_peft_where_records_say_it():
     recs = [make_record(seed=s) for s in range(2)]
     assert ", peft" not in leaderboard.render_markdown(recs, "cmd", [])  # older records: not said
