@@ -120,9 +120,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_run_grid(args) -> int:
+def grid_study(store, name: str):
+    """The grid's own study (created on first use): one enqueued trial per cell."""
     import optuna
 
+    # Cells are enqueued, never sampled: the cheap RandomSampler keeps Optuna from modelling them.
+    study = optuna.create_study(
+        study_name=name,
+        storage=store,
+        direction="maximize",
+        load_if_exists=True,
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
+    study.set_user_attr("kind", "grid")
+    return study
+
+
+def cmd_run_grid(args) -> int:
     from bench import drain, driver, grid, profiles, storage, tuning
     from bench.context import Context
     from bench.plan import Cell
@@ -190,7 +204,19 @@ def cmd_run_grid(args) -> int:
             f"selected rates",
             flush=True,
         )
-        plan = tuning.tune_cells(cells, spec, ctx, name, store, show_progress=not args.no_progress)
+        # while other workers tune the rows it waits for, this worker runs the tuned rows' cells
+        meanwhile = (
+            None if args.tune_only else lambda ready: driver.run_one(grid_study(store, name), ready, ctx)
+        )
+        plan = tuning.tune_cells(
+            cells,
+            spec,
+            ctx,
+            name,
+            store,
+            show_progress=not args.no_progress,
+            meanwhile=meanwhile,
+        )
         if args.tune_only:
             print(f"grid {name}: tuning stage done; the seeds run with the same command without --tune-only")
             return 0
@@ -203,17 +229,8 @@ def cmd_run_grid(args) -> int:
             f"epoch-sensitivity check {name}: {len(plan)} cells at {sensitivity.SCALE}x the budget",
             flush=True,
         )
-    # Cells are enqueued, never sampled: the cheap RandomSampler keeps Optuna from modelling them.
-    study = optuna.create_study(
-        study_name=name,
-        storage=store,
-        direction="maximize",
-        load_if_exists=True,
-        sampler=optuna.samplers.RandomSampler(seed=0),
-    )
-    study.set_user_attr("kind", "grid")
     try:
-        status = driver.run_grid(study, plan, ctx, show_progress=not args.no_progress)
+        status = driver.run_grid(grid_study(store, name), plan, ctx, show_progress=not args.no_progress)
     except Drained as e:  # the request is counted on the 1x grid; name the study this ran
         raise Drained(name) from e
     counts = {s: list(status.values()).count(s) for s in sorted(set(status.values()))}

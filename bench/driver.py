@@ -95,28 +95,9 @@ def _owner(study: optuna.Study, cell_id: str, number: int) -> int | None:
     return min(lower) if lower else None
 
 
-def run_grid(
-    study: optuna.Study,
-    cells: list[Cell],
-    ctx: Context,
-    show_progress: bool = True,
-) -> dict[str, str]:
-    """Work on the grid until every cell is done (or gave up); return the final status per cell.
-
-    Progress bars go to a terminal only (tqdm's own rule, disable=None); in a file or CI log only
-    the one-line cell summaries appear. `show_progress=False` turns the bars off everywhere."""
-    enqueue_missing(study, cells)
+def _objective(study: optuna.Study, cells: list[Cell], ctx: Context, bar: tqdm, bars_off: bool | None):
+    """The grid's objective: run the cell a waiting trial carries (or skip it as a duplicate)."""
     by_id = {c.id: c.config for c in cells}
-    status = grid_status(study, cells)
-    bars_off = None if show_progress else True
-    bar = tqdm(
-        total=len(cells),
-        initial=sum(s == "done" for s in status.values()),
-        desc="cells",
-        unit="cell",
-        disable=bars_off,
-        dynamic_ncols=True,
-    )
 
     def objective(trial: optuna.Trial) -> float:
         cell_id = trial.user_attrs.get("cell_id")
@@ -131,7 +112,7 @@ def run_grid(
         try:
             if cfg.method != "scratch":
                 # its own bar, so its time stays out of the cell's epochs
-                pretrained_backbone(cfg, ctx, show_progress=None if show_progress else False)
+                pretrained_backbone(cfg, ctx, show_progress=None if bars_off is None else False)
             epochs = tqdm(
                 total=cfg.epochs,
                 desc=f"  {cfg.cell_id}",
@@ -162,20 +143,58 @@ def run_grid(
         bar.update(1)
         return finish_trial(trial, cfg.cell_id, record, log=ctx.log)
 
+    return objective
+
+
+def _run_waiting(study: optuna.Study, objective, ctx: Context) -> bool:
+    """Run the oldest waiting trial, if there is one; whether there was."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        return False
+    try:
+        study.optimize(objective, n_trials=1, catch=(RunFailed,))
+    except ValueError as e:
+        # SQLite has no row locks: two workers can claim the same waiting trial. Whoever
+        # finishes second cannot tell Optuna; the first result stands (the record is the
+        # same cell's, rewritten atomically).
+        if "Cannot tell a" not in str(e):
+            raise
+        ctx.log(f"a cell this worker ran was finished by another worker first ({e}); going on")
+    return True
+
+
+def run_one(study: optuna.Study, cells: list[Cell], ctx: Context) -> bool:
+    """Queue what `cells` lacks and run one waiting cell (no progress bars); whether one ran. What a
+    worker does while other workers tune the configurations it waits for."""
+    enqueue_missing(study, cells)
+    return _run_waiting(study, _objective(study, cells, ctx, tqdm(disable=True), True), ctx)
+
+
+def run_grid(
+    study: optuna.Study,
+    cells: list[Cell],
+    ctx: Context,
+    show_progress: bool = True,
+) -> dict[str, str]:
+    """Work on the grid until every cell is done (or gave up); return the final status per cell.
+
+    Progress bars go to a terminal only (tqdm's own rule, disable=None); in a file or CI log only
+    the one-line cell summaries appear. `show_progress=False` turns the bars off everywhere."""
+    enqueue_missing(study, cells)
+    status = grid_status(study, cells)
+    bars_off = None if show_progress else True
+    bar = tqdm(
+        total=len(cells),
+        initial=sum(s == "done" for s in status.values()),
+        desc="cells",
+        unit="cell",
+        disable=bars_off,
+        dynamic_ncols=True,
+    )
+    objective = _objective(study, cells, ctx, bar, bars_off)
     try:
         while True:
             ctx.between_runs()
-            waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-            if waiting:
-                try:
-                    study.optimize(objective, n_trials=1, catch=(RunFailed,))
-                except ValueError as e:
-                    # SQLite has no row locks: two workers can claim the same waiting trial. Whoever
-                    # finishes second cannot tell Optuna; the first result stands (the record is the
-                    # same cell's, rewritten atomically).
-                    if "Cannot tell a" not in str(e):
-                        raise
-                    ctx.log(f"a cell this worker ran was finished by another worker first ({e}); going on")
+            if _run_waiting(study, objective, ctx):
                 continue
             status = grid_status(study, cells)
             if "pending" in status.values():

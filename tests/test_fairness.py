@@ -225,6 +225,48 @@ def test_a_crashed_workers_tuning_study_is_taken_over_at_once(last, elsewhere):
     assert tuning._tuned_elsewhere(study) is elsewhere
 
 
+def test_a_worker_waiting_for_another_workers_tuning_runs_the_tuned_rows_cells(monkeypatch):
+    """While the configuration left is tuned by another worker, this one runs the seed cells of the
+    configurations already tuned (at their selected rates) instead of idling; then it returns every
+    cell at its selection."""
+    from types import SimpleNamespace
+
+    from bench import tuning
+
+    cells = [RunConfig(name=n, method=n, policy=n, seed=s) for n in ("full", "scratch") for s in (0, 1)]
+    other_done = []  # the other worker finishes scratch's tuning after this one's second wait
+    selected = {"head_lr": 0.03, "extensions": {}, "best_val_acc": 0.8, "best_candidate": "d00", "trials": 16}
+    selected |= {"margin": 0.0, "fallback": False}
+
+    def tune(cfg, *args):
+        if cfg.method == "scratch" and len(other_done) < 2:
+            return None
+        lr = 0.01 if cfg.method == "full" else 0.02
+        return dict(selected, lr=lr)
+
+    monkeypatch.setattr(tuning, "tune", tune)
+    monkeypatch.setattr(tuning.time, "sleep", lambda s: pytest.fail("a worker with tuned rows idled"))
+    ran = []
+
+    def meanwhile(ready):
+        ran.append([(c.config.name, c.config.seed, c.config.lr) for c in ready])
+        other_done.append(True)
+        return True
+
+    ctx = SimpleNamespace(between_runs=lambda: None, log=lambda *a: None)
+    spec = SimpleNamespace(candidates=16)
+    plan = tuning.tune_cells(cells, spec, ctx, "g", None, show_progress=False, meanwhile=meanwhile)
+    assert ran == [[("full", 0, 0.01), ("full", 1, 0.01)]] * 2
+    assert [(c.config.name, c.config.lr) for c in plan] == [("full", 0.01)] * 2 + [("scratch", 0.02)] * 2
+    # nothing to run meanwhile (no row tuned yet): it waits, as before
+    other_done.clear()
+    monkeypatch.setattr(tuning.time, "sleep", lambda s: other_done.append(True))
+    assert (
+        len(tuning.tune_cells(cells[2:], spec, ctx, "g", None, show_progress=False, meanwhile=meanwhile)) == 2
+    )
+    assert len(ran) == 2
+
+
 @pytest.mark.slow
 def test_two_workers_share_the_tuning_stage_without_changing_its_candidates(tmp_path, tiny_grid):
     """Each configuration is claimed by one worker and tuned as one worker would: every candidate
