@@ -1,13 +1,17 @@
 """Where a resumable grid stands, read from its storage alone: `run grid ... --status`.
 
 Per configuration: its tuning study's state (not started, how many candidates have a result, or
-its selection) and how many of its seed cells are done; then one summary line. Nothing is
+its selection) and how many of its seed cells are done; then one summary line, and what is left
+in worker-hours, projected from each configuration's own run times in the storage. Nothing is
 trained, created, claimed or downloaded, so it is safe to run beside the workers and on a machine
 without the data (the cells' protocol then comes from the studies the storage holds)."""
 
 from __future__ import annotations
 
+from statistics import median
+
 import optuna
+from optuna.trial import TrialState
 
 from bench import tuning
 from bench.sensitivity import SUFFIX
@@ -39,6 +43,56 @@ def _tuning_state(study: optuna.Study | None, head: RunConfig) -> tuple[str, str
     return "tuned", text, rates, n
 
 
+def _hours(trials: list[optuna.trial.FrozenTrial]) -> list[float]:
+    """How long each finished run among `trials` took, in hours (a worker's time)."""
+    return [
+        t.duration.total_seconds() / 3600 for t in trials if t.state == TrialState.COMPLETE and t.duration
+    ]
+
+
+class _Left:
+    """What a grid has left, in worker-hours, from each configuration's own runs: a tuned one's
+    seed cells cost what its selected candidate took (the same run at another seed; the tuning
+    seed's cell reuses it); one still tuning has as many candidates left as the grid's tuned
+    configurations took (median), each at its own median so far, then its seeds at that cost."""
+
+    def __init__(self) -> None:
+        self.tuning = self.seeds = 0.0
+        self.tuning_now: list[tuple[optuna.Study, int, int]] = []  # (study, candidates, cells left)
+        self.taken: list[int] = []  # how many candidates the tuned configurations took
+        self.unmeasured = 0
+
+    def tuned(self, study: optuna.Study, left: list[RunConfig]) -> None:
+        selection = study.user_attrs["selection"]
+        self.taken.append(selection["trials"])
+        best = study.trials[selection["best_trial"]]
+        seed = (best.user_attrs.get("config") or {}).get("seed")
+        self.seeds += sum(c.seed != seed for c in left) * sum(_hours([best]))
+
+    def line(self) -> str | None:
+        for study, n, cells in self.tuning_now:
+            hours = _hours(study.trials)
+            if not (hours and self.taken):
+                self.unmeasured += 1
+                continue
+            self.tuning += max(median(self.taken) - n, 0) * median(hours)
+            self.seeds += max(cells - 1, 0) * median(hours)
+        if not (self.tuning or self.seeds or self.unmeasured):
+            return None
+        if not (self.tuning or self.seeds):
+            return f"left: {self.unmeasured} configurations, none with a run timed yet to project from"
+        unmeasured = (
+            f"; {self.unmeasured} configuration{'s' if self.unmeasured > 1 else ''} with no run "
+            f"timed yet not counted"
+            if self.unmeasured
+            else ""
+        )
+        return (
+            f"left, projected from each configuration's own run times: ~{self.tuning + self.seeds:.1f} "
+            f"worker-hours (tuning ~{self.tuning:.1f}, seed cells ~{self.seeds:.1f}){unmeasured}"
+        )
+
+
 def grid_progress(cells: list[RunConfig], tuned: bool, grid_study: str, storage) -> list[str]:
     """How far the grid study `grid_study` (its cells `cells`) has come in `storage`. `tuned`:
     the cells' rates come from the grid's tuning stage (else they are fixed in the cells)."""
@@ -55,11 +109,12 @@ def grid_progress(cells: list[RunConfig], tuned: bool, grid_study: str, storage)
         members_of.setdefault(cfg.tuning_key, []).append(cfg)
     # With a tuning stage, its configurations (a probe the grid lacks is tuned too, runs no seeds).
     groups = tuning.configurations(cells) if tuned else {k: m[0] for k, m in members_of.items()}
-    lines, states, candidates, cells_done = [], [], 0, 0
+    lines, states, candidates, cells_done, left = [], [], 0, 0, _Left()
     for key, head in groups.items():
         members = members_of.get(key, [])
+        study = load(tuning.study_name(grid_study, head)) if tuned else None
         if tuned:
-            state, text, rates, n = _tuning_state(load(tuning.study_name(grid_study, head)), head)
+            state, text, rates, n = _tuning_state(study, head)
             candidates += n
         else:
             state, text, rates = "rates fixed", "rates fixed in the grid file", head
@@ -67,6 +122,12 @@ def grid_progress(cells: list[RunConfig], tuned: bool, grid_study: str, storage)
         ids = [(rates.replace(seed=c.seed) if tuned else c).cell_id for c in members] if rates else []
         done = sum(i in done_ids for i in ids)
         cells_done += done
+        if state == "tuned":
+            left.tuned(study, [c for c, i in zip(members, ids) if i not in done_ids])
+        elif state == "tuning":
+            left.tuning_now.append((study, n, len(members)))
+        elif state == "not started" or done < len(members):  # fixed rates: not projected
+            left.unmeasured += 1
         seeds = f"cells {done} of {len(members)} done" if members else "no cells (tuned for the fallback)"
         lines.append(f"  {head.label:<32} {text}; {seeds}")
     counts = ", ".join(f"{states.count(s)} {s}" for s in STATES if s in states)
@@ -75,6 +136,8 @@ def grid_progress(cells: list[RunConfig], tuned: bool, grid_study: str, storage)
         f"{grid_study}: {len(groups)} configurations ({counts}{found}); "
         f"cells {cells_done} of {len(cells)} done"
     )
+    if projection := left.line():
+        lines.append(projection)
     check = load(grid_study + SUFFIX)
     if check is not None:
         n = sum(done_trial(t) for t in check.get_trials(deepcopy=False))

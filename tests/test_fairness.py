@@ -61,10 +61,10 @@ def test_tuning_stage_end_to_end_designed_candidates_fallback_and_resume(tmp_pat
     # --status reads the storage and creates nothing
     assert main([*argv, "--seeds", "2", "--status"]) == 0
     status = capsys.readouterr().out.splitlines()
-    assert (
-        status[-1]
-        == "tuned-smoke: 2 configurations (2 not started; 0 tuning candidates done); cells 0 of 4 done"
-    )
+    assert status[-2:] == [
+        "tuned-smoke: 2 configurations (2 not started; 0 tuning candidates done); cells 0 of 4 done",
+        "left: 2 configurations, none with a run timed yet to project from",
+    ]
     assert not runs.exists()  # not even the runs directory
     assert main([*argv, "--seeds", "2"]) == 0
     out = capsys.readouterr().out
@@ -158,6 +158,40 @@ def test_tuning_stage_end_to_end_designed_candidates_fallback_and_resume(tmp_pat
     capsys.readouterr()
     assert main([*argv, "--no-tune", "--only", "head", "--status"]) == 0
     assert capsys.readouterr().out.splitlines()[-1].endswith("(1 rates fixed); cells 1 of 1 done")
+
+
+def test_status_projects_what_is_left_from_each_configurations_own_run_times():
+    """A tuned row's seed cells cost what its selected candidate took (its tuning seed's cell reuses
+    that run); a row still tuning has as many candidates left as the tuned rows took (median), at
+    its own median so far, then its seeds at that cost."""
+    from optuna.trial import create_trial
+
+    from bench.progress import _Left
+
+    def timed(hours: float, seed: int = 0):
+        start = dt.datetime(2026, 12, 6)
+        t = create_trial(state=TrialState.COMPLETE, value=0.8, user_attrs={"config": {"seed": seed}})
+        t.datetime_start, t.datetime_complete = start, start + dt.timedelta(hours=hours)
+        return t
+
+    tuned = optuna.create_study()
+    for hours in (0.2, 1.0, 0.3):
+        tuned.add_trial(timed(hours))
+    tuned.set_user_attr("selection", {"trials": 20, "best_trial": 1})
+    tuning = optuna.create_study()
+    for hours in (0.5, 0.5, 0.7):
+        tuning.add_trial(timed(hours))
+    left = _Left()
+    # seeds 0-3 of the tuned row left: seed 0 reuses the 1-hour selected run, the other three cost 1 h
+    left.tuned(tuned, [RunConfig(name="a", method="full", policy="full", seed=s) for s in range(4)])
+    left.tuning_now.append((tuning, 3, 5))  # 3 candidates done, 5 seed cells to run
+    left.unmeasured = 1
+    # tuning (20 - 3) x 0.5 h; seed cells 3 x 1 h + 4 x 0.5 h
+    assert left.line() == (
+        "left, projected from each configuration's own run times: ~13.5 worker-hours (tuning ~8.5, "
+        "seed cells ~5.0); 1 configuration with no run timed yet not counted"
+    )
+    assert _Left().line() is None  # nothing left
 
 
 @pytest.mark.slow
