@@ -22,3 +22,8 @@ class Cell:
     @property
     def seed(self) -> int:
         return self.config.seed
+
+    @classmethod
+    def at(cls, cfg: RunConfig, selection: dict) -> Cell:
+        """cfg's cell at the rates a tuning selection chose, carrying the selection."""
+        return cls(cfg.replace(lr=selection["lr"], head_lr=selection["head_lr"]), selection)

@@ -57,8 +57,8 @@ class _Left:
     configurations took (median), each at its own median so far, then its seeds at that cost."""
 
     def __init__(self) -> None:
-        self.tuning = self.seeds = 0.0
-        self.tuning_now: list[tuple[optuna.Study, int, int]] = []  # (study, candidates, cells left)
+        self.seeds = 0.0  # the tuned configurations' seed cells left
+        self.tuning_now: list[tuple[optuna.Study, int, int]] = []  # (study, candidates done, cells)
         self.taken: list[int] = []  # how many candidates the tuned configurations took
         self.unmeasured = 0
 
@@ -70,26 +70,26 @@ class _Left:
         self.seeds += sum(c.seed != seed for c in left) * sum(_hours([best]))
 
     def line(self) -> str | None:
+        tuning, seeds, unmeasured = 0.0, self.seeds, self.unmeasured
         for study, n, cells in self.tuning_now:
             hours = _hours(study.trials)
             if not (hours and self.taken):
-                self.unmeasured += 1
+                unmeasured += 1
                 continue
-            self.tuning += max(median(self.taken) - n, 0) * median(hours)
-            self.seeds += max(cells - 1, 0) * median(hours)
-        if not (self.tuning or self.seeds or self.unmeasured):
-            return None
-        if not (self.tuning or self.seeds):
-            return f"left: {self.unmeasured} configurations, none with a run timed yet to project from"
-        unmeasured = (
-            f"; {self.unmeasured} configuration{'s' if self.unmeasured > 1 else ''} with no run "
-            f"timed yet not counted"
-            if self.unmeasured
-            else ""
+            tuning += max(median(self.taken) - n, 0) * median(hours)
+            seeds += max(cells - 1, 0) * median(hours)  # its tuning seed's cell reuses a candidate
+        if not (tuning or seeds):
+            return (
+                f"left: {unmeasured} configurations, none with a run timed yet to project from"
+                if unmeasured
+                else None
+            )
+        rest = (
+            f"; {unmeasured} configuration{'s' if unmeasured > 1 else ''} with no run timed yet not counted"
         )
         return (
-            f"left, projected from each configuration's own run times: ~{self.tuning + self.seeds:.1f} "
-            f"worker-hours (tuning ~{self.tuning:.1f}, seed cells ~{self.seeds:.1f}){unmeasured}"
+            f"left, projected from each configuration's own run times: ~{tuning + seeds:.1f} "
+            f"worker-hours (tuning ~{tuning:.1f}, seed cells ~{seeds:.1f}){rest if unmeasured else ''}"
         )
 
 

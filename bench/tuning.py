@@ -11,10 +11,9 @@ the probe, so it can evaluate the probe's selected head rate with the rest at re
 A tuning study is an ordinary Optuna study in the grid's storage: a killed stage resumes with the
 candidates it has not finished, and several workers share the stage: each configuration is
 claimed by one worker (creating its study is the claim) and tuned candidate after candidate, as
-one worker would; the others tune the rest and wait for it; a crashed worker's configuration is
-taken over once its heartbeat stops; while a worker waits for another's configuration, it runs the
-seed cells of the configurations already tuned (`meanwhile`). A finished study (its selection
-stored on it) is never re-tuned. Trials record under records/<grid study>-tune/<configuration>/.
+one worker would; the others tune the rest and, waiting for it, run the tuned ones' seed cells;
+a crashed worker's configuration is taken over once its heartbeat stops. A finished study (its
+selection stored on it) is never re-tuned. Trials record under records/<grid study>-tune/<configuration>/.
 """
 
 from __future__ import annotations
@@ -332,10 +331,6 @@ def configurations(cells: list[RunConfig]) -> dict[str, RunConfig]:
     return groups
 
 
-def _at_selection(cfg: RunConfig, selection: dict) -> Cell:
-    return Cell(cfg.replace(lr=selection["lr"], head_lr=selection["head_lr"]), selection)
-
-
 def tune_cells(
     cells: list[RunConfig],
     spec: TuneSpec,
@@ -345,14 +340,11 @@ def tune_cells(
     show_progress: bool = True,
     meanwhile: Callable[[list[Cell]], bool] | None = None,
 ) -> list[Cell]:
-    """The tuning stage: every configuration of `cells` tuned (or its finished tuning reused), its
-    cells set to the selected rates. Probes come first: a configuration that contains the probe
-    evaluates the probe's selection as its fallback (the probe of a grid without one is tuned too,
-    and runs no seeds). Returns the cells at their selected rates, each with its selection.
-
-    While every configuration left is tuned by other workers (or waits for its probe), this worker
-    calls `meanwhile` with the cells of the configurations already tuned (it runs one of them and
-    says whether it did) instead of idling: one slow configuration's tuning holds up no worker."""
+    """The tuning stage: every configuration of `cells` tuned (or its finished tuning reused); returns
+    the cells at their selected rates, each with its selection. Probes come first: a configuration
+    that contains the probe evaluates the probe's selection as its fallback (a probe the grid lacks
+    is tuned too, and runs no seeds). While the configurations left are tuned by other workers,
+    `meanwhile(the cells of those tuned so far)` runs one of them and says whether it did."""
     groups = configurations(cells)
     probes = {_probe_key(g): k for k, g in groups.items() if g.method == "head"}
     bar = tqdm(
@@ -399,9 +391,9 @@ def tune_cells(
                 progressed = True
                 bar.update(1)
             if not progressed and len(chosen) < len(groups):
-                ready = [_at_selection(c, chosen[c.tuning_key]) for c in cells if c.tuning_key in chosen]
+                ready = [Cell.at(c, chosen[c.tuning_key]) for c in cells if c.tuning_key in chosen]
                 if not (meanwhile and ready and meanwhile(ready)):
                     time.sleep(POLL_S)
     finally:
         bar.close()
-    return [_at_selection(cfg, chosen[cfg.tuning_key]) for cfg in cells]
+    return [Cell.at(cfg, chosen[cfg.tuning_key]) for cfg in cells]
