@@ -15,6 +15,7 @@ Errors a user can cause print one line on stderr and exit with status 2; a worke
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import shlex
 import sys
@@ -205,9 +206,9 @@ def cmd_run_grid(args) -> int:
             flush=True,
         )
         # while other workers tune the rows it waits for, this worker runs the tuned rows' cells
-        meanwhile = (
-            None if args.tune_only else lambda ready: driver.run_one(grid_study(store, name), ready, ctx)
-        )
+        # (the grid's study opened once, not once per cell)
+        opened = functools.cache(lambda: grid_study(store, name))
+        meanwhile = None if args.tune_only else lambda ready: driver.run_one(opened(), ready, ctx)
         plan = tuning.tune_cells(
             cells,
             spec,
