@@ -161,12 +161,14 @@ def test_the_epoch_sensitivity_check_pairs_2x_with_1x(tiny_grid, tmp_path, capsy
 )
 def test_the_check_takes_lora_at_two_ranks_on_every_backbone(placements, expected):
     """LoRA at rank 8 and its best other rank where the rank is swept (on a backbone without proj,
-    the placement with the most ranks), then the best and the worst other placement at rank 8."""
+    the placement with the most ranks), then the best and the worst other placement at rank 8, all
+    ranked by validation accuracy (here the test split ranks them the other way round)."""
     labels = [(p, r) for p, ranks in placements.items() for r in ranks]
-    rows = [("head", "head", "—", 0, 0.70), ("full", "full", "—", 0, 0.80)] + [
-        (f"{p}-r{r}", "lora", p, r, acc) for (p, r), acc in zip(labels, np.linspace(0.79, 0.71, len(labels)))
+    val = np.linspace(0.79, 0.71, len(labels))
+    rows = [("head", "head", "—", 0, 0.70, 0.70), ("full", "full", "—", 0, 0.80, 0.80)] + [
+        (f"{p}-r{r}", "lora", p, r, test, v) for (p, r), v, test in zip(labels, val, val[::-1])
     ]
-    part = pd.DataFrame(rows, columns=["label", "method", "placement", "rank", "acc_mean"])
+    part = pd.DataFrame(rows, columns=["label", "method", "placement", "rank", "acc_mean", "val_mean"])
     part = part.assign(policy="lora").sort_values("acc_mean", ascending=False)
     assert representative(part) == ["head", "full", *expected]
 
