@@ -44,8 +44,9 @@ def rank_sweep_placement(lora: pd.DataFrame) -> str | None:
 
 
 def representative(part: pd.DataFrame) -> list[str]:
-    """The labels of one setup's representative rows (`part`: aggregate rows, best first)."""
-    done = part[part["acc_mean"].notna()]
+    """The labels of one setup's representative rows (`part`: its aggregate rows). "Best" and "worst"
+    are by mean validation accuracy: which rows are checked is chosen without the test split."""
+    done = part[part["acc_mean"].notna()].sort_values("val_mean", ascending=False, kind="stable")
     chosen: list[str] = []
 
     def take(rows: pd.DataFrame, n: int = 1) -> None:
