@@ -26,7 +26,8 @@ from bench.runner import run_cell
 from lorafit.config import RunConfig
 
 HERE = Path(__file__).resolve().parent
-GRID = HERE.parent / "records" / "grid-local"  # the rows' selected configurations (seed 0's cell)
+# The rows' selected configurations under patience 2 (seed 0's cell), archived with that edition.
+GRID = HERE.parents[1] / "local-plateau2" / "records" / "grid-local"
 
 
 def setting(rule: str) -> dict:
@@ -61,6 +62,7 @@ def summary() -> pd.DataFrame:
             "epochs": r["metrics"]["epochs_trained"],
         }
         for r in load_records(HERE)
+        if r["run"]["study"].startswith("exp-")  # not studies/grids/budget_rules.toml's grid
     )
     return runs.groupby(["row", "rule"]).agg(
         seeds=("test", "size"), mean=("test", "mean"), sd=("test", "std"), epochs=("epochs", "median")
