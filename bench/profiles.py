@@ -38,14 +38,15 @@ PROFILES: dict[str, dict] = {
         train_size=30000,
         val_size=5000,
         test_size=0,
-        # The budget rule (lorafit.budget, docs/protocol.md "Training budget"): train until validation stops
-        # improving (constant rates, cut x0.1 after 2 epochs without a 0.1-point gain, at most twice;
-        # the next plateau ends the run), capped at 30 epochs; the record says why each run stopped.
-        # (The first and second editions ran a 5-epoch cosine schedule with patience 2.)
-        schedule="plateau",
-        epochs=30,
+        # The budget rule (docs/protocol.md "Training budget"): a 20-epoch cosine schedule, no early
+        # stop, the best epoch's weights kept; chosen by studies/grids/budget_rules.toml, where it was
+        # the shortest candidate whose 2x check passed on both probes. (The first and second editions
+        # ran 5 cosine epochs with patience 2; the third edition's first run, archived in
+        # results/local-plateau2/, a plateau rule with patience 2, which failed its own check.)
+        schedule="cosine",
+        epochs=20,
         batch_size=256,
-        patience=2,
+        patience=0,
         pretrain_size=0,
         pretrain_epochs=2,
         pretrain_batch_size=128,
@@ -60,10 +61,10 @@ PROFILES: dict[str, dict] = {
         train_size=0,
         val_size=0,
         test_size=0,
-        schedule="plateau",
-        epochs=60,
+        schedule="cosine",  # the local rule; its own --budget-check says whether it holds at full size
+        epochs=20,
         batch_size=256,
-        patience=3,
+        patience=0,
         pretrain_size=0,
         pretrain_epochs=10,
         pretrain_batch_size=128,
