@@ -19,6 +19,7 @@ import os
 import shlex
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -208,7 +209,18 @@ def check_overwrite(output: Path, args: argparse.Namespace) -> None:
         )
 
 
-def main(args: argparse.Namespace) -> int:
+class Board(NamedTuple):
+    markdown: str
+    csv: str
+    charts: list[Path]
+    configurations: int
+    records: int
+
+
+def build(args: argparse.Namespace, chart_paths: list[Path] | None = None) -> Board:
+    """The leaderboard's markdown and CSV text and its chart files, from the records `args` names.
+    Renders the charts into the runs dir unless `chart_paths` (the files already drawn) is given:
+    tests/test_boards.py regenerates every committed board that way and compares."""
     runs = Path(args.runs_dir)
     if args.study and args.study.endswith(SUFFIX):  # alone, its 2x runs have no 1x rows to pair with
         raise LorafitError(
@@ -227,8 +239,6 @@ def main(args: argparse.Namespace) -> int:
         )
     output = output_path(args)
     csv_path = output.with_suffix(".csv")
-    check_overwrite(output, args)
-    chart_dir = charts.default_out(runs, args.study)
     records = sorted(records, key=lambda r: (r["run"]["id"], r["run"].get("study") or ""))
     # The tuning stage's trials feed the sensitivity chart, never the table.
     trials = load_records(runs, f"{args.study}-tune") if args.study else []
@@ -249,20 +259,30 @@ def main(args: argparse.Namespace) -> int:
             f"only tuning-stage records under {runs / 'records'}; the grid's cells have not run yet"
         )
     agg = aggregate(records)
+    if chart_paths is None:
+        chart_paths = charts.render(records + trials, charts.default_out(runs, args.study), agg)
+    links = [os.path.relpath(p, output.parent) for p in chart_paths]
+    md = render_markdown(
+        records, command_line(args), links, os.path.relpath(csv_path, output.parent), agg, trials
+    )
+    return Board(md, render_csv(agg), chart_paths, len(agg), len(records))
+
+
+def main(args: argparse.Namespace) -> int:
+    output = output_path(args)
+    csv_path = output.with_suffix(".csv")
+    check_overwrite(output, args)
     try:
-        chart_paths = charts.render(records + trials, chart_dir, agg)
-        links = [os.path.relpath(p, output.parent) for p in chart_paths]
-        md = render_markdown(
-            records, command_line(args), links, os.path.relpath(csv_path, output.parent), agg, trials
-        )
-        write_atomic(csv_path, render_csv(agg))
-        write_atomic(output, md)
+        board = build(args)
+        write_atomic(csv_path, board.csv)
+        write_atomic(output, board.markdown)
     except OSError as e:
         raise LorafitError(
             f"cannot write {e.filename or output} ({e.strerror}); pass a writable --output / --runs-dir"
         ) from None
+    chart_dir = charts.default_out(Path(args.runs_dir), args.study)
     print(
-        f"leaderboard: {len(agg)} configurations from {len(records)} records -> {output}, {csv_path}; "
-        f"{len(chart_paths)} chart files in {chart_dir}"
+        f"leaderboard: {board.configurations} configurations from {board.records} records -> {output}, "
+        f"{csv_path}; {len(board.charts)} chart files in {chart_dir}"
     )
     return 0
