@@ -9,14 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from bench.reporting import leaderboard
+from bench.reporting import charts, leaderboard
 
 ROOT = Path(__file__).resolve().parent.parent
-BOARDS = [
-    p
-    for p in [ROOT / "leaderboard.md", *sorted((ROOT / "results").glob("*/*.md"))]
-    if leaderboard.generated_from(p.read_text())
-]
+# Every markdown file under results/ is a board (records/ and charts/ hold none), and leaderboard.md.
+BOARDS = [ROOT / "leaderboard.md"] + sorted(
+    p for p in (ROOT / "results").rglob("*.md") if not {"records", "charts"} & set(p.parts)
+)
+
+
+def command(board: Path) -> argparse.Namespace:
+    """The arguments of the command in the board's header."""
+    line = next(x for x in board.read_text().splitlines() if x.startswith(leaderboard.COMMAND_PREFIX))
+    parser = argparse.ArgumentParser()
+    leaderboard.add_arguments(parser)
+    return parser.parse_args(shlex.split(line)[4:])  # after "python -m bench leaderboard"
 
 
 def chart_files(text: str, board: Path) -> list[Path]:
@@ -26,20 +33,25 @@ def chart_files(text: str, board: Path) -> list[Path]:
     return [board.parent / link for link in dict.fromkeys(links)]
 
 
-def test_there_are_boards_to_check():
-    assert {ROOT / "leaderboard.md", ROOT / "results" / "local-plateau2" / "grid-local.md"} <= set(BOARDS)
+@pytest.mark.parametrize("board", BOARDS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_markdown_file_under_results_is_a_board_its_header_regenerates(board):
+    assert leaderboard.generated_from(board.read_text()), f"{board} has no regeneration command"
+    assert command(board).output == str(board.relative_to(ROOT))  # it names itself
 
 
 @pytest.mark.parametrize("board", BOARDS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_a_committed_board_regenerates_byte_for_byte(board, monkeypatch):
     text = board.read_text()
-    line = next(line for line in text.splitlines() if line.startswith(leaderboard.COMMAND_PREFIX))
-    parser = argparse.ArgumentParser()
-    leaderboard.add_arguments(parser)
-    args = parser.parse_args(shlex.split(line)[4:])  # after "python -m bench leaderboard"
+    args = command(board)
     monkeypatch.chdir(ROOT)  # the command's paths are relative to the repository root
-    charts = chart_files(text, board)
-    assert charts and all(p.exists() for p in charts), f"{board.name} links chart files that do not exist"
-    rebuilt = leaderboard.build(args, chart_paths=charts)
-    assert rebuilt.markdown == text, f"{board.relative_to(ROOT)} is stale: run `{line}`"
+    drawn = chart_files(text, board)
+    folder = charts.default_out(Path(args.runs_dir), args.study).resolve()
+    assert drawn and all(p.exists() for p in drawn), f"{board.name} links chart files that do not exist"
+    assert all(p.resolve().parent == folder and p.stem in charts.TITLES for p in drawn), (
+        f"{board.name} links charts outside its own chart folder {folder}"
+    )
+    records, trials = leaderboard.load(args)
+    rebuilt = leaderboard.build(args, records, trials, chart_paths=drawn)
+    regenerate = leaderboard.command_line(args)
+    assert rebuilt.markdown == text, f"{board.relative_to(ROOT)} is stale: run `{regenerate}`"
     assert rebuilt.csv == board.with_suffix(".csv").read_text(), f"{board.with_suffix('.csv').name} is stale"

@@ -263,7 +263,7 @@ def test_the_leaderboard_header_says_how_long_runs_trained():
     )
     assert _budget(cosine) == (
         "a 20-epoch cosine schedule (batch 256, no early stopping, the best epoch's weights kept; "
-        "stopped: 1 after every epoch)"
+        "stopped: 1 at the schedule's end)"
     )
     early = cosine.assign(**{"config.patience": [3], "metrics.stop_reason": ["patience"]})
     assert "early stopping after 3 epochs without a better validation accuracy" in _budget(early)

@@ -50,9 +50,9 @@ def _budget(part: pd.DataFrame) -> str:
         )
     if "config.schedule" in part and part["config.schedule"].eq("cosine").all():  # the rule's records
         stop = (
-            f"early stopping after {patience} epochs without a better validation accuracy"
-            if patience != "0"
-            else "no early stopping"
+            "no early stopping"
+            if part["config.patience"].fillna(0).eq(0).all()
+            else f"early stopping after {patience} epochs without a better validation accuracy"
         )
         return (
             f"a {values(part['config.epochs'])}-epoch cosine schedule (batch {batch}, {stop}, the best "
@@ -72,7 +72,7 @@ def _stops(part: pd.DataFrame) -> str:
         "plateau": "on a plateau",
         "cap": "at the cap",
         "diverged": "diverged",
-        "budget": "after every epoch",
+        "budget": "at the schedule's end",
         "patience": "early",
     }
     return "; stopped: " + ", ".join(f"{n} {said.get(r, r)}" for r, n in reasons.items())
