@@ -4,7 +4,7 @@ smoke  synthetic glyphs (digits -> 62 characters), tiny: the whole grid, one see
 local  real MNIST -> EMNIST byclass on 2 CPU cores: the whole grid, 5 seeds.
        Uses the official EMNIST protocol when the byclass train files are present, otherwise a
        stratified re-split of the byclass test split (every record says which).
-paper  official MNIST -> EMNIST byclass train/test at full size, more epochs (GPU recommended)
+paper  official MNIST -> EMNIST byclass train/test at full size, longer pretraining (GPU recommended)
 """
 
 from __future__ import annotations

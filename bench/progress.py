@@ -54,7 +54,8 @@ class _Left:
     """What a grid has left, in worker-hours, from each configuration's own runs: a tuned one's
     seed cells cost what its selected candidate took (the same run at another seed; the tuning
     seed's cell reuses it); one still tuning has as many candidates left as the grid's tuned
-    configurations took (median), each at its own median so far, then its seeds at that cost."""
+    configurations took (median; at least the one it is running), each at its own median so far,
+    then its seeds at that cost."""
 
     def __init__(self) -> None:
         self.seeds = 0.0  # the tuned configurations' seed cells left
@@ -76,7 +77,8 @@ class _Left:
             if not (hours and self.taken):
                 unmeasured += 1
                 continue
-            tuning += max(median(self.taken) - n, 0) * median(hours)
+            # past the tuned rows' median it still has the candidate it is running (at least)
+            tuning += max(median(self.taken) - n, 1) * median(hours)
             seeds += max(cells - 1, 0) * median(hours)  # its tuning seed's cell reuses a candidate
         if not (tuning or seeds):
             return (

@@ -257,3 +257,14 @@ def test_the_leaderboard_header_says_how_long_runs_trained():
     assert _budget(plateau) == "trained to a plateau (batch 256, patience 2, cap 30 epochs)"
     old = plateau.drop(columns="config.schedule").assign(**{"config.epochs": [5]})  # records before the rule
     assert _budget(old) == "5 adaptation epochs (batch 256, patience 2)"
+    cosine = plateau.assign(
+        **{"config.schedule": ["cosine"], "config.epochs": [20], "config.patience": [0]},
+        **{"metrics.stop_reason": ["budget"]},
+    )
+    assert _budget(cosine) == (
+        "a 20-epoch cosine schedule (batch 256, no early stopping, the best epoch's weights kept; "
+        "stopped: 1 at the schedule's end)"
+    )
+    early = cosine.assign(**{"config.patience": [3], "metrics.stop_reason": ["patience"]})
+    assert "early stopping after 3 epochs without a better validation accuracy" in _budget(early)
+    assert _budget(early).endswith("stopped: 1 early)")

@@ -192,6 +192,14 @@ def test_status_projects_what_is_left_from_each_configurations_own_run_times():
         "seed cells ~5.0); 1 configuration with no run timed yet not counted"
     )
     assert _Left().line() is None  # nothing left
+    # a row past the tuned rows' median (20) still has the candidate it is running: 1 x 0.5 h
+    past = _Left()
+    past.tuned(tuned, [])
+    past.tuning_now.append((tuning, 25, 1))
+    assert past.line() == (
+        "left, projected from each configuration's own run times: ~0.5 worker-hours (tuning ~0.5, "
+        "seed cells ~0.0)"
+    )
 
 
 @pytest.mark.slow

@@ -48,6 +48,16 @@ def _budget(part: pd.DataFrame) -> str:
             f"trained to a plateau (batch {batch}, patience {patience}, cap {values(part['config.epochs'])} "
             f"epochs{_stops(part)})"
         )
+    if "config.schedule" in part and part["config.schedule"].eq("cosine").all():  # the rule's records
+        stop = (
+            "no early stopping"
+            if part["config.patience"].fillna(0).eq(0).all()
+            else f"early stopping after {patience} epochs without a better validation accuracy"
+        )
+        return (
+            f"a {values(part['config.epochs'])}-epoch cosine schedule (batch {batch}, {stop}, the best "
+            f"epoch's weights kept{_stops(part)})"
+        )
     return f"{values(part['config.epochs'])} adaptation epochs (batch {batch}, patience {patience})"
 
 
@@ -58,7 +68,13 @@ def _stops(part: pd.DataFrame) -> str:
     reasons = part["metrics.stop_reason"].dropna().value_counts().sort_index()
     if reasons.empty:
         return ""
-    said = {"plateau": "on a plateau", "cap": "at the cap", "diverged": "diverged"}
+    said = {
+        "plateau": "on a plateau",
+        "cap": "at the cap",
+        "diverged": "diverged",
+        "budget": "at the schedule's end",
+        "patience": "early",
+    }
     return "; stopped: " + ", ".join(f"{n} {said.get(r, r)}" for r, n in reasons.items())
 
 

@@ -19,6 +19,7 @@ import os
 import shlex
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -208,7 +209,8 @@ def check_overwrite(output: Path, args: argparse.Namespace) -> None:
         )
 
 
-def main(args: argparse.Namespace) -> int:
+def load(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
+    """The records a leaderboard is made of (cells and the check's 2x runs) and its tuning trials."""
     runs = Path(args.runs_dir)
     if args.study and args.study.endswith(SUFFIX):  # alone, its 2x runs have no 1x rows to pair with
         raise LorafitError(
@@ -225,10 +227,6 @@ def main(args: argparse.Namespace) -> int:
             f"no records under {where}; run `python -m bench run grid` first"
             + (" (or check --study)" if args.study else "")
         )
-    output = output_path(args)
-    csv_path = output.with_suffix(".csv")
-    check_overwrite(output, args)
-    chart_dir = charts.default_out(runs, args.study)
     records = sorted(records, key=lambda r: (r["run"]["id"], r["run"].get("study") or ""))
     # The tuning stage's trials feed the sensitivity chart, never the table.
     trials = load_records(runs, f"{args.study}-tune") if args.study else []
@@ -248,21 +246,50 @@ def main(args: argparse.Namespace) -> int:
         raise LorafitError(
             f"only tuning-stage records under {runs / 'records'}; the grid's cells have not run yet"
         )
+    return records, trials
+
+
+class Board(NamedTuple):
+    markdown: str
+    csv: str
+    charts: list[Path]
+    configurations: int
+
+
+def build(
+    args: argparse.Namespace, records: list[dict], trials: list[dict], chart_paths: list[Path] | None = None
+) -> Board:
+    """The leaderboard's markdown and CSV text and its chart files, from load(args)'s records.
+    Renders the charts into the runs dir unless `chart_paths` (the files already drawn) is given:
+    tests/test_boards.py regenerates every committed board that way and compares."""
+    output = output_path(args)
     agg = aggregate(records)
-    try:
-        chart_paths = charts.render(records + trials, chart_dir, agg)
-        links = [os.path.relpath(p, output.parent) for p in chart_paths]
-        md = render_markdown(
-            records, command_line(args), links, os.path.relpath(csv_path, output.parent), agg, trials
+    if chart_paths is None:
+        chart_paths = charts.render(
+            records + trials, charts.default_out(Path(args.runs_dir), args.study), agg
         )
-        write_atomic(csv_path, render_csv(agg))
-        write_atomic(output, md)
+    links = [os.path.relpath(p, output.parent) for p in chart_paths]
+    csv_link = os.path.relpath(output.with_suffix(".csv"), output.parent)
+    md = render_markdown(records, command_line(args), links, csv_link, agg, trials)
+    return Board(md, render_csv(agg), chart_paths, len(agg))
+
+
+def main(args: argparse.Namespace) -> int:
+    records, trials = load(args)
+    output = output_path(args)
+    csv_path = output.with_suffix(".csv")
+    check_overwrite(output, args)
+    try:
+        board = build(args, records, trials)
+        write_atomic(csv_path, board.csv)
+        write_atomic(output, board.markdown)
     except OSError as e:
         raise LorafitError(
             f"cannot write {e.filename or output} ({e.strerror}); pass a writable --output / --runs-dir"
         ) from None
+    chart_dir = charts.default_out(Path(args.runs_dir), args.study)
     print(
-        f"leaderboard: {len(agg)} configurations from {len(records)} records -> {output}, {csv_path}; "
-        f"{len(chart_paths)} chart files in {chart_dir}"
+        f"leaderboard: {board.configurations} configurations from {len(records)} records -> {output}, "
+        f"{csv_path}; {len(board.charts)} chart files in {chart_dir}"
     )
     return 0
