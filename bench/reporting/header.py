@@ -42,13 +42,14 @@ def _what(part: pd.DataFrame) -> str:
 def _budget(part: pd.DataFrame) -> str:
     """How long runs trained: a fixed cosine budget, or to a plateau (lorafit.budget)."""
     batch, patience = values(part["config.batch_size"]), values(part["config.patience"])
-    schedule = part["config.schedule"].fillna("cosine") if "config.schedule" in part else None
-    if schedule is not None and schedule.eq("plateau").all():
+    # Only records that name their schedule are described by it (older ones: "N adaptation epochs").
+    schedule = part.get("config.schedule", pd.Series(index=part.index, dtype=object))
+    if schedule.eq("plateau").all():
         return (
             f"trained to a plateau (batch {batch}, patience {patience}, cap {values(part['config.epochs'])} "
             f"epochs{_stops(part)})"
         )
-    if "config.schedule" in part and part["config.schedule"].eq("cosine").all():  # the rule's records
+    if schedule.eq("cosine").all():
         stop = (
             "no early stopping"
             if part["config.patience"].fillna(0).eq(0).all()
