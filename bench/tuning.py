@@ -343,8 +343,15 @@ def tune_cells(
     """The tuning stage: every configuration of `cells` tuned (or its finished tuning reused); returns
     the cells at their selected rates, each with its selection. Probes come first: a configuration
     that contains the probe evaluates the probe's selection as its fallback (a probe the grid lacks
-    is tuned too, and runs no seeds). While the configurations left are tuned by other workers,
-    `meanwhile(the cells of those tuned so far)` runs one of them and says whether it did."""
+    is tuned too, and runs no seeds). `meanwhile(the cells of those tuned so far)` runs one of them
+    and says whether it did: after each selection until none is left, so that a row's seeds run
+    before the next row's tuning (a run cut short leaves whole rows, and `--status` times them);
+    and one at a time while the configurations left are tuned by other workers."""
+
+    def ran_one() -> bool:  # one cell of the configurations tuned so far, if one is waiting
+        ready = [Cell.at(c, chosen[c.tuning_key]) for c in cells if c.tuning_key in chosen]
+        return bool(meanwhile and ready and meanwhile(ready))
+
     groups = configurations(cells)
     probes = {_probe_key(g): k for k, g in groups.items() if g.method == "head"}
     bar = tqdm(
@@ -390,9 +397,10 @@ def tune_cells(
                 chosen[key] = selection
                 progressed = True
                 bar.update(1)
+                while ran_one():
+                    ctx.between_runs()
             if not progressed and len(chosen) < len(groups):
-                ready = [Cell.at(c, chosen[c.tuning_key]) for c in cells if c.tuning_key in chosen]
-                if not (meanwhile and ready and meanwhile(ready)):
+                if not ran_one():
                     time.sleep(POLL_S)
     finally:
         bar.close()

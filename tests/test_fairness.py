@@ -267,46 +267,69 @@ def test_a_crashed_workers_tuning_study_is_taken_over_at_once(last, elsewhere):
     assert tuning._tuned_elsewhere(study) is elsewhere
 
 
-def test_a_worker_waiting_for_another_workers_tuning_runs_the_tuned_rows_cells(monkeypatch):
-    """While the configuration left is tuned by another worker, this one runs the seed cells of the
-    configurations already tuned (at their selected rates) instead of idling; then it returns every
-    cell at its selection."""
+def test_a_rows_seed_cells_run_after_its_selection_and_while_waiting_for_another_worker(monkeypatch):
+    """A row's seed cells run as soon as it is tuned, before the next row's tuning (a run cut short
+    leaves whole rows); while the row left is tuned by another worker, this one runs a cell that
+    waits (here one another worker held) instead of idling; then every cell comes back at its
+    selection."""
     from types import SimpleNamespace
 
     from bench import tuning
 
     cells = [RunConfig(name=n, method=n, policy=n, seed=s) for n in ("full", "scratch") for s in (0, 1)]
-    other_done = []  # the other worker finishes scratch's tuning after this one's second wait
     selected = {"head_lr": 0.03, "extensions": {}, "best_val_acc": 0.8, "best_candidate": "d00", "trials": 16}
     selected |= {"margin": 0.0, "fallback": False}
+    events = []
 
     def tune(cfg, *args):
-        if cfg.method == "scratch" and len(other_done) < 2:
+        if cfg.method == "scratch" and events.count("wait") < 2:  # another worker tunes it
+            events.append("wait")
             return None
-        lr = 0.01 if cfg.method == "full" else 0.02
-        return dict(selected, lr=lr)
+        events.append(f"tuned {cfg.method}")
+        return dict(selected, lr=0.01 if cfg.method == "full" else 0.02)
 
-    monkeypatch.setattr(tuning, "tune", tune)
-    monkeypatch.setattr(tuning.time, "sleep", lambda s: pytest.fail("a worker with tuned rows idled"))
-    ran = []
+    pending = {(c.name, c.seed) for c in cells}
 
     def meanwhile(ready):
-        ran.append([(c.config.name, c.config.seed, c.config.lr) for c in ready])
-        other_done.append(True)
-        return True
+        held = set() if "wait" in events else {("full", 1)}  # another worker's, until it lets go
+        todo = [c.config for c in ready if (c.config.name, c.config.seed) in pending - held]
+        if todo:
+            pending.discard((todo[0].name, todo[0].seed))
+            events.append((todo[0].name, todo[0].seed, todo[0].lr))
+        return bool(todo)
 
+    monkeypatch.setattr(tuning, "tune", tune)
+    monkeypatch.setattr(tuning.time, "sleep", lambda s: pytest.fail("a worker with a cell to run idled"))
     ctx = SimpleNamespace(between_runs=lambda: None, log=lambda *a: None)
     spec = SimpleNamespace(candidates=16)
     plan = tuning.tune_cells(cells, spec, ctx, "g", None, show_progress=False, meanwhile=meanwhile)
-    assert ran == [[("full", 0, 0.01), ("full", 1, 0.01)]] * 2
+    assert events == [
+        "tuned head",  # the probe full contains, which the grid lacks: tuned, runs no cells
+        "tuned full",
+        ("full", 0, 0.01),
+        "wait",
+        "wait",
+        ("full", 1, 0.01),
+        "tuned scratch",
+        ("scratch", 0, 0.02),
+        ("scratch", 1, 0.02),
+    ]
     assert [(c.config.name, c.config.lr) for c in plan] == [("full", 0.01)] * 2 + [("scratch", 0.02)] * 2
-    # nothing to run meanwhile (no row tuned yet): it waits, as before
-    other_done.clear()
-    monkeypatch.setattr(tuning.time, "sleep", lambda s: other_done.append(True))
-    assert (
-        len(tuning.tune_cells(cells[2:], spec, ctx, "g", None, show_progress=False, meanwhile=meanwhile)) == 2
-    )
-    assert len(ran) == 2
+    # nothing to run meanwhile (no row tuned yet): it waits
+    events.clear()
+    pending.update((c.name, c.seed) for c in cells[2:])
+    monkeypatch.setattr(tuning.time, "sleep", lambda s: events.append("sleep"))
+    plan = tuning.tune_cells(cells[2:], spec, ctx, "g", None, show_progress=False, meanwhile=meanwhile)
+    assert len(plan) == 2
+    assert events == [
+        "wait",
+        "sleep",
+        "wait",
+        "sleep",
+        "tuned scratch",
+        ("scratch", 0, 0.02),
+        ("scratch", 1, 0.02),
+    ]
 
 
 @pytest.mark.slow
