@@ -12,9 +12,10 @@ A tuning study is an ordinary Optuna study in the grid's storage: a killed stage
 candidates it has not finished, and several workers share the stage: each configuration is
 claimed by one worker (creating its study is the claim) and tuned candidate after candidate, as
 one worker would; the others tune the rest and, waiting for it, run the tuned ones' seed cells;
-a crashed worker's configuration is taken over once its heartbeat stops. A finished study (its
-selection stored on it) is never re-tuned. Trials record under records/<grid study>-tune/<configuration>/.
-"""
+a crashed worker's configuration is taken over once its heartbeat stops. A configuration's seed
+cells run as soon as it is tuned, before the next one's tuning, so a run cut short has whole rows.
+A finished study (its selection stored on it) is never re-tuned. Trials record under
+records/<grid study>-tune/<configuration>/."""
 
 from __future__ import annotations
 
@@ -344,9 +345,7 @@ def tune_cells(
     the cells at their selected rates, each with its selection. Probes come first: a configuration
     that contains the probe evaluates the probe's selection as its fallback (a probe the grid lacks
     is tuned too, and runs no seeds). `meanwhile(the cells of those tuned so far)` runs one of them
-    and says whether it did: after each selection until none is left, so that a row's seeds run
-    before the next row's tuning (a run cut short leaves whole rows, and `--status` times them);
-    and one at a time while the configurations left are tuned by other workers."""
+    and says whether it did: after each selection while one is left, and while others tune the rest."""
 
     def ran_one() -> bool:  # one cell of the configurations tuned so far, if one is waiting
         ready = [Cell.at(c, chosen[c.tuning_key]) for c in cells if c.tuning_key in chosen]
@@ -354,13 +353,8 @@ def tune_cells(
 
     groups = configurations(cells)
     probes = {_probe_key(g): k for k, g in groups.items() if g.method == "head"}
-    bar = tqdm(
-        total=len(groups),
-        desc="tuning",
-        unit="config",
-        dynamic_ncols=True,
-        disable=None if show_progress else True,
-    )
+    off = None if show_progress else True  # None: tqdm's own rule (bars on a terminal only)
+    bar = tqdm(total=len(groups), desc="tuning", unit="config", dynamic_ncols=True, disable=off)
     chosen: dict[str, dict] = {}
     waiting_for: set[str] = set()
     try:
@@ -399,9 +393,8 @@ def tune_cells(
                 bar.update(1)
                 while ran_one():
                     ctx.between_runs()
-            if not progressed and len(chosen) < len(groups):
-                if not ran_one():
-                    time.sleep(POLL_S)
+            if not progressed and len(chosen) < len(groups) and not ran_one():
+                time.sleep(POLL_S)
     finally:
         bar.close()
     return [Cell.at(cfg, chosen[cfg.tuning_key]) for cfg in cells]
