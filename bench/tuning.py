@@ -12,10 +12,9 @@ A tuning study is an ordinary Optuna study in the grid's storage: a killed stage
 candidates it has not finished, and several workers share the stage: each configuration is
 claimed by one worker (creating its study is the claim) and tuned candidate after candidate, as
 one worker would; the others tune the rest and, waiting for it, run the tuned ones' seed cells;
-a crashed worker's configuration is taken over once its heartbeat stops. A configuration's seed
-cells run as soon as it is tuned, before the next one's tuning, so a run cut short has whole rows.
-A finished study (its selection stored on it) is never re-tuned. Trials record under
-records/<grid study>-tune/<configuration>/."""
+a crashed worker's configuration is taken over once its heartbeat stops. A configuration's seed cells
+run as soon as it is tuned, before the next one's tuning, so a run cut short has whole rows. A finished
+study (its selection stored on it) is never re-tuned. Trials record under records/<study>-tune/<config>/."""
 
 from __future__ import annotations
 
@@ -348,6 +347,7 @@ def tune_cells(
     and says whether it did: after each selection while one is left, and while others tune the rest."""
 
     def ran_one() -> bool:  # one cell of the configurations tuned so far, if one is waiting
+        ctx.between_runs()  # a drain request stops the worker before the cell, as before a candidate
         ready = [Cell.at(c, chosen[c.tuning_key]) for c in cells if c.tuning_key in chosen]
         return bool(meanwhile and ready and meanwhile(ready))
 
@@ -392,7 +392,7 @@ def tune_cells(
                 progressed = True
                 bar.update(1)
                 while ran_one():
-                    ctx.between_runs()
+                    continue
             if not progressed and len(chosen) < len(groups) and not ran_one():
                 time.sleep(POLL_S)
     finally:

@@ -332,6 +332,30 @@ def test_a_rows_seed_cells_run_after_its_selection_and_while_waiting_for_another
     ]
 
 
+def test_a_drain_requested_during_a_rows_last_candidate_stops_the_worker_before_its_seed_cells(monkeypatch):
+    """The drain check comes before each seed cell run after a selection, as before each candidate."""
+    from types import SimpleNamespace
+
+    from bench import tuning
+    from bench.drain import Drained
+
+    selected = {"lr": 0.01, "head_lr": 0.03, "extensions": {}, "best_val_acc": 0.8, "best_candidate": "d00"}
+    selected |= {"trials": 16, "margin": 0.0, "fallback": False}
+    drained = []
+    monkeypatch.setattr(tuning, "tune", lambda *a: drained.append(True) or selected)  # requested meanwhile
+
+    def between_runs():
+        if drained:
+            raise Drained("g")
+
+    ctx = SimpleNamespace(between_runs=between_runs, log=lambda *a: None)
+    cells = [RunConfig(name="head", method="head", policy="head", seed=0)]
+    ran = []
+    with pytest.raises(Drained):
+        tuning.tune_cells(cells, SimpleNamespace(candidates=16), ctx, "g", None, False, ran.append)
+    assert ran == []
+
+
 @pytest.mark.slow
 def test_two_workers_share_the_tuning_stage_without_changing_its_candidates(tmp_path, tiny_grid):
     """Each configuration is claimed by one worker and tuned as one worker would: every candidate
