@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # The subcommands whose module brings its own arguments and main(args).
 COMMANDS = {
     "leaderboard": ("bench.reporting.leaderboard", "leaderboard.md (and the charts) from the records"),
-    "charts": ("bench.reporting.charts", "the charts alone (HTML with inlined JS, and PNG)"),
+    "charts": ("bench.reporting.charts", "the charts alone (offline HTML, and PNG)"),
     "report": (
         "bench.reporting.run_report",
         "per-run analysis: classification report, confusion matrix, top confusions",

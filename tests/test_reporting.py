@@ -402,17 +402,22 @@ class _Scripts(HTMLParser):
             self.inline += "src" not in attrs
             if "src" in attrs:
                 self.srcs.append(attrs["src"])
-        if tag == "link" and attrs.get("href", "").startswith("http"):
+        if tag == "link" and "href" in attrs:
             self.srcs.append(attrs["href"])
 
 
-def assert_self_contained_html(path: Path):
+def assert_offline_html(path: Path):
+    """Every script the page loads is a file beside it, and that file defines vegaEmbed."""
     text = path.read_text()
     parser = _Scripts()
     parser.feed(text)
     parser.close()
-    assert parser.srcs == [] and parser.inline >= 1, path
+    assert parser.inline >= 1 and parser.srcs, path
+    for src in parser.srcs:
+        assert "/" not in src and ":" not in src, f"{path} loads {src}, not a file beside it"
+        assert "window.vegaEmbed=" in (path.parent / src).read_text(), f"{path}: {src}"
     assert "cdn.jsdelivr" not in text and "unpkg.com" not in text
+    assert len(text) < 200_000, "the script bundle is inlined into the page"
 
 
 def test_charts_are_offline_html_and_png(tmp_path):
@@ -434,7 +439,7 @@ def test_charts_are_offline_html_and_png(tmp_path):
     for p in paths:
         assert p.exists() and p.stat().st_size > 1000
         if p.suffix == ".html":
-            assert_self_contained_html(p)
+            assert_offline_html(p)
         else:
             assert p.read_bytes()[:8] == PNG_SIGNATURE
     # the per-class data: the best LoRA row vs full, every class in order, means over seeds
@@ -516,7 +521,7 @@ def test_report_on_a_smoke_run(smoke_runs, capsys):
     assert len(pairs) == 15
     counts = [int(line.split("|")[4]) for line in pairs]
     assert counts == sorted(counts, reverse=True)
-    assert_self_contained_html(folder / f"{run_id}.confusion.html")
+    assert_offline_html(folder / f"{run_id}.confusion.html")
     assert (folder / f"{run_id}.confusion.png").read_bytes()[:8] == PNG_SIGNATURE
 
 

@@ -1,8 +1,8 @@
 """Every registered chart (bench.reporting.chartkit): `python -m bench charts`, also run by
 `leaderboard`.
 
-Each chart is written twice: self-contained HTML (the Vega JavaScript inlined through
-vl-convert, so it opens offline) and PNG. Charts the records cannot support (no LoRA rows, no
+Each chart is written twice: HTML that opens offline (the Vega JavaScript from vl-convert, one
+file per chart folder) and PNG. Charts the records cannot support (no LoRA rows, no
 per-class analysis) are skipped with a warning instead of failing the command.
 """
 
