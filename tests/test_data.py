@@ -294,7 +294,10 @@ def test_glyphs_are_synthetic_splits():
 
 
 # ------------------------------------------------------------------------------- real data
-needs_shared = pytest.mark.skipif(not (SHARED / "mnist").is_dir(), reason=f"no real data at {SHARED}")
+needs_shared = pytest.mark.skipif(
+    not all((SHARED / d).is_dir() for d in ("mnist", "emnist")),
+    reason=f"no real MNIST and EMNIST at {SHARED}",
+)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import pytest
 
 from bench import protocol
 from bench.protocol import TuneSpec
+from lorafit.errors import LorafitError
 
 RATES = ("lr", "head_lr")
 
@@ -147,6 +148,6 @@ def test_edge_rule_grows_until_the_selection_is_inside():
 
 
 def test_refine_needs_the_neighbours():
-    with pytest.raises(Exception, match="refine needs sensitivity"):
+    with pytest.raises(LorafitError, match="refine needs sensitivity"):
         TuneSpec(sensitivity=False)
     assert TuneSpec(sensitivity=False, refine=False).refine is False
