@@ -65,15 +65,21 @@ def _start(cmd) -> subprocess.Popen:
     )
 
 
-def _kill_after_first_cell(proc: subprocess.Popen) -> str:
-    """SIGKILL the worker right after it reports its first finished cell: the next cell is running."""
+def _kill_after_first_cell(proc: subprocess.Popen, storage: str | None = None, study: str = "") -> str:
+    """SIGKILL the worker right after it reports its first finished cell. With `storage`, once the
+    study shows a cell running (the worker's next), however long a loaded machine takes to claim it."""
     seen = []
     deadline = time.time() + 120
     for line in proc.stdout:
         seen.append(line)
         if " complete " in line or time.time() > deadline:
             break
-    time.sleep(0.2)
+    if storage is None:
+        time.sleep(0.2)
+    for _ in range(1200):  # a hang guard (60 s), not a timing assertion
+        if storage is None or "RUNNING" in sum(_per_cell_states(_study(storage, study)).values(), []):
+            break
+        time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     return "".join(seen)
@@ -116,8 +122,8 @@ def test_kill_9_mid_cell_then_resume_completes_the_grid(tmp_path):
     grid.write_text(SLOW_GRID)
     runs, clean = tmp_path / "runs", tmp_path / "clean"
     first = _start(_cmd(grid, runs))
-    _kill_after_first_cell(first)
     storage = f"sqlite:///{runs / 'optuna.db'}"
+    _kill_after_first_cell(first, storage, "crash-smoke")
     states = _per_cell_states(_study(storage, "crash-smoke"))
     assert "RUNNING" in sum(states.values(), []), states  # it died inside a cell
     resumed = subprocess.run(
