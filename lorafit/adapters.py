@@ -1,5 +1,5 @@
-"""The adapter registry: one entry per adapter method, and the functions that place, merge and
-count adapters on the seed CNN through it.
+"""Native LoRA's registry entries (the registry itself: lorafit/registry.py), and the functions
+every entry is used through: place, merge and count adapters on a network.
 
 An entry says which base layers a method wraps and how, which parameters it adds (freeze
 policies train exactly those: trainability is asked of the registry, never read off a name),

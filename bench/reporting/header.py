@@ -1,4 +1,5 @@
-"""The leaderboard's header (what was measured, on what, with how many seeds) and the legend."""
+"""The leaderboard's header: what was measured, on what, with how many seeds (the legend is
+columns.legend)."""
 
 from __future__ import annotations
 
