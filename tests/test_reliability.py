@@ -76,10 +76,11 @@ def _kill_after_first_cell(proc: subprocess.Popen, storage: str | None = None, s
             break
     if storage is None:
         time.sleep(0.2)
-    for _ in range(1200):  # a hang guard (60 s), not a timing assertion
-        if storage is None or "RUNNING" in sum(_per_cell_states(_study(storage, study)).values(), []):
-            break
-        time.sleep(0.05)
+    else:
+        for _ in range(1200):  # a hang guard (60 s), not a timing assertion
+            if "RUNNING" in sum(_per_cell_states(_study(storage, study)).values(), []):
+                break
+            time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     return "".join(seen)
