@@ -337,8 +337,8 @@ def test_a_row_whose_runs_mixed_bf16_and_fp32_says_so():
     assert "runs on 2 paths: 1 cpu bf16, 2 cpu fp32" in row["lora-proj-r8"]
     assert "paths" not in row["head"]
     assert (
-        "(cpu with native bf16: bf16 autocast + channels_last, 1 run; "
-        "cpu without native bf16: fp32 + channels_last, 5 runs)" in md
+        "(1 run, 2 s of worker time on Test CPU, cpu with native bf16: bf16 autocast + channels_last; "
+        "5 runs, 10 s of worker time on Test CPU, cpu without native bf16: fp32 + channels_last)" in md
     )
 
 
@@ -868,9 +868,21 @@ def test_compute_line_splits_tuning_seeds_and_the_check():
         "tuning stage 3 runs, 1.0 h of worker time, 1.0 h wall (1 without timings); "
         "seeds 2 runs, 2.0 h of worker time, 1.5 h wall; "
         "epoch-sensitivity check 1 run, 45 s of worker time, 45 s wall; "
-        "1 seed cell reused its tuning run (cpu without native bf16: fp32 + channels_last)"
+        "1 seed cell reused its tuning run (all on Test CPU, cpu without native bf16: fp32 + channels_last)"
     )
     assert compute.compute_lines(everything)[setup] == expected
     for order in range(3):  # whatever the order of the records
         random.Random(order).shuffle(everything)
         assert compute.compute_lines(everything)[setup] == expected
+    # Runs on two machines: each part says how many runs, and how much worker time, each took.
+    seeds[1]["env"].update(cpu="Other CPU", bf16=True)
+    expected = (
+        "tuning stage 3 runs, 1.0 h of worker time, 1.0 h wall (3 runs, 1.0 h of worker time on Test CPU, "
+        "cpu without native bf16: fp32 + channels_last; 1 without timings); "
+        "seeds 2 runs, 2.0 h of worker time, 1.5 h wall (1 run, 1.0 h of worker time on Other CPU, cpu with "
+        "native bf16: bf16 autocast + channels_last; 1 run, 1.0 h of worker time on Test CPU, cpu without "
+        "native bf16: fp32 + channels_last); "
+        "epoch-sensitivity check 1 run, 45 s of worker time, 45 s wall (1 run, 45 s of worker time on Test "
+        "CPU, cpu without native bf16: fp32 + channels_last); 1 seed cell reused its tuning run"
+    )
+    assert compute.compute_lines(everything)[setup] == expected

@@ -1,7 +1,8 @@
 """What a leaderboard cost to compute, split by part (the tuning stage, the seeds, the
 epoch-sensitivity check), from the records' own timings: runs, worker time (the sum of the runs'
 wall times) and wall time (the union of the runs' intervals, so gaps between sessions and idle
-workers do not count, and parallel workers count once), with the execution path that ran."""
+workers do not count, and parallel workers count once), with the machine and execution path that
+ran: once when every run took the same, else each part's runs and worker time per machine."""
 
 from __future__ import annotations
 
@@ -88,17 +89,26 @@ def duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
-def execution_path(records: list[dict]) -> str:
-    """The paths the runs took; with how many runs each when they took more than one."""
-    counts = Counter(path_of(r) for r in records)
-    if len(counts) == 1:
-        return described(next(iter(counts)))
-    return (
-        "; ".join(
-            f"{described(path)}, {n:,} run{'' if n == 1 else 's'}" for path, n in sorted(counts.items())
-        )
-        or "unknown"
-    )
+def machine_of(record: dict) -> str:
+    """Where and how one run trained: "AMD EPYC, cpu with native bf16: bf16 autocast + channels_last"
+    (the GPU's name on CUDA): the same CPU name can differ in native bf16, which decides the path."""
+    env = record.get("env") or {}
+    where = env.get("gpu") if (env.get("device") or "cpu") != "cpu" else env.get("cpu")
+    return f"{where}, {described(path_of(record))}" if where else described(path_of(record))
+
+
+def _per_machine(ran: list[dict]) -> str:
+    """ "12 runs, 1.5 h of worker time on A, ...; 3 runs, 20 min on B, ..." (worker time where timed)."""
+    by_machine: dict[str, list[float]] = {}
+    for r in ran:
+        span = _interval(r)
+        by_machine.setdefault(machine_of(r), []).append(span[1] - span[0] if span else math.nan)
+    pieces = []
+    for machine, seconds in sorted(by_machine.items()):
+        timed = [s for s in seconds if not math.isnan(s)]
+        worker = f", {duration(math.fsum(timed))} of worker time" if timed else ""
+        pieces.append(f"{len(seconds):,} run{'' if len(seconds) == 1 else 's'}{worker} on {machine}")
+    return "; ".join(pieces)
 
 
 def compute_lines(records: list[dict]) -> dict[str, str]:
@@ -110,6 +120,8 @@ def compute_lines(records: list[dict]) -> dict[str, str]:
 
 
 def _line(mine: list[dict]) -> str:
+    timed = [r for r in mine if part_of(r) is not None]
+    one_machine = len({machine_of(r) for r in timed}) <= 1
     pieces = []
     for part in PARTS:
         ran = [r for r in mine if part_of(r) == part]
@@ -120,12 +132,13 @@ def _line(mine: list[dict]) -> str:
         if spans:  # fsum, and union_seconds sorts: the same figures in any record order
             worker_s = math.fsum(end - start for start, end in spans)
             piece += f", {duration(worker_s)} of worker time, {duration(union_seconds(spans))} wall"
+        notes = [] if one_machine else [_per_machine(ran)]
         if len(spans) < len(ran):
-            piece += f" ({len(ran) - len(spans)} without timings)"
-        pieces.append(piece)
+            notes.append(f"{len(ran) - len(spans)} without timings")
+        pieces.append(piece + (f" ({'; '.join(notes)})" if notes else ""))
     reused = sum(part_of(r) is None for r in mine)
     if reused:
         one = reused == 1
         pieces.append(f"{reused} seed cell{'' if one else 's'} reused {'its' if one else 'their'} tuning run")
-    timed = [r for r in mine if part_of(r) is not None]
-    return f"{'; '.join(pieces) or 'no runs'} ({execution_path(timed)})"
+    line = "; ".join(pieces) or "no runs"
+    return f"{line} (all on {machine_of(timed[0])})" if timed and one_machine else line
