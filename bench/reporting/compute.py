@@ -97,17 +97,16 @@ def machine_of(record: dict) -> str:
     return f"{where}, {described(path_of(record))}" if where else described(path_of(record))
 
 
-def _per_machine(ran: list[dict]) -> str:
-    """ "12 runs, 1.5 h of worker time on A, ...; 3 runs, 20 min on B, ..." (worker time where timed)."""
-    by_machine: dict[str, list[float]] = {}
-    for r in ran:
-        span = _interval(r)
-        by_machine.setdefault(machine_of(r), []).append(span[1] - span[0] if span else math.nan)
+def _per_machine(ran: list[dict], intervals: list[tuple[float, float] | None]) -> str:
+    """ "12 runs, 1.5 h of worker time on A, ...; 3 runs on B, ..." (worker time where timed)."""
+    by_machine: dict[str, list[tuple[float, float] | None]] = {}
+    for r, span in zip(ran, intervals):
+        by_machine.setdefault(machine_of(r), []).append(span)
     pieces = []
-    for machine, seconds in sorted(by_machine.items()):
-        timed = [s for s in seconds if not math.isnan(s)]
-        worker = f", {duration(math.fsum(timed))} of worker time" if timed else ""
-        pieces.append(f"{len(seconds):,} run{'' if len(seconds) == 1 else 's'}{worker} on {machine}")
+    for machine, spans in sorted(by_machine.items()):
+        seconds = [end - start for start, end in filter(None, spans)]
+        worker = f", {duration(math.fsum(seconds))} of worker time" if seconds else ""
+        pieces.append(f"{len(spans):,} run{'' if len(spans) == 1 else 's'}{worker} on {machine}")
     return "; ".join(pieces)
 
 
@@ -127,12 +126,13 @@ def _line(mine: list[dict]) -> str:
         ran = [r for r in mine if part_of(r) == part]
         if not ran:
             continue
-        spans = [s for r in ran if (s := _interval(r)) is not None]
+        intervals = [_interval(r) for r in ran]
+        spans = [s for s in intervals if s is not None]
         piece = f"{part} {len(ran):,} run{'' if len(ran) == 1 else 's'}"
         if spans:  # fsum, and union_seconds sorts: the same figures in any record order
             worker_s = math.fsum(end - start for start, end in spans)
             piece += f", {duration(worker_s)} of worker time, {duration(union_seconds(spans))} wall"
-        notes = [] if one_machine else [_per_machine(ran)]
+        notes = [] if one_machine else [_per_machine(ran, intervals)]
         if len(spans) < len(ran):
             notes.append(f"{len(ran) - len(spans)} without timings")
         pieces.append(piece + (f" ({'; '.join(notes)})" if notes else ""))
